@@ -1,0 +1,175 @@
+/*
+ * C tests of csrc/osl_pg_posix.c, built with -Wall -Wextra -Werror and run
+ * under AddressSanitizer and UndefinedBehaviorSanitizer in CI. Each check
+ * prints a line; the last line is "N passed, N failed".
+ */
+#define _GNU_SOURCE
+#include "osl_pg.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        if (cond) {                                                           \
+            passed++;                                                         \
+            printf("ok   ");                                                  \
+        } else {                                                              \
+            failed++;                                                         \
+            printf("FAIL ");                                                  \
+        }                                                                     \
+        printf(__VA_ARGS__);                                                  \
+        printf("\n");                                                         \
+    } while (0)
+
+static struct osl_spawn_attr base(const char *path, char *const *argv)
+{
+    struct osl_spawn_attr a;
+    memset(&a, 0, sizeof(a));
+    a.path = path;
+    a.argv = argv;
+    a.fds[0] = a.fds[1] = a.fds[2] = OSL_FD_INHERIT;
+    a.close_fds = 1;
+    return a;
+}
+
+static int wait_code(int pid)
+{
+    int done = 0, status = -999, err;
+    while ((err = osl_wait(pid, 0, &done, &status)) == EINTR)
+        ;
+    return err ? -1000 - err : status;
+}
+
+static void test_new_group(int force_vfork)
+{
+    char *argv[] = {"/bin/sh", "-c", "exit 3", NULL};
+    struct osl_spawn_attr a = base("/bin/sh", argv);
+    int pid = 0, step, vf, pgid = 0, err;
+    a.pgroup_mode = OSL_PGROUP_NEW;
+    if (force_vfork)
+        a.pdeathsig = SIGKILL;
+    err = osl_spawn(&a, &pid, &step, &vf);
+    CHECK(err == 0 && pid > 0, "spawn in a new group (vfork=%d): err %d", vf, err);
+    CHECK(vf == force_vfork, "path taken: vfork=%d", vf);
+    err = osl_getpgid(pid, &pgid);
+    CHECK(err == 0 && pgid == pid, "getpgid(child) == child pid (%d, %d)", pgid, pid);
+    CHECK(wait_code(pid) == 3, "exit status 3 collected");
+}
+
+static void test_nowait_keeps_zombie(void)
+{
+    char *argv[] = {"/bin/true", NULL};
+    struct osl_spawn_attr a = base("/bin/true", argv);
+    int pid, step, vf, done = 0, status = -1, pgid;
+    a.pgroup_mode = OSL_PGROUP_NEW;
+    osl_spawn(&a, &pid, &step, &vf);
+    osl_wait(pid, OSL_WAIT_NOWAIT, &done, &status);
+    CHECK(done == 1 && status == 0, "WNOWAIT reads the status");
+    CHECK(osl_getpgid(pid, &pgid) == 0 && pgid == pid, "the zombie still holds its pgid");
+    CHECK(wait_code(pid) == 0, "then it is reaped");
+    CHECK(osl_getpgid(pid, &pgid) == ESRCH, "and its pid is free");
+}
+
+static void test_errors(int force_vfork)
+{
+    char *argv[] = {"/nonexistent/cmd", NULL};
+    struct osl_spawn_attr a = base("/nonexistent/cmd", argv);
+    int pid = -1, step = -1, vf, err;
+    if (force_vfork)
+        a.pdeathsig = SIGKILL;
+    err = osl_spawn(&a, &pid, &step, &vf);
+    CHECK(err == ENOENT, "missing command gives ENOENT (vfork=%d), got %d", vf, err);
+    if (force_vfork)
+        CHECK(step == OSL_STEP_EXEC, "vfork path names the exec step (%d)", step);
+
+    {
+        char *argv2[] = {"/bin/true", NULL};
+        struct osl_spawn_attr b = base("/bin/true", argv2);
+        b.cwd = "/nonexistent/dir";
+        if (force_vfork)
+            b.pdeathsig = SIGKILL;
+        err = osl_spawn(&b, &pid, &step, &vf);
+        CHECK(err == ENOENT, "missing cwd gives ENOENT, got %d", err);
+        if (force_vfork)
+            CHECK(step == OSL_STEP_CHDIR, "vfork path names the chdir step (%d)", step);
+    }
+    {
+        char *argv3[] = {"/bin/true", NULL};
+        struct osl_spawn_attr c = base("/bin/true", argv3);
+        c.pgroup_mode = OSL_PGROUP_JOIN;
+        c.pgid = 4194000; /* above pid_max: no such group */
+        if (force_vfork)
+            c.pdeathsig = SIGKILL;
+        err = osl_spawn(&c, &pid, &step, &vf);
+        CHECK(err == EPERM || err == ESRCH, "joining a missing group fails (%d)", err);
+    }
+}
+
+static void test_session_and_join(void)
+{
+    char *argv[] = {"/bin/sleep", "5", NULL};
+    struct osl_spawn_attr a = base("/bin/sleep", argv);
+    int leader, member, step, vf, sid = 0, pgid = 0;
+    a.new_session = 1;
+    CHECK(osl_spawn(&a, &leader, &step, &vf) == 0, "spawn a session leader");
+    CHECK(osl_getsid(leader, &sid) == 0 && sid == leader, "getsid(child) == child");
+    osl_killpg(leader, SIGKILL);
+    CHECK(wait_code(leader) == -SIGKILL, "killpg ended the session's group");
+
+    a = base("/bin/sleep", argv);
+    a.pgroup_mode = OSL_PGROUP_NEW;
+    osl_spawn(&a, &leader, &step, &vf);
+    a.pgroup_mode = OSL_PGROUP_JOIN;
+    a.pgid = leader;
+    CHECK(osl_spawn(&a, &member, &step, &vf) == 0, "spawn into the leader's group");
+    CHECK(osl_getpgid(member, &pgid) == 0 && pgid == leader, "member's pgid is the leader's");
+    CHECK(osl_killpg(leader, SIGTERM) == 0, "killpg the group");
+    CHECK(wait_code(leader) == -SIGTERM && wait_code(member) == -SIGTERM, "both died of SIGTERM");
+    CHECK(osl_killpg(1, 0) == EINVAL && osl_killpg(0, 0) == EINVAL, "killpg refuses pgid 0 and 1");
+}
+
+static void test_stdio(void)
+{
+    char *argv[] = {"/bin/sh", "-c", "echo hello", NULL};
+    struct osl_spawn_attr a = base("/bin/sh", argv);
+    int p[2], pid, step, vf;
+    char buf[32] = {0};
+    ssize_t n;
+    CHECK(pipe(p) == 0, "pipe");
+    a.fds[1] = p[1];
+    osl_spawn(&a, &pid, &step, &vf);
+    close(p[1]);
+    n = read(p[0], buf, sizeof(buf) - 1);
+    close(p[0]);
+    CHECK(n == 6 && strcmp(buf, "hello\n") == 0, "stdout went to the pipe");
+    wait_code(pid);
+}
+
+static void test_floor(void)
+{
+    long long ns = 0;
+    int err = osl_bench_spawn_wait("/bin/true", 5, &ns);
+    CHECK(err == 0 && ns > 0, "bench floor ran 5 spawns in %lld ns", ns);
+}
+
+int main(void)
+{
+    printf("features: %#x\n", osl_features());
+    test_new_group(0);
+    test_new_group(1);
+    test_nowait_keeps_zombie();
+    test_errors(0);
+    test_errors(1);
+    test_session_and_join();
+    test_stdio();
+    test_floor();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
