@@ -1,0 +1,28 @@
+"""osl_pg: spawn process trees and control or kill all of them.
+
+Process groups and sessions on POSIX, Job Objects on Windows. See README.md.
+"""
+from .audit import JsonLinesHandler, write_audit_log
+from .context import ExecutionContext, SecurityContext
+from .errors import (CommandNotFound, InvalidOperation, OslError, OslOSError, OslPermissionError,
+                     OslTimeoutError, ProcessNotFound, SecurityViolation, Unsupported)
+from .executor import OSLFramework, ProcessExecutor, TargetFacts
+from .group import Member, MemberOutcome, ProcessGroup, TerminateReport, set_child_subreaper
+from .operations import (DEVNULL, INHERIT, PIPE, STDOUT, Inherit, JoinGroup, NewGroup, OperationType,
+                         Permission, ProcessGroupConfig, ProcessKillOperation, ProcessSignalOperation,
+                         ProcessSpawnOperation)
+from .policy import AllowListPolicy, Decision, DefaultPolicy, SecurityPolicy
+from .process import Process, WaitTimeout
+from .result import ExecutionResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllowListPolicy", "CommandNotFound", "DEVNULL", "Decision", "DefaultPolicy", "ExecutionContext",
+    "ExecutionResult", "INHERIT", "Inherit", "InvalidOperation", "JoinGroup", "JsonLinesHandler", "Member",
+    "MemberOutcome", "NewGroup", "OSLFramework", "OperationType", "OslError", "OslOSError", "OslPermissionError",
+    "OslTimeoutError", "PIPE", "Permission", "Process", "ProcessExecutor", "ProcessGroup", "ProcessGroupConfig",
+    "ProcessKillOperation", "ProcessNotFound", "ProcessSignalOperation", "ProcessSpawnOperation", "STDOUT",
+    "SecurityContext", "SecurityPolicy", "SecurityViolation", "TargetFacts", "TerminateReport", "Unsupported",
+    "WaitTimeout", "set_child_subreaper", "write_audit_log",
+]

@@ -1,0 +1,436 @@
+"""POSIX backend: the only Python code that touches the C module.
+
+It turns a validated ProcessSpawnOperation into one osl_spawn() call and maps
+the C layer's errno results to typed exceptions.
+"""
+import errno
+import os
+import signal
+import threading
+from typing import Dict, List, Optional, Tuple
+
+from ._native import ffi, lib
+from .errors import CommandNotFound, OslPermissionError, ProcessNotFound, Unsupported, from_errno
+from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation
+
+NAME = "posix"
+FEATURES = lib.osl_features()
+HAS_PDEATHSIG = bool(FEATURES & lib.OSL_FEAT_PDEATHSIG)
+HAS_PIDFD = hasattr(os, "pidfd_open")
+
+_FD_INHERIT = lib.OSL_FD_INHERIT
+_NOHANG = lib.OSL_WAIT_NOHANG
+_NOWAIT = lib.OSL_WAIT_NOWAIT
+
+_devnull_fd = -1
+_devnull_lock = threading.Lock()
+
+
+def _devnull() -> int:
+    """One shared O_CLOEXEC fd on /dev/null, opened on first use: saves an
+    open/close pair per spawn."""
+    global _devnull_fd
+    if _devnull_fd < 0:
+        with _devnull_lock:
+            if _devnull_fd < 0:
+                _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _devnull_fd
+
+
+# --------------------------------------------------------------------------
+# command lookup
+
+_which_cache: Dict[Tuple[str, Optional[str]], str] = {}
+
+
+def _search_path(op: ProcessSpawnOperation) -> Optional[str]:
+    """PATH as the child will see it (subprocess does the same)."""
+    for key, value in reversed(op.env_overrides):
+        if key == "PATH":
+            return value if value is not None else os.defpath
+    if not op.inherit_env:
+        return os.defpath
+    return os.environ.get("PATH", os.defpath)
+
+
+def resolve_command(op: ProcessSpawnOperation) -> str:
+    """The executable's path. A command with a slash is used as given; a bare
+    name is looked up in PATH, and the answer is cached per (name, PATH)."""
+    command = op.command
+    if "/" in command:
+        return command
+    path = _search_path(op)
+    key = (command, path)
+    hit = _which_cache.get(key)
+    if hit is not None:
+        return hit
+    not_executable = None
+    for d in (path or "").split(os.pathsep):
+        candidate = os.path.join(d or ".", command)
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                if len(_which_cache) > 256:
+                    _which_cache.clear()
+                _which_cache[key] = candidate
+                return candidate
+            not_executable = not_executable or candidate
+    if not_executable:
+        raise OslPermissionError(errno.EACCES, f"command {command!r} is not executable: {not_executable}",
+                                 not_executable)
+    raise CommandNotFound(errno.ENOENT, f"command not found: {command!r} (searched PATH={path})", command)
+
+
+# --------------------------------------------------------------------------
+# environment
+
+
+def _encode_env(op: ProcessSpawnOperation) -> Optional[List[bytes]]:
+    """None means "the parent's environ as it is now" (no copy is made)."""
+    if op.inherit_env and not op.env_overrides:
+        return None
+    env: Dict[bytes, bytes] = dict(os.environb) if op.inherit_env else {}
+    for key, value in op.env_overrides:
+        k = os.fsencode(key)
+        if value is None:
+            env.pop(k, None)
+        else:
+            env[k] = os.fsencode(value)
+    return [k + b"=" + v for k, v in env.items()]
+
+
+# --------------------------------------------------------------------------
+# stdio
+
+
+class _Stdio:
+    """The fds the child gets, the parent's ends of pipes, and what to close
+    after the spawn."""
+
+    def __init__(self) -> None:
+        self.child = [_FD_INHERIT, _FD_INHERIT, _FD_INHERIT]
+        self.parent: List[Optional[int]] = [None, None, None]
+        self.close_after: List[int] = []
+
+    def setup(self, op: ProcessSpawnOperation) -> None:
+        for i, spec in enumerate((op.stdin, op.stdout, op.stderr)):
+            if spec is None:
+                continue
+            if spec == PIPE:
+                r, w = os.pipe()  # both O_CLOEXEC (PEP 446)
+                if i == 0:
+                    self.child[0], self.parent[0] = r, w
+                    self.close_after.append(r)
+                else:
+                    self.child[i], self.parent[i] = w, r
+                    self.close_after.append(w)
+            elif spec == DEVNULL:
+                self.child[i] = _devnull()
+            elif spec == STDOUT:
+                self.child[2] = self.child[1] if self.child[1] != _FD_INHERIT else 1
+            else:
+                fd = spec if isinstance(spec, int) else spec.fileno()
+                self.child[i] = fd
+        for i in range(3):
+            fd = self.child[i]
+            if fd == i:
+                # Already in place: dup2() onto itself would be a no-op.
+                self.child[i] = _FD_INHERIT
+            elif 0 <= fd < 3:
+                # An earlier dup2 may overwrite a low source fd: move it up.
+                moved = os.dup(fd)
+                self.close_after.append(moved)
+                self.child[i] = moved
+
+    def close_child_ends(self) -> None:
+        for fd in self.close_after:
+            os.close(fd)
+        self.close_after = []
+
+    def close_parent_ends(self) -> None:
+        for fd in self.parent:
+            if fd is not None:
+                os.close(fd)
+        self.parent = [None, None, None]
+
+
+# --------------------------------------------------------------------------
+# spawn
+
+
+class Spawned:
+    __slots__ = ("pid", "pgid", "stdin", "stdout", "stderr", "used_vfork")
+
+    def __init__(self, pid: int, pgid: Optional[int], pipes: List[Optional[int]], used_vfork: bool):
+        self.pid = pid
+        self.pgid = pgid
+        self.stdin, self.stdout, self.stderr = pipes
+        self.used_vfork = used_vfork
+
+
+def spawn(op: ProcessSpawnOperation) -> Spawned:
+    """Spawn the child described by a validated operation."""
+    if op.kill_on_parent_death and not HAS_PDEATHSIG:
+        raise Unsupported("kill on parent death needs Linux's PR_SET_PDEATHSIG")
+    path = resolve_command(op)
+    argv_c = [ffi.new("char[]", os.fsencode(a)) for a in (op.command, *op.args)]
+    argv = ffi.new("char *[]", argv_c + [ffi.NULL])
+    env = _encode_env(op)
+    if env is None:
+        envp = ffi.NULL
+    else:
+        env_c = [ffi.new("char[]", e) for e in env]
+        envp = ffi.new("char *[]", env_c + [ffi.NULL])
+    stdio = _Stdio()
+    try:
+        stdio.setup(op)
+        attr = ffi.new("struct osl_spawn_attr *")
+        path_c = ffi.new("char[]", os.fsencode(path))
+        attr.path = path_c
+        attr.argv = argv
+        attr.envp = envp
+        cwd_c = ffi.new("char[]", os.fsencode(op.cwd)) if op.cwd is not None else ffi.NULL
+        attr.cwd = cwd_c
+        attr.fds = stdio.child
+        group = op.process_group
+        if isinstance(group, NewGroup):
+            attr.pgroup_mode = lib.OSL_PGROUP_NEW
+        elif isinstance(group, JoinGroup):
+            attr.pgroup_mode = lib.OSL_PGROUP_JOIN
+            attr.pgid = group.pgid
+        attr.new_session = op.detach_from_terminal
+        attr.close_fds = op.close_fds
+        attr.pdeathsig = int(signal.SIGKILL) if op.kill_on_parent_death else 0
+        out = ffi.new("int[3]")  # pid, step, used_vfork
+        err = lib.osl_spawn(attr, out, out + 1, out + 2)
+        if err:
+            stdio.close_parent_ends()
+            if err == errno.ENOENT or err == errno.ENOEXEC:
+                _which_cache.pop((op.command, _search_path(op)), None)
+            raise _spawn_error(err, out[1], op, path)
+        stdio.close_child_ends()
+    except BaseException:
+        stdio.close_child_ends()
+        stdio.close_parent_ends()
+        raise
+    pid = out[0]
+    if op.detach_from_terminal or isinstance(group, NewGroup):
+        pgid: Optional[int] = pid
+    elif isinstance(group, JoinGroup):
+        pgid = group.pgid
+    else:
+        pgid = None  # the caller's group; filled in by the caller if wanted
+    return Spawned(pid, pgid, stdio.parent, bool(out[2]))
+
+
+def _spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> OSError:
+    """Name what failed. posix_spawn reports one errno for every step, so
+    the cause is found by looking at the inputs (only on this error path)."""
+    if step == lib.OSL_STEP_SPAWN and op.cwd is not None and err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+        if not os.path.isdir(op.cwd) or not os.access(op.cwd, os.X_OK):
+            step = lib.OSL_STEP_CHDIR
+    if step == lib.OSL_STEP_CHDIR:
+        return from_errno(err, f"cannot use working directory {op.cwd!r}", op.cwd)
+    group = op.process_group
+    if isinstance(group, JoinGroup) and err in (errno.EPERM, errno.ESRCH) and step in (
+            lib.OSL_STEP_SPAWN, lib.OSL_STEP_PGROUP):
+        return join_error(group.pgid)
+    if err in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR):
+        if err == errno.ENOENT:
+            return CommandNotFound(err, f"command not found: {op.command!r} ({path})", op.command)
+        return from_errno(err, f"cannot execute {op.command!r} ({path})", op.command)
+    if step == lib.OSL_STEP_SESSION:
+        return from_errno(err, "setsid() failed in the child")
+    return from_errno(err, f"spawning {op.command!r} failed")
+
+
+def join_error(pgid: int) -> OSError:
+    """Why setpgid(0, pgid) cannot work: the group is gone, or it lives in
+    another session (a process may only join a group of its own session)."""
+    if killpg(pgid, 0, check=False) == errno.ESRCH:
+        return ProcessNotFound(errno.ESRCH, f"process group {pgid} does not exist")
+    try:
+        theirs = getsid(pgid)
+    except OSError:
+        theirs = None
+    return OslPermissionError(
+        errno.EPERM,
+        f"cannot join process group {pgid}: it is in session {theirs if theirs is not None else '?'}, "
+        f"ours is {os.getsid(0)}; setpgid() only joins a group of the caller's own session")
+
+
+# --------------------------------------------------------------------------
+# signals and ids
+
+
+def kill(pid: int, sig: int) -> None:
+    err = lib.osl_kill(pid, sig)
+    if err:
+        raise from_errno(err, f"kill({pid}, {sig})")
+
+
+def killpg(pgid: int, sig: int, check: bool = True) -> int:
+    err = lib.osl_killpg(pgid, sig)
+    if err and check:
+        if err == errno.ESRCH:
+            raise ProcessNotFound(err, f"process group {pgid} does not exist")
+        raise from_errno(err, f"killpg({pgid}, {sig})")
+    return err
+
+
+def getpgid(pid: int) -> int:
+    out = ffi.new("int *")
+    err = lib.osl_getpgid(pid, out)
+    if err:
+        raise from_errno(err, f"getpgid({pid})")
+    return out[0]
+
+
+def getsid(pid: int) -> int:
+    out = ffi.new("int *")
+    err = lib.osl_getsid(pid, out)
+    if err:
+        raise from_errno(err, f"getsid({pid})")
+    return out[0]
+
+
+def pgid_or_none(pid: int) -> Optional[int]:
+    """getpgid() for scans: None when the process is gone. Thread-safe
+    enough: a racing writer only affects a scan's single read."""
+    out = ffi.new("int *")
+    return out[0] if lib.osl_getpgid(pid, out) == 0 else None
+
+
+def set_child_subreaper(on: bool) -> None:
+    err = lib.osl_set_child_subreaper(1 if on else 0)
+    if err == errno.ENOSYS:
+        raise Unsupported("PR_SET_CHILD_SUBREAPER is Linux-only")
+    if err:
+        raise from_errno(err, "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+# --------------------------------------------------------------------------
+# waiting
+
+
+def wait(pid: int, nohang: bool, nowait: bool) -> Optional[int]:
+    """The exit status of child `pid` (subprocess's convention: -N for death
+    by signal N), or None if `nohang` and it still runs. With `nowait` the
+    child stays a zombie. EINTR is returned to Python as InterruptedError so
+    signal handlers (KeyboardInterrupt) run between retries."""
+    out = ffi.new("int[2]")
+    err = lib.osl_wait(pid, (_NOHANG if nohang else 0) | (_NOWAIT if nowait else 0), out, out + 1)
+    if err:
+        raise from_errno(err, f"waitid({pid})")
+    return out[1] if out[0] else None
+
+
+def open_exit_fd(pid: int) -> Optional[int]:
+    """A pidfd that becomes readable when `pid` exits (Linux 5.3+), or None
+    where there is none."""
+    if not HAS_PIDFD:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise ProcessNotFound(e.errno, f"process {pid} is gone") from None
+        return None  # ENOSYS (old kernel), EMFILE...: callers poll instead
+
+
+# --------------------------------------------------------------------------
+# groups
+
+
+def list_pids() -> List[int]:
+    import psutil
+    return psutil.pids()
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    killpg(pgid, sig)
+
+
+def _open_exit_fds(pids: List[int]) -> Optional[List[int]]:
+    """pidfds for `pids` (an exited one is skipped), or None without pidfd."""
+    fds: List[int] = []
+    for pid in pids:
+        try:
+            fd = open_exit_fd(pid)
+        except ProcessNotFound:
+            continue
+        if fd is None:
+            for f in fds:
+                os.close(f)
+            return None
+        fds.append(fd)
+    return fds
+
+
+def wait_exits(pids: List[int], deadline: Optional[float]) -> None:
+    """Return when every pid in `pids` has exited (zombie or reaped), or at
+    `deadline`. With pidfds this sleeps in poll(); without, it sleeps a
+    short step and lets the caller rescan."""
+    import select
+    import time
+    fds = _open_exit_fds(pids)
+    if fds is None:
+        step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
+        time.sleep(step)
+        return
+    try:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = set(fds)
+        while pending:
+            if deadline is None:
+                timeout_ms = None
+            else:
+                timeout_ms = int((deadline - time.monotonic()) * 1000) + 1
+                if timeout_ms <= 0:
+                    return
+            for fd, _ in poller.poll(timeout_ms):
+                pending.discard(fd)
+                poller.unregister(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def wait_exits_async(pids: List[int], deadline: Optional[float]) -> None:
+    """wait_exits for asyncio: the loop watches the pidfds (no thread)."""
+    import asyncio
+    import time
+    fds = _open_exit_fds(pids)
+    if fds is None:
+        step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
+        await asyncio.sleep(step)
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    pending = set(fds)
+
+    def ready(fd: int) -> None:
+        loop.remove_reader(fd)
+        pending.discard(fd)
+        if not pending and not done.done():
+            done.set_result(None)
+
+    try:
+        for fd in fds:
+            loop.add_reader(fd, ready, fd)
+        if not pending:
+            return
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except asyncio.TimeoutError:
+            pass
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def own_pgid() -> int:
+    return os.getpgrp()

@@ -1,0 +1,50 @@
+"""Who is asking: the security context an operation runs under."""
+import getpass
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, Optional
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry, no LOGNAME: fall back to the uid
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+@dataclass(frozen=True)
+class SecurityContext:
+    """`principal` names the caller for policy and audit. `elevated` lets a
+    policy allow what it refuses to ordinary callers (signalling groups of
+    other users, or the caller's own group)."""
+
+    principal: str = field(default_factory=_current_user)
+    elevated: bool = False
+    roles: FrozenSet[str] = frozenset()
+
+    def with_elevated(self, elevated: bool = True) -> "SecurityContext":
+        return SecurityContext(self.principal, elevated, self.roles)
+
+
+@dataclass(frozen=True)
+class ExecutionContext:
+    security_context: SecurityContext = field(default_factory=SecurityContext)
+    metadata: Dict[str, str] = field(default_factory=dict, compare=False)
+    created_at: float = field(default_factory=time.time, compare=False)
+
+    @property
+    def principal(self) -> str:
+        return self.security_context.principal
+
+    @classmethod
+    def current(cls) -> "ExecutionContext":
+        """The context of the current OS user (used when none is given)."""
+        return _DEFAULT_CONTEXT
+
+
+_DEFAULT_CONTEXT = ExecutionContext(SecurityContext())
+
+
+def resolve_context(ctx: Optional[ExecutionContext]) -> ExecutionContext:
+    return ctx if ctx is not None else _DEFAULT_CONTEXT

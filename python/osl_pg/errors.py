@@ -1,0 +1,75 @@
+"""The error types. Each concrete error derives from the matching builtin as
+well as from OslError, so both ``except FileNotFoundError`` and
+``except OslError`` catch a missing command."""
+import errno as _errno
+import os
+from typing import Optional
+
+
+class OslError(Exception):
+    """Base of every error osl_pg raises."""
+
+
+class InvalidOperation(ValueError, OslError):
+    """A malformed operation (empty command, NUL byte, pid out of range...)."""
+
+
+class CommandNotFound(FileNotFoundError, OslError):
+    """The command or the working directory does not exist."""
+
+
+class OslPermissionError(PermissionError, OslError):
+    """The OS refused (EPERM/EACCES)."""
+
+
+class SecurityViolation(PermissionError, OslError):
+    """The security policy denied the operation. Never worth retrying."""
+
+    def __init__(self, reason: str, policy: str = ""):
+        super().__init__(_errno.EPERM, reason)
+        self.reason = reason
+        self.policy = policy
+
+    def __str__(self) -> str:
+        where = f" (policy {self.policy})" if self.policy else ""
+        return f"denied{where}: {self.reason}"
+
+
+class ProcessNotFound(ProcessLookupError, OslError):
+    """The process or group is gone, or was released by its handle."""
+
+
+class Unsupported(NotImplementedError, OslError):
+    """The platform lacks the feature."""
+
+
+class OslOSError(OSError, OslError):
+    """Any other OS failure, with its errno."""
+
+
+class OslInterrupted(InterruptedError, OslError):
+    """A blocking call was interrupted by a signal (EINTR); callers retry."""
+
+
+class OslTimeoutError(TimeoutError, OslError):
+    """A wait ran out of time."""
+
+
+_BY_ERRNO = {
+    _errno.ENOENT: CommandNotFound,
+    _errno.ENOTDIR: CommandNotFound,
+    _errno.EPERM: OslPermissionError,
+    _errno.EACCES: OslPermissionError,
+    _errno.ESRCH: ProcessNotFound,
+    _errno.ECHILD: ProcessNotFound,
+    _errno.EINTR: OslInterrupted,
+}
+
+
+def from_errno(err: int, what: str, filename: Optional[str] = None) -> OSError:
+    """An OSError subclass for `err`, whose message says what failed."""
+    cls = _BY_ERRNO.get(err, OslOSError)
+    msg = f"{what}: {os.strerror(err)}"
+    if filename is not None:
+        return cls(err, msg, filename)
+    return cls(err, msg)

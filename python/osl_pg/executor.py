@@ -1,0 +1,259 @@
+"""The executor: every operation goes validate -> policy -> backend -> audit,
+in that order, with the audit record written in ``finally``. No flag skips a
+step; the audit logger's level decides what is written, never what runs.
+"""
+import os
+import shlex
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import psutil
+
+from . import audit
+from ._backend import backend
+from .context import ExecutionContext, resolve_context
+from .errors import InvalidOperation, SecurityViolation
+from .group import Member, ProcessGroup, owned_group, scan_group
+from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSignalOperation,
+                         ProcessSpawnOperation, signal_name)
+from .policy import Decision, DefaultPolicy, SecurityPolicy
+from .process import Process, child_by_pid, sweep_abandoned
+from .result import ExecutionResult
+
+SIGKILL = 9
+
+
+class TargetFacts:
+    """What policies may want to know about an operation's target, looked
+    up lazily and at most once per execution (the handler reuses it)."""
+
+    def __init__(self, op: Operation):
+        self.op = op
+        self._members: Optional[List[Member]] = None
+
+    @property
+    def pgid(self) -> Optional[int]:
+        op = self.op
+        if isinstance(op, ProcessSpawnOperation):
+            return op.process_group.pgid if isinstance(op.process_group, JoinGroup) else None
+        if isinstance(op, ProcessSignalOperation) and op.target_group:
+            return op.pid
+        return None
+
+    @property
+    def owned_group(self) -> bool:
+        pgid = self.pgid
+        return pgid is not None and owned_group(pgid) is not None
+
+    @property
+    def members(self) -> List[Member]:
+        if self._members is None:
+            self._members = scan_group(self.pgid) if self.pgid is not None else []
+        return self._members
+
+    def foreign_members(self, uid: int) -> List[Member]:
+        return [m for m in self.members if m.uid is not None and m.uid != uid]
+
+    @property
+    def is_own_group_or_session(self) -> bool:
+        pgid = self.pgid
+        if pgid is None or not hasattr(os, "getpgrp"):
+            return False
+        return pgid in (os.getpgrp(), os.getsid(0))
+
+    @property
+    def own_child(self) -> bool:
+        proc = child_by_pid(getattr(self.op, "pid", 0))
+        return proc is not None and not proc.reaped
+
+    @property
+    def process_uid(self) -> Optional[int]:
+        try:
+            return psutil.Process(self.op.pid).uids().real  # type: ignore[union-attr]
+        except (psutil.Error, AttributeError):
+            return None
+
+
+class ProcessExecutor:
+    """Executes operations. ``policies`` all have to allow an operation
+    (the first denial wins); the default is ``[DefaultPolicy()]``."""
+
+    def __init__(self, name: str = "osl-executor", policies: Optional[Sequence[SecurityPolicy]] = None):
+        self.name = name
+        self.policies: List[SecurityPolicy] = list(policies) if policies is not None else [DefaultPolicy()]
+        self._handlers: Dict[type, Callable[..., Any]] = {
+            ProcessSpawnOperation: self._spawn,
+            ProcessSignalOperation: self._signal,
+            ProcessKillOperation: self._kill,
+        }
+
+    def __repr__(self) -> str:
+        return f"<ProcessExecutor {self.name!r}>"
+
+    # -- the template --------------------------------------------------------------
+    def execute(self, op: Operation, ctx: Optional[ExecutionContext] = None) -> ExecutionResult:
+        ctx = resolve_context(ctx)
+        handler = self._handlers.get(type(op))
+        op_type = getattr(getattr(op, "operation_type", None), "value", type(op).__name__)
+        record = audit.AuditRecord(getattr(op, "operation_id", "?"), op_type, self.name, ctx.principal)
+        start = time.perf_counter()
+        try:
+            # 1. shape
+            if handler is None:
+                raise InvalidOperation(f"{type(op).__name__} is not an operation this executor runs")
+            op.validate()
+            facts = TargetFacts(op)
+            _describe_target(op, record)
+            # 2. policy
+            decision = self.authorize(op, ctx, facts)
+            record["decision"] = "allowed" if decision.allowed else "denied"
+            record["reason"] = decision.reason or None
+            if not decision.allowed:
+                raise SecurityViolation(decision.reason, decision.policy)
+            # 3. backend
+            result = handler(op, ctx, facts, record)
+            result.started_at = time.time() - (time.perf_counter() - start)
+            result.duration = time.perf_counter() - start
+            record["outcome"] = "ok"
+            return result
+        except BaseException as e:
+            record["outcome"] = "error"
+            record["errno"] = getattr(e, "errno", None)
+            record["error"] = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            # 4. audit
+            record["duration_ms"] = round((time.perf_counter() - start) * 1000, 3)
+            audit.emit(record)
+
+    async def execute_async(self, op: Operation, ctx: Optional[ExecutionContext] = None) -> ExecutionResult:
+        # Every step is non-blocking (a spawn returns as soon as the child
+        # exists), so the coroutine runs it inline: no thread hop.
+        return self.execute(op, ctx)
+
+    def authorize(self, op: Operation, ctx: ExecutionContext, facts: Optional[TargetFacts] = None) -> Decision:
+        facts = facts or TargetFacts(op)
+        if op.requires_elevated_privileges() and not ctx.security_context.elevated:
+            return Decision.deny(f"{op.operation_type.value} as requested needs an elevated context", "executor")
+        for policy in self.policies:
+            decision = policy.evaluate(op, ctx, facts)
+            if not decision.allowed:
+                return decision
+        return Decision.allow()
+
+    # -- handlers ---------------------------------------------------------------------
+    def _spawn(self, op: ProcessSpawnOperation, ctx: ExecutionContext, facts: TargetFacts,
+               record: audit.AuditRecord) -> ExecutionResult:
+        sweep_abandoned()
+        spawned = backend.spawn(op)
+        argv = (op.command, *op.args)
+        proc = Process(spawned.pid, argv, spawned.stdin, spawned.stdout, spawned.stderr)
+        pgid = spawned.pgid if spawned.pgid is not None else backend.own_pgid()
+        group = None
+        if op.makes_group:
+            group = ProcessGroup(pgid, proc, tier="session" if op.detach_from_terminal else "process_group",
+                                 owner=self.name)
+        record["target_pid"] = spawned.pid
+        record["target_pgid"] = pgid
+        return ExecutionResult(op.operation_id, op.operation_type.value, {
+            "operation_type": op.operation_type.value,
+            "operation_id": op.operation_id,
+            "pid": str(spawned.pid),
+            "pgid": str(pgid),
+            "is_group_leader": "true" if pgid == spawned.pid else "false",
+            "command": op.command,
+            "args": " ".join(_quote(a) for a in op.args),
+            "executor": self.name,
+            "user": ctx.principal,
+        }, process=proc, group=group)
+
+    def _signal(self, op: ProcessSignalOperation, ctx: ExecutionContext, facts: TargetFacts,
+                record: audit.AuditRecord) -> ExecutionResult:
+        meta = {
+            "operation_type": op.operation_type.value,
+            "operation_id": op.operation_id,
+            "signal": str(op.signal),
+            "signal_name": op.signal_name,
+            "executor": self.name,
+            "user": ctx.principal,
+        }
+        if op.target_group:
+            # Best effort: the members running when the signal was sent;
+            # a member forked in between is signalled but not counted.
+            affected = sum(1 for m in facts.members if not m.zombie)
+            group = owned_group(op.pid)
+            if group is not None:
+                group.signal(op.signal)  # refuses a released (reusable) pgid
+            else:
+                backend.signal_group(op.pid, op.signal)
+            meta["target_pgid"] = str(op.pid)
+        else:
+            _signal_one(op.pid, op.signal)
+            affected = 1
+            meta["target_pid"] = str(op.pid)
+        meta["processes_affected"] = str(affected)
+        record["processes_affected"] = affected
+        return ExecutionResult(op.operation_id, op.operation_type.value, meta)
+
+    def _kill(self, op: ProcessKillOperation, ctx: ExecutionContext, facts: TargetFacts,
+              record: audit.AuditRecord) -> ExecutionResult:
+        _signal_one(op.pid, SIGKILL)
+        record["processes_affected"] = 1
+        return ExecutionResult(op.operation_id, op.operation_type.value, {
+            "operation_type": op.operation_type.value,
+            "operation_id": op.operation_id,
+            "target_pid": str(op.pid),
+            "signal": str(SIGKILL),
+            "signal_name": signal_name(SIGKILL),
+            "processes_affected": "1",
+            "executor": self.name,
+            "user": ctx.principal,
+        })
+
+
+def _signal_one(pid: int, sig: int) -> None:
+    """A child we spawned is signalled through its handle, which refuses
+    once it has been reaped (the pid may belong to someone else by then)."""
+    proc = child_by_pid(pid)
+    if proc is not None:
+        proc.send_signal(sig)
+    else:
+        backend.kill(pid, sig)
+
+
+def _describe_target(op: Operation, record: audit.AuditRecord) -> None:
+    if isinstance(op, ProcessSignalOperation):
+        record["target_pgid" if op.target_group else "target_pid"] = op.pid
+        record["signal"] = op.signal
+    elif isinstance(op, ProcessKillOperation):
+        record["target_pid"] = op.pid
+        record["signal"] = SIGKILL
+    elif isinstance(op, ProcessSpawnOperation) and isinstance(op.process_group, JoinGroup):
+        record["target_pgid"] = op.process_group.pgid
+
+
+def _quote(a: str) -> str:
+    return shlex.quote(a)
+
+
+class OSLFramework:
+    """A facade owning one executor and one context."""
+
+    def __init__(self, executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None):
+        self.executor = executor or ProcessExecutor("osl-framework")
+        self.context = resolve_context(context)
+
+    def execute(self, op: Operation) -> ExecutionResult:
+        return self.executor.execute(op, self.context)
+
+    def spawn(self, op: ProcessSpawnOperation) -> ExecutionResult:
+        return self.executor.execute(op, self.context)
+
+    def signal_process_group(self, pgid: int, sig: int) -> ExecutionResult:
+        return self.executor.execute(ProcessSignalOperation.signal_group(pgid, sig), self.context)
+
+    async def spawn_async(self, op: ProcessSpawnOperation) -> ExecutionResult:
+        return await self.executor.execute_async(op, self.context)
+
+    async def signal_process_group_async(self, pgid: int, sig: int) -> ExecutionResult:
+        return await self.executor.execute_async(ProcessSignalOperation.signal_group(pgid, sig), self.context)

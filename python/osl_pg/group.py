@@ -1,0 +1,389 @@
+"""ProcessGroup: one handle for a whole process tree.
+
+The PID-reuse guarantee
+-----------------------
+A process group's id is its leader's pid. The kernel cannot hand that number
+to a new process while any process, zombie or not, still has it as pid or
+pgid. The group handle keeps the leader *unreaped* (it reads the leader's
+status with WNOWAIT), so as long as the handle is open the pgid names this
+group and no other: ``signal()`` can never reach an unrelated group that
+happened to get the same number. Once the whole group is gone (``wait()``
+saw it empty, or ``terminate()``/``close()`` ended it) the leader is reaped
+and the handle is *released*: from then on ``signal()`` raises
+ProcessLookupError instead of signalling whatever group might reuse the id.
+
+"Gone" means dead: a member that has exited counts as gone even while a slow
+or non-reaping init keeps it a zombie. On Linux the handle waits on a pidfd
+per live member, so ``wait()`` and ``terminate()`` return within
+milliseconds of the last death; elsewhere it polls with a short backoff.
+"""
+import asyncio
+import errno
+import os
+import signal as _signal
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Generator, List, Optional, Set
+
+import psutil
+
+from ._backend import backend
+from .errors import ProcessNotFound
+from .process import Process, WaitTimeout, child_by_pid
+
+DEFAULT_GRACE = 5.0
+
+SIGTERM = int(getattr(_signal, "SIGTERM", 15))
+SIGKILL = int(getattr(_signal, "SIGKILL", 9))
+SIGCONT = getattr(_signal, "SIGCONT", None)
+
+
+@dataclass(frozen=True)
+class Member:
+    pid: int
+    ppid: Optional[int]
+    name: str
+    zombie: bool
+    uid: Optional[int] = None
+
+
+@dataclass
+class MemberOutcome:
+    """How one member ended under terminate(): "exited" (before any signal
+    or on its own), "terminated" (after SIGTERM, within the grace) or
+    "killed" (by SIGKILL after the grace). `returncode` is known for
+    processes this program reaped (the leader; adopted orphans under a
+    subreaper)."""
+
+    pid: int
+    name: str
+    outcome: str = "exited"
+    returncode: Optional[int] = None
+
+
+@dataclass
+class TerminateReport:
+    pgid: int
+    members: List[MemberOutcome] = field(default_factory=list)
+    escalated: bool = False  # SIGKILL was needed
+    duration: float = 0.0
+    all_gone: bool = True
+
+    def by_outcome(self, outcome: str) -> List[MemberOutcome]:
+        return [m for m in self.members if m.outcome == outcome]
+
+
+# Groups created by this process, by pgid: how a group "this process
+# created" is found again, and what the default security policy trusts.
+_owned: Dict[int, "weakref.ref[ProcessGroup]"] = {}
+_owned_lock = threading.Lock()
+
+
+def owned_group(pgid: int) -> Optional["ProcessGroup"]:
+    ref = _owned.get(pgid)
+    group = ref() if ref is not None else None
+    return group if group is not None and not group.released else None
+
+
+def _scan(pgid: int) -> List[Member]:
+    """Current members of group `pgid` (psutil for the process list and
+    states, getpgid for membership)."""
+    members = []
+    for pid in backend.list_pids():
+        if backend.pgid_or_none(pid) != pgid:
+            continue
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                members.append(Member(pid, p.ppid(), p.name(), p.status() == psutil.STATUS_ZOMBIE,
+                                      _uid(p)))
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            members.append(Member(pid, None, "?", False))
+    return members
+
+
+def _uid(p: psutil.Process) -> Optional[int]:
+    try:
+        return p.uids().real
+    except (AttributeError, psutil.AccessDenied):  # no uids on Windows
+        return None
+
+
+def scan_group(pgid: int) -> List[Member]:
+    return _scan(pgid)
+
+
+class ProcessGroup:
+    """A process group this program created (or found with `for_pgid`).
+
+    ``with group:`` terminates the group on exit unless it was detached;
+    ``async with`` does the same with ``terminate_async``.
+    """
+
+    def __init__(self, pgid: int, leader: Optional[Process] = None, tier: str = "process_group",
+                 owner: str = ""):
+        self.pgid = pgid
+        self.leader = leader
+        self.tier = tier
+        self.owner = owner
+        self.detached = False
+        self._released = False
+        self._seen: Dict[int, MemberOutcome] = {}
+        if leader is not None:
+            leader._pin()
+            # If the handle is dropped without close(), stop pinning so the
+            # leader is reaped: never a zombie left, never a process killed.
+            weakref.finalize(self, leader._release)
+        with _owned_lock:
+            _owned[pgid] = weakref.ref(self)
+
+    @classmethod
+    def for_pgid(cls, pgid: int) -> "ProcessGroup":
+        """The open handle of a group this process created."""
+        group = owned_group(pgid)
+        if group is None:
+            raise ProcessNotFound(errno.ESRCH, f"no open group {pgid} was created by this process")
+        return group
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "open"
+        return f"<ProcessGroup pgid={self.pgid} tier={self.tier} {state}>"
+
+    # -- queries -------------------------------------------------------------------
+    @property
+    def leader_pid(self) -> int:
+        return self.pgid
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def members(self) -> List[Member]:
+        """Processes whose pgid is this group's now; zombies are marked."""
+        if self._released:
+            return []
+        return _scan(self.pgid)
+
+    @property
+    def alive(self) -> bool:
+        """True while any member is running (zombies do not count)."""
+        return any(not m.zombie for m in self.members())
+
+    # -- signals ----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._released:
+            raise ProcessNotFound(errno.ESRCH, f"process group {self.pgid} is gone and its handle was released")
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to every member. Safe against pgid reuse (see the
+        module docstring): raises ProcessLookupError once released."""
+        self._check_open()
+        backend.signal_group(self.pgid, sig)
+
+    def kill(self) -> None:
+        self.signal(SIGKILL)
+
+    # -- waiting --------------------------------------------------------------------------
+    def _until_empty(self, deadline: Optional[float], phase: str) -> Generator[List[int], None, bool]:
+        """Scan, record who died in this phase, yield the live pids for the
+        driver to wait on; return True once no member is running."""
+        while True:
+            live = []
+            me = os.getpid()
+            for m in _scan(self.pgid):
+                seen = self._seen.get(m.pid)
+                if seen is None:
+                    seen = self._seen[m.pid] = MemberOutcome(m.pid, m.name, outcome="running")
+                if m.zombie:
+                    self._reap_adopted(m, me)
+                else:
+                    live.append(m.pid)
+            live_set = set(live)
+            for pid, seen in self._seen.items():
+                if seen.outcome == "running" and pid not in live_set:
+                    seen.outcome = phase
+            if not live:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            yield live
+
+    def _reap_adopted(self, m: Member, me: int) -> None:
+        """Under a subreaper, reap orphans of this group that were
+        reparented to us. Never a child with a Process handle (the leader,
+        or anything spawned elsewhere in this program via osl_pg), and
+        never a child outside this group (a subprocess.Popen child, say)."""
+        if m.ppid != me or child_by_pid(m.pid) is not None:
+            return
+        try:
+            code = backend.wait(m.pid, nohang=True, nowait=False)
+        except OSError:
+            return
+        if code is not None:
+            self._seen[m.pid].returncode = code
+
+    def _drive(self, gen: Generator[List[int], None, bool], deadline: Optional[float]) -> bool:
+        try:
+            live = next(gen)
+            while True:
+                backend.wait_exits(live, deadline)
+                live = gen.send(None)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            return bool(stop.value)
+
+    async def _drive_async(self, gen: Generator[List[int], None, bool], deadline: Optional[float]) -> bool:
+        try:
+            live = next(gen)
+            while True:
+                await backend.wait_exits_async(live, deadline)
+                live = gen.send(None)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            return bool(stop.value)
+
+    def _finish(self) -> Optional[int]:
+        """The group is empty: reap the leader and release the handle."""
+        rc = None
+        if self.leader is not None:
+            self.leader._release()
+            rc = self.leader.returncode
+            seen = self._seen.get(self.pgid)
+            if seen is not None:
+                seen.returncode = rc
+        self._release()
+        return rc
+
+    def _release(self) -> None:
+        self._released = True
+        with _owned_lock:
+            ref = _owned.get(self.pgid)
+            if ref is not None and ref() is self:
+                del _owned[self.pgid]
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Wait until every member of the group has died (not just the
+        leader). Returns the leader's returncode when this program spawned
+        it. Raises WaitTimeout if members still run after `timeout`."""
+        if self._released:
+            return self.leader.returncode if self.leader is not None else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._drive(self._until_empty(deadline, "exited"), deadline):
+            raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)
+        return self._finish()
+
+    async def wait_async(self, timeout: Optional[float] = None) -> Optional[int]:
+        if self._released:
+            return self.leader.returncode if self.leader is not None else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not await self._drive_async(self._until_empty(deadline, "exited"), deadline):
+            raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)
+        return self._finish()
+
+    # -- terminate --------------------------------------------------------------------
+    def _term_signals(self) -> bool:
+        """SIGTERM (and SIGCONT, so stopped members can act on it).
+        False when the group had no member left to signal."""
+        try:
+            backend.signal_group(self.pgid, SIGTERM)
+            if SIGCONT is not None:
+                backend.signal_group(self.pgid, int(SIGCONT))
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _kill_quietly(self) -> None:
+        try:
+            backend.signal_group(self.pgid, SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _report(self, start: float, escalated: bool) -> TerminateReport:
+        self._finish()
+        return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid), escalated,
+                               time.monotonic() - start)
+
+    def terminate(self, grace: float = DEFAULT_GRACE) -> TerminateReport:
+        """SIGTERM the whole group, wait up to `grace` seconds until every
+        member has died, SIGKILL what is left, wait for that too. Returns a
+        report naming each member and how it ended."""
+        start = time.monotonic()
+        if self._released:
+            return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
+        self._drive(self._until_empty(start, "exited"), start)  # snapshot who is there
+        escalated = False
+        if self._term_signals():
+            deadline = time.monotonic() + grace
+            if not self._drive(self._until_empty(deadline, "terminated"), deadline):
+                escalated = True
+                self._kill_quietly()
+                self._drive(self._until_empty(None, "killed"), None)
+        return self._report(start, escalated)
+
+    async def terminate_async(self, grace: float = DEFAULT_GRACE) -> TerminateReport:
+        start = time.monotonic()
+        if self._released:
+            return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
+        await self._drive_async(self._until_empty(start, "exited"), start)
+        escalated = False
+        if self._term_signals():
+            deadline = time.monotonic() + grace
+            if not await self._drive_async(self._until_empty(deadline, "terminated"), deadline):
+                escalated = True
+                self._kill_quietly()
+                await self._drive_async(self._until_empty(None, "killed"), None)
+        return self._report(start, escalated)
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def detach(self) -> None:
+        """Let the group outlive this handle: close() and the context
+        managers then release it without killing anything."""
+        self.detached = True
+
+    def close(self) -> None:
+        """Release the handle. Unless detached, members still running are
+        killed first (kill on close) and waited for."""
+        if self._released:
+            return
+        if not self.detached:
+            self._kill_quietly()
+            self._drive(self._until_empty(None, "killed"), None)
+            self._finish()
+        else:
+            if self.leader is not None:
+                self.leader._release()
+            self._release()
+
+    def __enter__(self) -> "ProcessGroup":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.detached and not self._released:
+            self.terminate()
+        self.close()
+
+    async def __aenter__(self) -> "ProcessGroup":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.detached and not self._released:
+            await self.terminate_async()
+        self.close()
+
+
+def set_child_subreaper(enabled: bool = True) -> None:
+    """Opt in (Linux) to adopting orphaned descendants.
+
+    What it changes for the whole process: every orphaned descendant of any
+    child of this process (osl_pg's, subprocess's, anyone's) is reparented to
+    this process instead of init, and stays a zombie until this process
+    reaps it. osl_pg reaps only adopted orphans that are members of groups
+    it is waiting on or terminating, and reports their exit status; it never
+    reaps a child that has an osl_pg Process handle or that is outside its
+    groups (a subprocess.Popen child keeps its own waitpid()). Other orphans
+    stay zombies until something calls wait for them. Code that calls
+    os.wait() (any child) may steal children osl_pg would have reaped.
+    """
+    backend.set_child_subreaper(enabled)

@@ -1,0 +1,434 @@
+"""Operations: immutable values that describe what to do. No I/O here.
+
+Builders return a new operation; the id and creation time of the first one
+are carried along, so a chain of builders yields one logical operation.
+Shape is checked when an operation is built, and again by the executor.
+"""
+import dataclasses
+import enum
+import os
+import signal as _signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+
+from .errors import InvalidOperation
+
+PID_MAX = 2**31 - 1
+
+# Stdio choices: the subprocess module's own constants, so code moving from
+# subprocess keeps working. INHERIT is ours (subprocess spells it None).
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+INHERIT = None
+StdioSpec = Union[None, int, IO[Any]]
+
+
+class Permission(str, enum.Enum):
+    PROCESS_SPAWN = "ProcessSpawn"
+    PROCESS_MANAGE = "ProcessManage"
+
+
+class OperationType(str, enum.Enum):
+    PROCESS_SPAWN = "process_spawn"
+    PROCESS_SIGNAL = "process_signal"
+    PROCESS_GROUP_SIGNAL = "process_group_signal"
+    PROCESS_KILL = "process_kill"
+
+
+# --------------------------------------------------------------------------
+# shape checks
+
+
+def check_pid(value: Any, what: str = "pid") -> int:
+    """A pid or pgid must be an int in 1..2**31-1: 0 and negatives mean
+    "my group" or "everyone" to kill(2), and a wrapped 2**32-1 is -1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOperation(f"{what} must be an int, not {type(value).__name__}")
+    if not 1 <= value <= PID_MAX:
+        raise InvalidOperation(f"{what} {value} is outside 1..{PID_MAX}")
+    return value
+
+
+def check_pgid(value: Any) -> int:
+    check_pid(value, "pgid")
+    if value == 1:
+        raise InvalidOperation("pgid 1 is init's group; signalling it is refused")
+    return value
+
+
+def check_signal(value: Any) -> int:
+    """Signal 0 probes liveness; anything else must be a signal this OS has."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOperation(f"signal must be an int, not {type(value).__name__}")
+    if value != 0 and value not in _VALID_SIGNALS:
+        raise InvalidOperation(f"unknown signal number {value}")
+    return int(value)
+
+
+def signal_name(sig: int) -> str:
+    if sig == 0:
+        return "0"
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        rtmin = getattr(_signal, "SIGRTMIN", None)
+        if rtmin is not None and sig >= rtmin:
+            return f"SIGRTMIN+{sig - rtmin}"
+        return f"SIG{sig}"
+
+
+_VALID_SIGNALS = frozenset(int(s) for s in _signal.valid_signals())
+
+
+def _check_text(value: Any, what: str) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if not isinstance(value, str):
+        raise InvalidOperation(f"{what} must be a string, not {type(value).__name__}")
+    if "\0" in value:
+        raise InvalidOperation(f"{what} contains a NUL byte: {value!r}")
+    return value
+
+
+def _check_stdio(value: Any, slot: str) -> StdioSpec:
+    if value is None or value in (PIPE, DEVNULL):
+        return value
+    if value == STDOUT:
+        if slot != "stderr":
+            raise InvalidOperation("STDOUT is only meaningful for stderr")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise InvalidOperation(f"{slot}: invalid fd {value}")
+        return value
+    if hasattr(value, "fileno"):
+        return value
+    raise InvalidOperation(f"{slot} must be PIPE, DEVNULL, an fd or a file, not {value!r}")
+
+
+# --------------------------------------------------------------------------
+# process group configuration
+
+
+class ProcessGroupConfig:
+    """Where a spawned child's process group is. Variants: NewGroup(),
+    JoinGroup(pgid), Inherit() (the default), also reachable as
+    ProcessGroupConfig.NewGroup() etc."""
+
+    __slots__ = ()
+    NewGroup: Any
+    JoinGroup: Any
+    Inherit: Any
+
+
+@dataclass(frozen=True)
+class NewGroup(ProcessGroupConfig):
+    """The child leads a new process group whose pgid is its pid."""
+
+
+@dataclass(frozen=True)
+class JoinGroup(ProcessGroupConfig):
+    """The child joins the existing group `pgid` (same session only)."""
+
+    pgid: int = 0
+
+    def __post_init__(self) -> None:
+        check_pgid(self.pgid)
+
+
+@dataclass(frozen=True)
+class Inherit(ProcessGroupConfig):
+    """The child stays in the caller's process group."""
+
+
+ProcessGroupConfig.NewGroup = NewGroup  # type: ignore[misc]
+ProcessGroupConfig.JoinGroup = JoinGroup  # type: ignore[misc]
+ProcessGroupConfig.Inherit = Inherit  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------
+# common operation fields
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class _Operation:
+    operation_id: str = ""
+    created_at: float = 0.0
+    operation_type: OperationType = OperationType.PROCESS_SPAWN
+
+    def with_operation_id(self, operation_id: str):
+        operation_id = _check_text(operation_id, "operation_id")
+        if not operation_id:
+            raise InvalidOperation("empty operation_id")
+        return self._with(operation_id=operation_id)
+
+    def _with(self, **changes: Any):
+        """A copy with `changes`; the id and creation time are kept."""
+        new = object.__new__(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, changes.get(f.name, getattr(self, f.name)))
+        return new
+
+    def required_permissions(self) -> Tuple[Permission, ...]:
+        raise NotImplementedError
+
+    def requires_elevated_privileges(self) -> bool:
+        return False
+
+    def validate(self) -> None:
+        """Raise InvalidOperation when the operation is malformed."""
+
+
+def _fix_common(op: "_Operation") -> None:
+    if not op.operation_id:
+        object.__setattr__(op, "operation_id", _new_id())
+    if not op.created_at:
+        object.__setattr__(op, "created_at", time.time())
+
+
+# --------------------------------------------------------------------------
+# spawn
+
+
+@dataclass(frozen=True)
+class ProcessSpawnOperation(_Operation):
+    """Spawn `command` with arguments. Group membership is `process_group`
+    (None means Inherit); `detach_from_terminal` makes the child a session
+    leader (setsid), which also makes it a group leader."""
+
+    command: str = ""
+    args: Tuple[str, ...] = ()
+    env_overrides: Tuple[Tuple[str, Optional[str]], ...] = ()
+    inherit_env: bool = True
+    cwd: Optional[str] = None
+    process_group: Optional[ProcessGroupConfig] = None
+    detach_from_terminal: bool = False
+    kill_on_parent_death: bool = False
+    close_fds: bool = True
+    stdin: StdioSpec = None
+    stdout: StdioSpec = None
+    stderr: StdioSpec = None
+    operation_type: OperationType = OperationType.PROCESS_SPAWN
+
+    def __init__(self, command: Union[str, "os.PathLike[str]"] = "", *args: Any, **kwargs: Any):
+        # Positional form of the contract: ProcessSpawnOperation("sleep").
+        _init_fields(self, dict(kwargs, command=command), args)
+        self.validate()
+
+    # builders --------------------------------------------------------------
+    def arg(self, a: str) -> "ProcessSpawnOperation":
+        return self._with(args=self.args + (_check_text(a, "argument"),))
+
+    def with_args(self, args: Iterable[str]) -> "ProcessSpawnOperation":
+        if isinstance(args, (str, bytes)):
+            raise InvalidOperation("with_args takes a list of arguments, not one string")
+        return self._with(args=self.args + tuple(_check_text(a, "argument") for a in args))
+
+    def env(self, key: str, value: Optional[str]) -> "ProcessSpawnOperation":
+        """Set (or, with None, remove) one variable on top of the inherited
+        environment."""
+        return self._with(env_overrides=self.env_overrides + (_env_pair(key, value),))
+
+    def with_env(self, env: Mapping[str, Optional[str]]) -> "ProcessSpawnOperation":
+        return self._with(env_overrides=self.env_overrides + tuple(_env_pair(k, v) for k, v in env.items()))
+
+    def with_clean_env(self) -> "ProcessSpawnOperation":
+        """Start from an empty environment instead of the caller's."""
+        return self._with(inherit_env=False)
+
+    def working_dir(self, d: Union[str, "os.PathLike[str]"]) -> "ProcessSpawnOperation":
+        return self._with(cwd=_check_text(d, "working directory"))
+
+    def with_new_process_group(self) -> "ProcessSpawnOperation":
+        return self._with(process_group=NewGroup())
+
+    def with_process_group(self, pgid: int) -> "ProcessSpawnOperation":
+        return self._with(process_group=JoinGroup(pgid))
+
+    def with_group_config(self, config: Optional[ProcessGroupConfig]) -> "ProcessSpawnOperation":
+        return self._with(process_group=config)
+
+    def with_detach_from_terminal(self) -> "ProcessSpawnOperation":
+        return self._with(detach_from_terminal=True)
+
+    def with_kill_on_parent_death(self) -> "ProcessSpawnOperation":
+        """Linux: the child gets SIGKILL when the thread that spawned it dies
+        (PR_SET_PDEATHSIG). Note: the *thread*, not the process: spawn from a
+        long-lived thread (the main thread, say), not from a pool worker."""
+        return self._with(kill_on_parent_death=True)
+
+    def with_stdin(self, spec: StdioSpec) -> "ProcessSpawnOperation":
+        return self._with(stdin=_check_stdio(spec, "stdin"))
+
+    def with_stdout(self, spec: StdioSpec) -> "ProcessSpawnOperation":
+        return self._with(stdout=_check_stdio(spec, "stdout"))
+
+    def with_stderr(self, spec: StdioSpec) -> "ProcessSpawnOperation":
+        return self._with(stderr=_check_stdio(spec, "stderr"))
+
+    def with_close_fds(self, close: bool) -> "ProcessSpawnOperation":
+        return self._with(close_fds=bool(close))
+
+    # properties ----------------------------------------------------------------
+    @property
+    def group_config(self) -> ProcessGroupConfig:
+        return self.process_group if self.process_group is not None else Inherit()
+
+    @property
+    def makes_group(self) -> bool:
+        """True when the child will lead a new group (or session)."""
+        return self.detach_from_terminal or isinstance(self.process_group, NewGroup)
+
+    def required_permissions(self) -> Tuple[Permission, ...]:
+        if isinstance(self.process_group, JoinGroup):
+            # Putting a process into an existing group manages that group.
+            return (Permission.PROCESS_SPAWN, Permission.PROCESS_MANAGE)
+        return (Permission.PROCESS_SPAWN,)
+
+    def validate(self) -> None:
+        if not self.command:
+            raise InvalidOperation("empty command")
+        _check_text(self.command, "command")
+        for a in self.args:
+            _check_text(a, "argument")
+        for k, v in self.env_overrides:
+            _env_pair(k, v)
+        if self.cwd is not None:
+            _check_text(self.cwd, "working directory")
+        if self.process_group is not None and not isinstance(self.process_group, ProcessGroupConfig):
+            raise InvalidOperation(f"process_group must be a ProcessGroupConfig, not {self.process_group!r}")
+        if self.detach_from_terminal and isinstance(self.process_group, JoinGroup):
+            raise InvalidOperation("a detached child leads its own session; it cannot join a group")
+        for slot in ("stdin", "stdout", "stderr"):
+            _check_stdio(getattr(self, slot), slot)
+
+
+def _env_pair(key: Any, value: Any) -> Tuple[str, Optional[str]]:
+    key = _check_text(key, "environment key")
+    if not key or "=" in key:
+        raise InvalidOperation(f"invalid environment key {key!r}")
+    if value is not None:
+        value = _check_text(value, f"environment value of {key}")
+    return key, value
+
+
+def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> None:
+    if extra_positional:
+        raise TypeError(f"{type(op).__name__}() takes at most one positional argument")
+    names = {f.name for f in dataclasses.fields(op)}
+    unknown = set(values) - names
+    if unknown:
+        raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+    for f in dataclasses.fields(op):
+        if f.name in values:
+            v = values[f.name]
+        elif f.default is not dataclasses.MISSING:
+            v = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            v = f.default_factory()  # type: ignore[misc]
+        else:
+            v = None
+        object.__setattr__(op, f.name, v)
+    _fix_common(op)
+    if "command" in values:
+        object.__setattr__(op, "command", _check_text(values["command"], "command") if values["command"] != "" else "")
+    if "args" in values:
+        object.__setattr__(op, "args", tuple(_check_text(a, "argument") for a in values["args"]))
+
+
+# --------------------------------------------------------------------------
+# signals
+
+
+@dataclass(frozen=True)
+class ProcessSignalOperation(_Operation):
+    """Send `signal` to process `pid`, or to process group `pid` when
+    `target_group` is true."""
+
+    pid: int = 0
+    signal: int = 0
+    target_group: bool = False
+    allow_own_group: bool = False
+    operation_type: OperationType = OperationType.PROCESS_SIGNAL
+
+    def __init__(self, pid: int, signal: int, *, target_group: bool = False,
+                 allow_own_group: bool = False, **kwargs: Any):
+        _init_fields(self, dict(kwargs, pid=pid, signal=signal, target_group=target_group,
+                                allow_own_group=allow_own_group,
+                                operation_type=OperationType.PROCESS_GROUP_SIGNAL if target_group
+                                else OperationType.PROCESS_SIGNAL), ())
+        self.validate()
+
+    @classmethod
+    def signal_group(cls, pgid: int, signal: int) -> "ProcessSignalOperation":
+        return cls(pgid, signal, target_group=True)
+
+    @classmethod
+    def new_for_group(cls, pid: int, signal: int) -> "ProcessSignalOperation":
+        """Signal the group that `pid` leads (its pgid is its pid)."""
+        return cls(pid, signal, target_group=True)
+
+    @classmethod
+    def terminate(cls, pid: int) -> "ProcessSignalOperation":
+        return cls(pid, int(_signal.SIGTERM))
+
+    @classmethod
+    def kill(cls, pid: int) -> "ProcessSignalOperation":
+        return cls(pid, int(_signal.SIGKILL))
+
+    @classmethod
+    def hangup(cls, pid: int) -> "ProcessSignalOperation":
+        return cls(pid, int(getattr(_signal, "SIGHUP", 1)))
+
+    def with_allow_own_group(self) -> "ProcessSignalOperation":
+        """Permit signalling the caller's own group or session (which would
+        signal the caller too). Needs an elevated security context."""
+        return self._with(allow_own_group=True)
+
+    @property
+    def signal_name(self) -> str:
+        return signal_name(self.signal)
+
+    def required_permissions(self) -> Tuple[Permission, ...]:
+        return (Permission.PROCESS_MANAGE,)
+
+    def requires_elevated_privileges(self) -> bool:
+        return self.allow_own_group
+
+    def validate(self) -> None:
+        if self.target_group:
+            check_pgid(self.pid)
+        else:
+            check_pid(self.pid)
+        check_signal(self.signal)
+
+
+@dataclass(frozen=True)
+class ProcessKillOperation(_Operation):
+    """SIGKILL process `pid` (TerminateProcess on Windows)."""
+
+    pid: int = 0
+    operation_type: OperationType = OperationType.PROCESS_KILL
+
+    def __init__(self, pid: int, **kwargs: Any):
+        _init_fields(self, dict(kwargs, pid=pid), ())
+        self.validate()
+
+    def required_permissions(self) -> Tuple[Permission, ...]:
+        return (Permission.PROCESS_MANAGE,)
+
+    def validate(self) -> None:
+        check_pid(self.pid)
+
+
+Operation = Union[ProcessSpawnOperation, ProcessSignalOperation, ProcessKillOperation]

@@ -1,0 +1,140 @@
+"""Security policies: they see the operation, the caller's context and the
+facts about the target, and return allow or deny-with-reason.
+
+A denial becomes SecurityViolation (a PermissionError), which is final:
+nothing in osl_pg retries it. Policies never depend on logging: switching the
+audit logger off changes what is recorded, never what is allowed.
+"""
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Protocol
+
+from .context import ExecutionContext
+from .operations import (JoinGroup, Permission, ProcessKillOperation, ProcessSignalOperation,
+                         ProcessSpawnOperation)
+
+if TYPE_CHECKING:
+    from .executor import TargetFacts
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""
+    policy: str = ""
+
+    @classmethod
+    def allow(cls, policy: str = "") -> "Decision":
+        return cls(True, "", policy)
+
+    @classmethod
+    def deny(cls, reason: str, policy: str = "") -> "Decision":
+        return cls(False, reason, policy)
+
+
+class SecurityPolicy(Protocol):
+    name: str
+
+    def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision: ...
+
+
+class DefaultPolicy:
+    """Safe by default.
+
+    - Spawning in the caller's group, a new group or a new session: allowed.
+    - JoinGroup(pgid): allowed into a group this program created, or one whose
+      members all run as the caller's uid; otherwise only when elevated.
+    - Signalling a group: allowed when this program created it, or when every
+      current member runs as the caller's uid; a group with a process of
+      another user needs an elevated context. The caller's own group and its
+      session's group are refused unless the operation says
+      ``with_allow_own_group()`` *and* the context is elevated (it would
+      signal the caller itself). pgid <= 1 never gets this far (operation
+      shape check).
+    - Signalling or killing one process: pid 1 and processes of another user
+      need an elevated context.
+    """
+
+    name = "default"
+
+    def __init__(self, uid: Optional[int] = None):
+        self._uid = uid
+
+    @property
+    def uid(self) -> int:
+        if self._uid is not None:
+            return self._uid
+        return os.geteuid() if hasattr(os, "geteuid") else 0
+
+    def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
+        elevated = ctx.security_context.elevated
+        if isinstance(op, ProcessSpawnOperation):
+            if isinstance(op.process_group, JoinGroup) and not target.owned_group and not elevated:
+                foreign = target.foreign_members(self.uid)
+                if foreign:
+                    return self._deny(f"cannot join process group {op.process_group.pgid}: it has processes of "
+                                      f"other users ({_pids(foreign)}) and was not created by this program")
+            return Decision.allow(self.name)
+        if isinstance(op, ProcessSignalOperation) and op.target_group:
+            pgid = op.pid
+            if target.is_own_group_or_session:
+                if not (op.allow_own_group and elevated):
+                    return self._deny(f"process group {pgid} holds this process (own group or session); "
+                                      "use with_allow_own_group() with an elevated context")
+                return Decision.allow(self.name)
+            if target.owned_group or elevated:
+                return Decision.allow(self.name)
+            foreign = target.foreign_members(self.uid)
+            if foreign:
+                return self._deny(f"process group {pgid} has processes of other users ({_pids(foreign)}); "
+                                  "an elevated context is needed")
+            return Decision.allow(self.name)
+        if isinstance(op, (ProcessSignalOperation, ProcessKillOperation)):
+            if elevated or target.own_child:
+                return Decision.allow(self.name)
+            if op.pid == 1:
+                return self._deny("pid 1 (init) needs an elevated context")
+            owner = target.process_uid
+            if owner is not None and owner != self.uid:
+                return self._deny(f"process {op.pid} belongs to uid {owner}; an elevated context is needed")
+            return Decision.allow(self.name)
+        return self._deny(f"unknown operation {type(op).__name__}")
+
+    def _deny(self, reason: str) -> Decision:
+        return Decision.deny(reason, self.name)
+
+
+def _pids(members: List[object]) -> str:
+    shown = ", ".join(f"pid {m.pid} uid {m.uid}" for m in members[:5])  # type: ignore[attr-defined]
+    return shown + (f" and {len(members) - 5} more" if len(members) > 5 else "")
+
+
+class AllowListPolicy:
+    """Allow or deny by principal and permission.
+
+    ``allow`` maps a principal to the permissions it may use (``"*"`` as a
+    principal matches everyone); principals not listed are denied when an
+    allow map is given. ``deny`` maps principals to permissions always refused.
+    """
+
+    name = "allow-list"
+
+    def __init__(self, allow: Optional[Mapping[str, Iterable[Permission]]] = None,
+                 deny: Optional[Mapping[str, Iterable[Permission]]] = None):
+        self.allow: Optional[Dict[str, frozenset]] = (
+            {k: frozenset(Permission(p) for p in v) for k, v in allow.items()} if allow is not None else None)
+        self.deny: Dict[str, frozenset] = {k: frozenset(Permission(p) for p in v) for k, v in (deny or {}).items()}
+
+    def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
+        who = ctx.principal
+        needed = op.required_permissions()  # type: ignore[attr-defined]
+        refused = self.deny.get(who, frozenset()) | self.deny.get("*", frozenset())
+        for perm in needed:
+            if perm in refused:
+                return Decision.deny(f"principal {who!r} is denied {perm.value}", self.name)
+        if self.allow is not None:
+            granted = self.allow.get(who, frozenset()) | self.allow.get("*", frozenset())
+            for perm in needed:
+                if perm not in granted:
+                    return Decision.deny(f"principal {who!r} is not granted {perm.value}", self.name)
+        return Decision.allow(self.name)

@@ -1,0 +1,320 @@
+"""Process: the handle every spawn returns.
+
+It reaps its child exactly once and never signals a pid after reaping it, so
+a pid that the kernel has since given to another process is never touched.
+A process group handle may *pin* the leader: its status is then read with
+WNOWAIT and the zombie is kept (holding the pid, and so the pgid, against
+reuse) until the group is released.
+"""
+import asyncio
+import errno
+import io
+import os
+import selectors
+import subprocess
+import threading
+import time
+import weakref
+from typing import IO, Any, List, Optional, Sequence, Set, Tuple
+
+from ._backend import backend
+from .errors import OslError, ProcessNotFound
+
+
+class WaitTimeout(subprocess.TimeoutExpired, OslError):
+    """A wait ran out of time (a subprocess.TimeoutExpired)."""
+
+
+class _ChildState:
+    """What the finalizer needs, kept apart from the handle."""
+
+    __slots__ = ("pid", "reaped", "lock")
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.reaped = False
+        self.lock = threading.Lock()
+
+
+# Children whose handles were dropped before they were reaped: swept (without
+# blocking) at every spawn, like subprocess's _active list.
+_unreaped: Set[_ChildState] = set()
+_unreaped_lock = threading.Lock()
+
+
+# Live handles by pid: lets a group tell its own children from adopted
+# orphans, and policies recognise processes this program spawned.
+_children: "weakref.WeakValueDictionary[int, Process]" = weakref.WeakValueDictionary()
+
+
+def child_by_pid(pid: int) -> Optional["Process"]:
+    return _children.get(pid)
+
+
+def _abandon(state: _ChildState) -> None:
+    if not state.reaped:
+        with _unreaped_lock:
+            _unreaped.add(state)
+        sweep_abandoned()
+
+
+def sweep_abandoned() -> None:
+    if not _unreaped:
+        return
+    with _unreaped_lock:
+        for state in list(_unreaped):
+            with state.lock:
+                try:
+                    done = state.reaped or backend.wait(state.pid, nohang=True, nowait=False) is not None
+                except OSError:
+                    done = True  # ECHILD: someone else reaped it
+                if done:
+                    state.reaped = True
+                    _unreaped.discard(state)
+
+
+class Process:
+    """A spawned child: pid, wait(), returncode, signals, and its pipes.
+
+    Return codes follow subprocess: the exit status, or -N after death by
+    signal N. If the child was reaped behind our back (SIGCHLD ignored, or
+    another os.wait() caller) the code is 0, as subprocess reports it.
+    """
+
+    def __init__(self, pid: int, args: Sequence[str], stdin: Optional[int] = None,
+                 stdout: Optional[int] = None, stderr: Optional[int] = None):
+        self.pid = pid
+        self.args = list(args)
+        self.returncode: Optional[int] = None
+        self.stdin: Optional[IO[bytes]] = io.open(stdin, "wb") if stdin is not None else None
+        self.stdout: Optional[IO[bytes]] = io.open(stdout, "rb") if stdout is not None else None
+        self.stderr: Optional[IO[bytes]] = io.open(stderr, "rb") if stderr is not None else None
+        self._state = _ChildState(pid)
+        self._pinned = False
+        weakref.finalize(self, _abandon, self._state)
+        _children[pid] = self
+
+    def __repr__(self) -> str:
+        return f"<Process pid={self.pid} returncode={self.returncode}>"
+
+    # -- status --------------------------------------------------------------
+    @property
+    def reaped(self) -> bool:
+        return self._state.reaped
+
+    def _collect(self, block: bool) -> Optional[int]:
+        """Read the exit status (blocking or not) and reap unless pinned."""
+        state = self._state
+        if self.returncode is None:
+            if state.reaped:
+                return self.returncode
+            try:
+                # WNOWAIT: look without reaping, so that only the locked
+                # section below ever reaps (two waiters cannot both reap, and
+                # a reaped pid is never waited for again).
+                code = backend.wait(self.pid, nohang=not block, nowait=True)
+            except ProcessNotFound:
+                code = 0  # ECHILD: reaped elsewhere
+                state.reaped = True
+            if code is None:
+                return None
+            self.returncode = code
+        if not self._pinned and not state.reaped:
+            with state.lock:
+                if not state.reaped:
+                    try:
+                        backend.wait(self.pid, nohang=True, nowait=False)
+                    except ProcessNotFound:
+                        pass
+                    state.reaped = True
+        return self.returncode
+
+    def poll(self) -> Optional[int]:
+        return self._collect(block=False)
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Wait for the child to exit and return its returncode. Raises
+        WaitTimeout (a subprocess.TimeoutExpired) after `timeout` seconds."""
+        if self.returncode is not None:
+            return self._collect(block=False)  # type: ignore[return-value]
+        if timeout is None:
+            while True:
+                try:
+                    rc = self._collect(block=True)
+                except InterruptedError:
+                    continue  # signal handlers have run; wait again
+                assert rc is not None
+                return rc
+        deadline = time.monotonic() + timeout
+        rc = self._collect(block=False)
+        if rc is not None:
+            return rc
+        fd = backend.open_exit_fd(self.pid) if timeout > 0 else None
+        try:
+            delay = 0.0005
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(self.args, timeout)
+                if fd is not None:
+                    _wait_readable(fd, remaining)
+                else:
+                    time.sleep(min(delay, remaining))
+                    delay = min(delay * 2, 0.05)
+                rc = self._collect(block=False)
+                if rc is not None:
+                    return rc
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    async def wait_async(self) -> int:
+        """Await the exit without a thread per child: on Linux the loop
+        watches a pidfd; elsewhere the status is polled with backoff."""
+        rc = self.poll()
+        if rc is not None:
+            return rc
+        fd = backend.open_exit_fd(self.pid)
+        if fd is None:
+            delay = 0.0005
+            while (rc := self.poll()) is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            return rc
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return self.wait()
+
+    # -- pinning (used by ProcessGroup) -------------------------------------------
+    def _pin(self) -> None:
+        self._pinned = True
+
+    def _release(self) -> None:
+        """Stop pinning; reap now if the child has exited."""
+        self._pinned = False
+        self._collect(block=False)
+
+    # -- signals -------------------------------------------------------------------
+    def send_signal(self, sig: int) -> None:
+        """Signal the child. After it has been reaped this raises
+        ProcessLookupError rather than signalling whoever has the pid now."""
+        if self._state.reaped:
+            raise ProcessNotFound(errno.ESRCH, f"process {self.pid} has exited and was reaped")
+        backend.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        import signal
+        self.send_signal(int(getattr(signal, "SIGTERM", 15)))
+
+    def kill(self) -> None:
+        import signal
+        self.send_signal(int(getattr(signal, "SIGKILL", 9)))
+
+    # -- pipes ---------------------------------------------------------------------
+    def communicate(self, input: Optional[bytes] = None,
+                    timeout: Optional[float] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
+        """Feed `input`, read stdout/stderr to EOF, wait for the child.
+        Like Popen.communicate; on timeout raises WaitTimeout and may be
+        called again, keeping what was read so far."""
+        out, err = read_pipes(self, input, timeout)
+        remaining = None if timeout is None else max(0.0, timeout - getattr(self, "_comm_elapsed", 0.0))
+        self.wait(remaining)
+        return out, err
+
+    def close_pipes(self) -> None:
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close_pipes()
+        self.wait()
+
+
+def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
+    finally:
+        sel.close()
+
+
+def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
+               stop_when: Optional[Any] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
+    """Write `input` to stdin and read stdout/stderr until EOF with one
+    selector (no threads). `stop_when()` is polled; when it returns true
+    reading stops early (used to stop draining pipes a descendant holds).
+    State is kept on the process so a timed-out call can be resumed."""
+    st = getattr(proc, "_comm", None)
+    if st is None:
+        st = proc._comm = {"out": [], "err": [], "input": memoryview(input or b""), "off": 0,  # type: ignore[attr-defined]
+                           "open": [f for f in (proc.stdout, proc.stderr) if f is not None],
+                           "stdin": proc.stdin}
+        if proc.stdin is not None and not input:
+            _close_quietly(proc.stdin)
+            st["stdin"] = None
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    with selectors.DefaultSelector() as sel:
+        if st["stdin"] is not None:
+            os.set_blocking(st["stdin"].fileno(), False)
+            sel.register(st["stdin"], selectors.EVENT_WRITE)
+        for f in st["open"]:
+            sel.register(f, selectors.EVENT_READ)
+        while sel.get_map():
+            wait_for = None if deadline is None else deadline - time.monotonic()
+            if stop_when is not None:
+                wait_for = 0.01 if wait_for is None else min(wait_for, 0.01)
+            if wait_for is not None and wait_for <= 0 and stop_when is None:
+                proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+                raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
+            ready = sel.select(max(wait_for, 0) if wait_for is not None else None)
+            for key, _ in ready:
+                f = key.fileobj
+                if f is st["stdin"]:
+                    try:
+                        n = os.write(f.fileno(), st["input"][st["off"]:st["off"] + 65536])  # type: ignore[union-attr]
+                        st["off"] += n
+                    except BrokenPipeError:
+                        st["off"] = len(st["input"])
+                    if st["off"] >= len(st["input"]):
+                        sel.unregister(f)
+                        _close_quietly(f)  # type: ignore[arg-type]
+                        st["stdin"] = None
+                else:
+                    data = os.read(f.fileno(), 65536)  # type: ignore[union-attr]
+                    if data:
+                        (st["out"] if f is proc.stdout else st["err"]).append(data)
+                    else:
+                        sel.unregister(f)
+                        _close_quietly(f)  # type: ignore[arg-type]
+                        st["open"].remove(f)
+            if stop_when is not None and sel.get_map() and stop_when():
+                break
+            if deadline is not None and time.monotonic() >= deadline and sel.get_map():
+                proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+                raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
+    proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+    out = b"".join(st["out"]) if proc.stdout is not None else None
+    err = b"".join(st["err"]) if proc.stderr is not None else None
+    return out, err
+
+
+def _close_quietly(f: IO[bytes]) -> None:
+    try:
+        f.close()
+    except OSError:
+        pass
