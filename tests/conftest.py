@@ -1,0 +1,92 @@
+"""Shared fixtures. Every process a test starts inherits a marker in its
+environment; after each test (and at the end of the session) any live
+process carrying the marker is a leak: it is killed and the test fails."""
+import os
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+MARK = "OSL_PG_TEST_MARK"
+SESSION = uuid.uuid4().hex[:12]
+os.environ[MARK] = SESSION
+
+
+def marked_processes(value_prefix):
+    found = []
+    me = os.getpid()
+    for p in psutil.process_iter(["pid", "status"]):
+        if p.info["pid"] == me or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if p.environ().get(MARK, "").startswith(value_prefix):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _kill_all(procs):
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def no_process_leaks(request):
+    """Marks this test's processes and fails the test if any outlive it."""
+    tag = f"{SESSION}-{uuid.uuid4().hex[:8]}"
+    os.environ[MARK] = tag
+    yield
+    os.environ[MARK] = SESSION
+    deadline = time.monotonic() + 2.0
+    leaked = marked_processes(tag)
+    while leaked and time.monotonic() < deadline:  # exiting, not yet dead
+        time.sleep(0.02)
+        leaked = marked_processes(tag)
+    if leaked:
+        desc = [(p.pid, p.name()) for p in leaked if p.is_running()]
+        _kill_all(leaked)
+        if desc:
+            pytest.fail(f"test left processes running: {desc}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    leaked = marked_processes(SESSION)
+    if leaked:
+        desc = [(p.pid, p.name()) for p in leaked]
+        _kill_all(leaked)
+        print(f"\nFAIL: processes started by the tests survived the run: {desc}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+def py(code):
+    """argv running Python code in a child: portable, no shell needed."""
+    return [sys.executable, "-c", code]
+
+
+@pytest.fixture
+def executor():
+    from osl_pg import ProcessExecutor
+    return ProcessExecutor("test-executor")
+
+
+def wait_for(predicate, timeout=5.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,140 @@
+"""Bad input gets a clear, typed error and changes nothing."""
+import errno
+import os
+
+import psutil
+import pytest
+
+from osl_pg import (InvalidOperation, OslError, ProcessGroupConfig, ProcessKillOperation, ProcessSignalOperation,
+                    ProcessSpawnOperation)
+
+
+def children():
+    return {c.pid for c in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture
+def unchanged():
+    before = children()
+    yield
+    assert children() <= before, "a failed operation left a child behind"
+
+
+def test_empty_command(unchanged):
+    with pytest.raises(ValueError, match="empty command"):
+        ProcessSpawnOperation("")
+
+
+@pytest.mark.parametrize("build", [
+    lambda: ProcessSpawnOperation("ec\0ho"),
+    lambda: ProcessSpawnOperation("echo").arg("a\0b"),
+    lambda: ProcessSpawnOperation("echo").with_args(["ok", "b\0"]),
+    lambda: ProcessSpawnOperation("echo").env("K\0", "v"),
+    lambda: ProcessSpawnOperation("echo").env("K", "v\0"),
+    lambda: ProcessSpawnOperation("echo").working_dir("/tmp\0x"),
+], ids=["command", "arg", "args", "env-key", "env-value", "cwd"])
+def test_nul_bytes_are_refused(build, unchanged):
+    with pytest.raises(ValueError, match="NUL"):
+        build()
+
+
+def test_bad_env_key(unchanged):
+    with pytest.raises(ValueError):
+        ProcessSpawnOperation("echo").env("A=B", "x")
+
+
+def test_missing_command_names_it(executor, unchanged):
+    with pytest.raises(FileNotFoundError) as e:
+        executor.execute(ProcessSpawnOperation("no-such-command-osl").with_new_process_group())
+    assert "no-such-command-osl" in str(e.value)
+    assert isinstance(e.value, OslError) and e.value.errno == errno.ENOENT
+    with pytest.raises(FileNotFoundError, match="/nonexistent/tool"):
+        executor.execute(ProcessSpawnOperation("/nonexistent/tool"))
+
+
+def test_non_executable_file(executor, tmp_path, unchanged):
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    with pytest.raises(PermissionError) as e:
+        executor.execute(ProcessSpawnOperation(str(script)))
+    assert str(script) in str(e.value)
+
+
+def test_non_executable_file_on_path(executor, tmp_path, unchanged):
+    script = tmp_path / "osl-notexec"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    op = ProcessSpawnOperation("osl-notexec").env("PATH", str(tmp_path))
+    with pytest.raises(PermissionError, match="not executable"):
+        executor.execute(op)
+
+
+@pytest.mark.parametrize("force_vfork", [False, True], ids=["posix_spawn", "vfork"])
+def test_missing_working_dir_names_it(executor, tmp_path, force_vfork, unchanged):
+    missing = tmp_path / "gone"
+    op = ProcessSpawnOperation("true").working_dir(missing)
+    if force_vfork:
+        op = op.with_kill_on_parent_death()
+    with pytest.raises(FileNotFoundError) as e:
+        executor.execute(op)
+    assert str(missing) in str(e.value)
+    assert "working directory" in str(e.value)
+
+
+def test_join_group_that_does_not_exist(executor, unchanged):
+    pid = 2**22 - 3  # above this machine's pid_max
+    with open("/proc/sys/kernel/pid_max") as f:
+        assert pid > int(f.read())
+    with pytest.raises(ProcessLookupError, match=str(pid)):
+        executor.execute(ProcessSpawnOperation("true").with_process_group(pid))
+
+
+def test_join_group_in_another_session(executor, unchanged):
+    leader = executor.execute(ProcessSpawnOperation("sleep").arg("10").with_detach_from_terminal())
+    try:
+        with pytest.raises(PermissionError, match="session"):
+            executor.execute(ProcessSpawnOperation("true").with_process_group(leader.pgid))
+    finally:
+        leader.group.close()
+
+
+@pytest.mark.parametrize("sig", [-1, 65, 1000, 32 if 32 not in __import__("signal").valid_signals() else 999])
+def test_unknown_signal(sig):
+    with pytest.raises(ValueError, match="signal"):
+        ProcessSignalOperation(os.getpid(), sig)
+
+
+def test_signal_zero_probes_liveness(executor):
+    r = executor.execute(ProcessSignalOperation(os.getpid(), 0))
+    assert r.get_metadata("signal") == "0"
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**31, 2**32 - 1, 2**32, True, "12"])
+def test_pid_range(value):
+    with pytest.raises(ValueError):
+        ProcessSignalOperation(value, 15)
+    with pytest.raises(ValueError):
+        ProcessSignalOperation.signal_group(value, 15)
+    with pytest.raises(ValueError):
+        ProcessKillOperation(value)
+    with pytest.raises(ValueError):
+        ProcessGroupConfig.JoinGroup(value)
+
+
+def test_pgid_one_is_refused():
+    with pytest.raises(ValueError, match="pgid 1"):
+        ProcessSignalOperation.signal_group(1, 15)
+    with pytest.raises(ValueError, match="pgid 1"):
+        ProcessSpawnOperation("true").with_process_group(1)
+
+
+def test_pid_one_signal_needs_shape_only(executor):
+    # pid 1 is a valid pid shape; the policy refuses it (see test_policy).
+    assert ProcessSignalOperation(1, 0).pid == 1
+
+
+def test_invalid_operation_is_value_error_and_osl_error():
+    with pytest.raises(InvalidOperation) as e:
+        ProcessSpawnOperation("")
+    assert isinstance(e.value, ValueError) and isinstance(e.value, OslError)

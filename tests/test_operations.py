@@ -1,0 +1,61 @@
+"""Operations are immutable values with stable ids."""
+import time
+
+import pytest
+
+from osl_pg import (OperationType, Permission, ProcessGroupConfig, ProcessKillOperation, ProcessSignalOperation,
+                    ProcessSpawnOperation)
+from osl_pg.operations import Inherit, JoinGroup, NewGroup
+
+
+def test_builders_return_new_operations_and_keep_the_id():
+    base = ProcessSpawnOperation("sleep")
+    built = base.arg("10").with_new_process_group().env("A", "1").with_operation_id("op-1")
+    assert base.args == () and base.process_group is None
+    assert built.args == ("10",) and built.process_group == NewGroup()
+    assert built.operation_id == "op-1"
+    chained = base.arg("1").arg("2")
+    assert chained.operation_id == base.operation_id and chained.created_at == base.created_at
+    with pytest.raises(Exception):
+        built.command = "other"  # frozen
+
+
+def test_each_operation_gets_its_own_id():
+    a, b = ProcessSpawnOperation("x"), ProcessSpawnOperation("x")
+    assert a.operation_id != b.operation_id
+    assert abs(a.created_at - time.time()) < 60
+
+
+def test_group_config_variants():
+    assert ProcessGroupConfig.NewGroup() == NewGroup()
+    assert ProcessGroupConfig.JoinGroup(42).pgid == 42
+    assert isinstance(ProcessGroupConfig.Inherit(), ProcessGroupConfig)
+    op = ProcessSpawnOperation("x")
+    assert op.process_group is None and op.group_config == Inherit()
+    assert op.with_process_group(42).process_group == JoinGroup(42)
+    assert op.with_detach_from_terminal().detach_from_terminal
+
+
+def test_detach_cannot_join():
+    with pytest.raises(ValueError):
+        ProcessSpawnOperation("x").with_process_group(42).with_detach_from_terminal().validate()
+
+
+def test_signal_constructors():
+    op = ProcessSignalOperation.signal_group(4242, 15)
+    assert op.target_group and op.pid == 4242 and op.operation_type == OperationType.PROCESS_GROUP_SIGNAL
+    assert ProcessSignalOperation.new_for_group(4242, 2).target_group
+    assert ProcessSignalOperation.terminate(5).signal == 15 and not ProcessSignalOperation.terminate(5).target_group
+    assert ProcessSignalOperation.kill(5).signal == 9
+    assert ProcessSignalOperation.hangup(5).signal == 1
+    assert ProcessSignalOperation(5, 15).operation_type == OperationType.PROCESS_SIGNAL
+    assert ProcessSignalOperation(5, 15).signal_name == "SIGTERM"
+
+
+def test_permissions_and_privileges():
+    assert ProcessSpawnOperation("x").required_permissions() == (Permission.PROCESS_SPAWN,)
+    assert Permission.PROCESS_MANAGE in ProcessSpawnOperation("x").with_process_group(7).required_permissions()
+    assert ProcessKillOperation(5).required_permissions() == (Permission.PROCESS_MANAGE,)
+    assert not ProcessSpawnOperation("x").with_new_process_group().requires_elevated_privileges()
+    assert not ProcessSignalOperation.signal_group(7, 15).requires_elevated_privileges()
+    assert ProcessSignalOperation.signal_group(7, 15).with_allow_own_group().requires_elevated_privileges()
