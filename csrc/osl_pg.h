@@ -115,18 +115,24 @@ typedef struct osl_job osl_job;
 #define OSL_WIN_STILL_ACTIVE 259
 
 struct osl_win_spawn_attr {
-    const wchar_t *application; /* full path of the executable, or NULL */
+    const wchar_t *application; /* full path of the executable, or NULL:
+                                   CreateProcessW's search for the first
+                                   token of command_line */
     const wchar_t *command_line;/* whole command line, already quoted */
     const wchar_t *environment; /* UTF-16 block "K=V\0...\0\0", or NULL for
                                    the parent's environment */
     const wchar_t *cwd;         /* NULL: the parent's working directory */
-    void *std_handles[3];       /* stdin/stdout/stderr; NULL: the parent's */
+    void *std_handles[3];       /* stdin/stdout/stderr; NULL: the parent's.
+                                   Need not be inheritable: the child gets
+                                   duplicates of these and no other handle */
     unsigned long flags;        /* OSL_WIN_* */
     osl_job *job;               /* job the child starts in, or NULL */
 };
 
 int osl_job_create(unsigned long flags, osl_job **job_out);
-/* Close the job (kills the members with OSL_JOB_KILL_ON_CLOSE) and free it. */
+/* Close the job and free it. With OSL_JOB_KILL_ON_CLOSE that kills the
+ * members, without waiting for them (use terminate + wait_empty first to
+ * know they are gone). No other call may use `job` meanwhile. */
 int osl_job_close(osl_job *job);
 /* The Job Object HANDLE, still owned by `job`. */
 int osl_job_handle(osl_job *job, void **handle_out);
@@ -145,11 +151,13 @@ int osl_job_accounting(osl_job *job, unsigned long *active_out,
                        unsigned long *terminated_out);
 /* Replace the job's limits: at most `active_processes` members at once and
  * `job_memory` bytes committed by all of them (0: no such limit).
- * OSL_JOB_KILL_ON_CLOSE stays set when the job was created with it. */
+ * OSL_JOB_KILL_ON_CLOSE stays set when the job was created with it.
+ * Wine 8 accepts but enforces neither limit. */
 int osl_job_set_limits(osl_job *job, unsigned long active_processes,
                        size_t job_memory);
 /* 0 once the job has no running member, OSL_WIN_WAIT_TIMEOUT after
- * `timeout_ms`. */
+ * `timeout_ms`. Wakes on the completion port's ACTIVE_PROCESS_ZERO (polls
+ * the accounting with OSL_JOB_NO_PORT); several threads may wait at once. */
 int osl_job_wait_empty(osl_job *job, unsigned long timeout_ms);
 
 /* CreateProcessW. *process_out is the process HANDLE (close it with
