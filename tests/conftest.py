@@ -44,6 +44,7 @@ def no_process_leaks(request):
     os.environ[MARK] = tag
     yield
     os.environ[MARK] = SESSION
+    _close_open_groups()
     deadline = time.monotonic() + 2.0
     leaked = marked_processes(tag)
     while leaked and time.monotonic() < deadline:  # exiting, not yet dead
@@ -54,6 +55,16 @@ def no_process_leaks(request):
         _kill_all(leaked)
         if desc:
             pytest.fail(f"test left processes running: {desc}")
+
+
+def _close_open_groups():
+    """A failed assertion must not leave its groups running: close (kill)
+    every group handle still open, as close() would."""
+    from osl_pg import group as group_module
+    for ref in list(group_module._owned.values()):
+        g = ref()
+        if g is not None and not g.released and not g.detached:
+            g.close()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -153,6 +153,8 @@ class ProcessExecutor:
         if op.makes_group:
             group = ProcessGroup(pgid, proc, tier="session" if op.detach_from_terminal else "process_group",
                                  owner=self.name)
+            if op.kill_on_parent_death:
+                group._kill_with_parent()
         record["target_pid"] = spawned.pid
         record["target_pgid"] = pgid
         return ExecutionResult(op.operation_id, op.operation_type.value, {

@@ -29,6 +29,7 @@ from typing import Callable, Dict, Generator, List, Optional, Set
 
 import psutil
 
+from . import watchdog
 from ._backend import backend
 from .errors import ProcessNotFound
 from .process import Process, WaitTimeout, child_by_pid
@@ -133,6 +134,7 @@ class ProcessGroup:
         self.detached = False
         self._released = False
         self._seen: Dict[int, MemberOutcome] = {}
+        self._kill_on_parent_death = False
         if leader is not None:
             leader._pin()
             # If the handle is dropped without close(), stop pinning so the
@@ -256,8 +258,16 @@ class ProcessGroup:
         self._release()
         return rc
 
+    def _kill_with_parent(self) -> None:
+        """Have the watchdog kill this whole group if this process dies."""
+        watchdog.register(self.pgid)
+        self._kill_on_parent_death = True
+        weakref.finalize(self, watchdog.unregister, self.pgid)
+
     def _release(self) -> None:
         self._released = True
+        if self._kill_on_parent_death:
+            watchdog.unregister(self.pgid)
         with _owned_lock:
             ref = _owned.get(self.pgid)
             if ref is not None and ref() is self:

@@ -262,9 +262,15 @@ class ProcessSpawnOperation(_Operation):
         return self._with(detach_from_terminal=True)
 
     def with_kill_on_parent_death(self) -> "ProcessSpawnOperation":
-        """Linux: the child gets SIGKILL when the thread that spawned it dies
-        (PR_SET_PDEATHSIG). Note: the *thread*, not the process: spawn from a
-        long-lived thread (the main thread, say), not from a pool worker."""
+        """Linux: when this process dies, the child is killed (SIGKILL).
+
+        The child gets PR_SET_PDEATHSIG, set in the C child before exec with
+        a getppid() re-check for the race where the parent died first. The
+        kernel ties that signal to the spawning *thread*: spawn from a
+        long-lived thread (the main thread), not from a pool worker. When the
+        child leads a new group or session, the rest of its tree (which the
+        kernel does not signal) is killed by a watchdog process (see
+        osl_pg.watchdog) when this process dies."""
         return self._with(kill_on_parent_death=True)
 
     def with_stdin(self, spec: StdioSpec) -> "ProcessSpawnOperation":

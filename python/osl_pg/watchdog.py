@@ -1,0 +1,90 @@
+"""Kill whole groups when this process dies (with_kill_on_parent_death).
+
+PR_SET_PDEATHSIG reaches only the direct child (the group leader); the
+kernel clears it in every process the leader forks. To take the rest of the
+tree down too, one small watchdog process per parent holds the read end of a
+pipe and a list of pgids. When the parent dies, for any reason including
+SIGKILL, the kernel closes the write end; the watchdog reads EOF and sends
+SIGKILL to every registered group. The pgids stay valid for that: a group's
+id cannot be reused while any member is alive, and only live members are
+worth killing.
+
+The watchdog starts on the first registration (one interpreter start-up,
+~20 ms, once) and exits when the last group is unregistered: the parent then
+closes the pipe with an empty list, which the watchdog takes as "done".
+"""
+import os
+import sys
+import threading
+from typing import Optional, Set
+
+# Runs in the watchdog (python -I -S: no site, no user paths: a fast start).
+_WATCHDOG_CODE = r"""
+import os, signal
+groups = set()
+f = os.fdopen(0, "rb", buffering=0)
+buf = b""
+while True:
+    chunk = f.read(4096)
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+_lock = threading.Lock()
+_groups: Set[int] = set()
+_proc = None  # the watchdog's Process handle
+_pipe: Optional[int] = None
+
+
+def register(pgid: int) -> None:
+    """Kill group `pgid` when this process dies."""
+    global _proc, _pipe
+    with _lock:
+        if _pipe is None:
+            _proc, _pipe = _start()
+        _groups.add(pgid)
+        os.write(_pipe, b"+%d\n" % pgid)
+
+
+def unregister(pgid: int) -> None:
+    global _proc, _pipe
+    with _lock:
+        if pgid not in _groups:
+            return
+        _groups.discard(pgid)
+        if _pipe is None:
+            return
+        os.write(_pipe, b"-%d\n" % pgid)
+        if not _groups:
+            # EOF with an empty list: the watchdog exits without killing.
+            os.close(_pipe)
+            _pipe = None
+            proc, _proc = _proc, None
+            if proc is not None:
+                proc.wait()
+
+
+def _start():
+    # Imported here: the executor imports this module.
+    from ._backend import backend
+    from .operations import PIPE, ProcessSpawnOperation
+    from .process import Process
+    # A session of its own: terminal signals (Ctrl-C, hang-up) aimed at our
+    # group must not take the watchdog down with us.
+    op = (ProcessSpawnOperation(sys.executable).with_args(["-I", "-S", "-c", _WATCHDOG_CODE])
+          .with_detach_from_terminal().with_stdin(PIPE))
+    spawned = backend.spawn(op)
+    proc = Process(spawned.pid, [sys.executable, "watchdog"])
+    return proc, spawned.stdin
