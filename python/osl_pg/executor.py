@@ -27,8 +27,9 @@ class TargetFacts:
     """What policies may want to know about an operation's target, looked
     up lazily and at most once per execution (the handler reuses it)."""
 
-    def __init__(self, op: Operation):
+    def __init__(self, op: Operation, executor: str = ""):
         self.op = op
+        self.executor = executor
         self._members: Optional[List[Member]] = None
 
     @property
@@ -42,8 +43,10 @@ class TargetFacts:
 
     @property
     def owned_group(self) -> bool:
+        """True when the target group is open and was created by this executor."""
         pgid = self.pgid
-        return pgid is not None and owned_group(pgid) is not None
+        group = owned_group(pgid) if pgid is not None else None
+        return group is not None and group.owner == self.executor
 
     @property
     def members(self) -> List[Member]:
@@ -102,7 +105,7 @@ class ProcessExecutor:
             if handler is None:
                 raise InvalidOperation(f"{type(op).__name__} is not an operation this executor runs")
             op.validate()
-            facts = TargetFacts(op)
+            facts = TargetFacts(op, self.name)
             _describe_target(op, record)
             # 2. policy
             decision = self.authorize(op, ctx, facts)
@@ -132,7 +135,7 @@ class ProcessExecutor:
         return self.execute(op, ctx)
 
     def authorize(self, op: Operation, ctx: ExecutionContext, facts: Optional[TargetFacts] = None) -> Decision:
-        facts = facts or TargetFacts(op)
+        facts = facts or TargetFacts(op, self.name)
         if op.requires_elevated_privileges() and not ctx.security_context.elevated:
             return Decision.deny(f"{op.operation_type.value} as requested needs an elevated context", "executor")
         for policy in self.policies:

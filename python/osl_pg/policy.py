@@ -42,9 +42,9 @@ class DefaultPolicy:
     """Safe by default.
 
     - Spawning in the caller's group, a new group or a new session: allowed.
-    - JoinGroup(pgid): allowed into a group this program created, or one whose
+    - JoinGroup(pgid): allowed into a group this executor created, or one whose
       members all run as the caller's uid; otherwise only when elevated.
-    - Signalling a group: allowed when this program created it, or when every
+    - Signalling a group: allowed when this executor created it, or when every
       current member runs as the caller's uid; a group with a process of
       another user needs an elevated context. The caller's own group and its
       session's group are refused unless the operation says
