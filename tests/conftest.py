@@ -44,7 +44,9 @@ def no_process_leaks(request):
     os.environ[MARK] = tag
     yield
     os.environ[MARK] = SESSION
-    _close_open_groups()
+    left_open = _close_open_groups()
+    if left_open:
+        pytest.fail(f"test left process groups running (now closed): {left_open}")
     deadline = time.monotonic() + 2.0
     leaked = marked_processes(tag)
     while leaked and time.monotonic() < deadline:  # exiting, not yet dead
@@ -58,13 +60,17 @@ def no_process_leaks(request):
 
 
 def _close_open_groups():
-    """A failed assertion must not leave its groups running: close (kill)
-    every group handle still open, as close() would."""
+    """Close (kill) every group handle still open with members running, so a
+    failed assertion leaves nothing behind; returns their pgids."""
     from osl_pg import group as group_module
+    running = []
     for ref in list(group_module._owned.values()):
         g = ref()
         if g is not None and not g.released and not g.detached:
+            if g.alive:
+                running.append(g.pgid)
             g.close()
+    return running
 
 
 def pytest_sessionfinish(session, exitstatus):
