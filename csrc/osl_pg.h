@@ -76,6 +76,17 @@ int osl_set_child_subreaper(int on);
  * `n` times, with no Python in the loop. *elapsed_ns is the total time. */
 int osl_bench_spawn_wait(const char *path, int n, long long *elapsed_ns);
 
+/* Single samples for `osl-pg bench`, timed in C. osl_bench_spawn: spawn
+ * `path` as a new group's leader (closing fds >= 3 if asked) and wait for it;
+ * *call_ns covers osl_spawn() alone, *total_ns the spawn and the wait.
+ * osl_bench_killpg: one osl_killpg(). osl_bench_kill_group: SIGKILL group
+ * `pgid` and reap until no member is left; every member must be a
+ * descendant of the caller, which must be their child subreaper. */
+int osl_bench_spawn(const char *path, int close_fds, long long *call_ns,
+                    long long *total_ns);
+int osl_bench_killpg(int pgid, int sig, long long *elapsed_ns);
+int osl_bench_kill_group(int pgid, long long *elapsed_ns);
+
 #endif /* !_WIN32 */
 
 #ifdef _WIN32

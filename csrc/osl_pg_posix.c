@@ -420,6 +420,19 @@ int osl_set_child_subreaper(int on)
 /* ------------------------------------------------------------------ */
 /* Benchmark floor                                                     */
 
+/* What ProcessSpawnOperation(path).with_new_process_group() asks for. */
+static void bench_attr(struct osl_spawn_attr *a, const char *path,
+                       char *argv[2])
+{
+    memset(a, 0, sizeof(*a));
+    argv[0] = (char *)path;
+    argv[1] = NULL;
+    a->path = path;
+    a->argv = argv;
+    a->fds[0] = a->fds[1] = a->fds[2] = OSL_FD_INHERIT;
+    a->pgroup_mode = OSL_PGROUP_NEW;
+}
+
 int osl_bench_spawn_wait(const char *path, int n, long long *elapsed_ns)
 {
     struct osl_spawn_attr a;
@@ -427,13 +440,7 @@ int osl_bench_spawn_wait(const char *path, int n, long long *elapsed_ns)
     char *argv[2];
     int i, pid, step, vf, done, status, err;
 
-    memset(&a, 0, sizeof(a));
-    argv[0] = (char *)path;
-    argv[1] = NULL;
-    a.path = path;
-    a.argv = argv;
-    a.fds[0] = a.fds[1] = a.fds[2] = OSL_FD_INHERIT;
-    a.pgroup_mode = OSL_PGROUP_NEW;
+    bench_attr(&a, path, argv);
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (i = 0; i < n; i++) {
@@ -447,5 +454,73 @@ int osl_bench_spawn_wait(const char *path, int n, long long *elapsed_ns)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     *elapsed_ns = (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL +
                   (long long)(t1.tv_nsec - t0.tv_nsec);
+    return 0;
+}
+
+/* One sample per call for `osl-pg bench`: the clock is read here, so no
+ * Python runs inside the measured span, and the bench interleaves these
+ * samples with the Python contenders'. */
+
+static long long monotonic_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + (long long)t.tv_nsec;
+}
+
+int osl_bench_spawn(const char *path, int close_fds, long long *call_ns,
+                    long long *total_ns)
+{
+    struct osl_spawn_attr a;
+    char *argv[2];
+    long long t0, t1;
+    int pid, step, vf, done, status, err;
+
+    bench_attr(&a, path, argv);
+    a.close_fds = close_fds;
+
+    t0 = monotonic_ns();
+    if ((err = osl_spawn(&a, &pid, &step, &vf)) != 0)
+        return err;
+    t1 = monotonic_ns();
+    while ((err = osl_wait(pid, 0, &done, &status)) == EINTR)
+        ;
+    *call_ns = t1 - t0;
+    *total_ns = monotonic_ns() - t0;
+    return err;
+}
+
+int osl_bench_killpg(int pgid, int sig, long long *elapsed_ns)
+{
+    long long t0 = monotonic_ns();
+    int err = osl_killpg(pgid, sig);
+    *elapsed_ns = monotonic_ns() - t0;
+    return err;
+}
+
+int osl_bench_kill_group(int pgid, long long *elapsed_ns)
+{
+    long long t0 = monotonic_ns();
+    int status;
+
+    if (pgid <= 1)
+        return EINVAL;
+    if (killpg((pid_t)pgid, SIGKILL) < 0)
+        return errno;
+    /* waitpid(-pgid) reaps our children in the group. The caller is the
+     * child subreaper of every member, so a member whose parent dies is
+     * reparented to us before that parent becomes reapable: once no child
+     * of ours is left in the group (ECHILD), no member is. Blocking in
+     * waitpid wakes exactly at each exit, with no polling interval. */
+    for (;;) {
+        if (waitpid(-(pid_t)pgid, &status, 0) < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == ECHILD)
+                break;
+            return errno;
+        }
+    }
+    *elapsed_ns = monotonic_ns() - t0;
     return 0;
 }

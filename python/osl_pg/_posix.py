@@ -434,3 +434,36 @@ async def wait_exits_async(pids: List[int], deadline: Optional[float]) -> None:
 
 def own_pgid() -> int:
     return os.getpgrp()
+
+
+# --------------------------------------------------------------------------
+# benchmark floors (osl-pg bench): the same syscalls with no Python between
+# the clock reads, which the C layer takes; results are nanoseconds.
+
+
+def bench_spawn(path: str, close_fds: bool) -> Tuple[int, int]:
+    """(call_ns, spawn_and_wait_ns) for one spawn of `path` as a new group's
+    leader, as ProcessSpawnOperation(path).with_new_process_group() does."""
+    out = ffi.new("long long[2]")
+    err = lib.osl_bench_spawn(os.fsencode(path), 1 if close_fds else 0, out, out + 1)
+    if err:
+        raise from_errno(err, f"bench spawn of {path!r}")
+    return out[0], out[1]
+
+
+def bench_killpg(pgid: int, sig: int) -> int:
+    out = ffi.new("long long *")
+    err = lib.osl_bench_killpg(pgid, sig, out)
+    if err:
+        raise from_errno(err, f"killpg({pgid}, {sig})")
+    return out[0]
+
+
+def bench_kill_group(pgid: int) -> int:
+    """SIGKILL group `pgid` and reap until it is gone. Every member must be a
+    descendant of this process, which must be their child subreaper."""
+    out = ffi.new("long long *")
+    err = lib.osl_bench_kill_group(pgid, out)
+    if err:
+        raise from_errno(err, f"kill group {pgid}")
+    return out[0]

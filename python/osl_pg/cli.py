@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--grace", type=float, default=None, help="then wait this long and SIGKILL what is left")
     kill.add_argument("pgid", type=int)
     kill.set_defaults(func=cmd_kill)
+
+    from . import bench  # its heavy imports happen only when it runs
+    bench.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,782 @@
+"""`osl-pg bench`: spawn, signal and kill latency of osl_pg against the usual
+alternatives (subprocess, os.posix_spawn, asyncio, psutil) and C floors, in one run.
+
+Method. A scenario has contenders that each take one sample per call. The
+runner interleaves them round-robin, each round in a new (seeded) random
+order, so that noise on a busy machine (two cores here) and the after-effects
+of one contender on the next (cold caches) hit all of them alike. The fork()
+contender gets scenarios of its own: after a fork, the parent takes a
+copy-on-write fault on every page it writes next, and whoever ran next would
+pay for it. Samples are wall-clock nanoseconds: `time.perf_counter_ns` around the
+operation for Python contenders, `clock_gettime` inside the C function for
+the C floors (no Python runs between their clock reads). A section is one
+metric of one scenario; it reports median and p90 per contender and the
+ratio of each osl_pg contender's median to every contender's median.
+
+Nothing here forks. Every process a sample starts is waited for (or killed
+and waited for) before the next sample; the run ends by checking that this
+process has no child left.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .bench_programs import Program, TreeShape, await_ready, exit_program, pause_program
+
+SIGCONT = 18 if sys.platform.startswith("linux") else 19
+BIG_PARENT_MIB = 1024
+SCHEMA = 1
+
+# Rounds per scenario: (full, --quick).
+ROUNDS = {
+    "spawn": (400, 60),
+    "spawn_big": (200, 30),
+    "signal": (400, 60),
+    "kill_small": (40, 6),
+    "kill_large": (20, 4),
+}
+WARMUP = 3
+SIGNAL_BATCH = 20  # thin signal calls take ~1 us: time batches, report per call
+
+BENCH_EXAMPLES = """examples:
+  osl-pg bench --quick
+      the whole comparison in under 20 s with fewer rounds (noisier)
+  osl-pg bench --json > bench.json
+      the same numbers for machines: medians, p90s, ratios, targets, samples counts
+  osl-pg bench --plot bench.png
+      also draw the medians and p90s (needs matplotlib: pip install 'osl_pg[plot]')
+  python -m osl_pg bench
+      the full run, as the README's Performance table was made
+"""
+
+
+# --------------------------------------------------------------------------
+# statistics and report structure
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+@dataclass
+class Contender:
+    """One way of doing the operation. `sample()` does it once and returns
+    nanoseconds per metric (a scenario may measure several metrics per
+    sample, like the call alone and the call plus the wait)."""
+
+    id: str
+    label: str
+    sample: Callable[[], Dict[str, int]]
+    ours: bool = False
+    note: str = ""
+    settle: Optional[Callable[[], None]] = None  # after each sample, untimed
+
+
+@dataclass
+class Scenario:
+    id: str
+    title: str
+    metrics: Dict[str, str]  # metric id -> how the section is titled
+    contenders: List[Contender]
+    rounds: int
+    notes: List[str] = field(default_factory=list)
+
+
+def run_round_robin(scenario: Scenario, rounds: int, warmup: int = WARMUP) -> Dict[str, Dict[str, List[int]]]:
+    """samples[contender][metric] -> nanoseconds, one per round."""
+    import gc
+    import random
+    order = random.Random(len(scenario.id))  # seeded: the same orders every run
+    contenders = list(scenario.contenders)
+    samples: Dict[str, Dict[str, List[int]]] = {c.id: {m: [] for m in scenario.metrics} for c in contenders}
+    gc.collect()
+    for r in range(-warmup, rounds):
+        order.shuffle(contenders)
+        for c in contenders:
+            taken = c.sample()
+            if c.settle is not None:
+                c.settle()
+            if r >= 0:
+                for metric, ns in taken.items():
+                    samples[c.id][metric].append(ns)
+    return samples
+
+
+def make_section(section_id: str, title: str, contenders: Sequence[Contender],
+                 samples: Dict[str, List[int]], notes: Sequence[str] = ()) -> Dict[str, Any]:
+    """A report section from samples[contender_id] -> ns, with the ratios of
+    each osl_pg contender's median to every contender's median."""
+    rows = []
+    for c in contenders:
+        values = samples[c.id]
+        rows.append({"id": c.id, "label": c.label, "ours": c.ours, "n": len(values),
+                     "median_us": statistics.median(values) / 1000.0,
+                     "p90_us": percentile(values, 90) / 1000.0, "note": c.note})
+    section = {"id": section_id, "title": title, "unit": "us", "contenders": rows,
+               "ours": [c.id for c in contenders if c.ours], "notes": list(notes)}
+    section["ratios"] = compute_ratios(section)
+    return section
+
+
+def compute_ratios(section: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
+    """ratios[ours][other] = median(ours) / median(other)."""
+    medians = {row["id"]: row["median_us"] for row in section["contenders"]}
+    return {o: {c: medians[o] / medians[c] for c in medians if medians[c] > 0} for o in section["ours"]}
+
+
+def parent_size_effect(sections: Sequence[Dict[str, Any]], mib: int) -> Dict[str, Any]:
+    """spawn+wait from the big parent / from the small one, per contender
+    measured in both."""
+    by_id = {s["id"]: s for s in sections}
+    rows = []
+    for small_id, big_id in (("spawn.wait", "spawn_big.wait"), ("fork.wait", "fork_big.wait")):
+        if small_id not in by_id or big_id not in by_id:
+            continue
+        small = {r["id"]: r for r in by_id[small_id]["contenders"]}
+        for r in by_id[big_id]["contenders"]:
+            if r["id"] in small:
+                rows.append({"id": r["id"], "label": r["label"], "small_us": small[r["id"]]["median_us"],
+                             "big_us": r["median_us"], "ratio": r["median_us"] / small[r["id"]]["median_us"]})
+    return {"title": f"spawn + wait from a parent with {mib} MiB written / from a small parent (medians)",
+            "parent_mib": mib, "rows": rows}
+
+
+# Targets from the issue that asked for this bench: (id, text, numerator,
+# denominator, limit), each side a (section id, contender id).
+TARGETS = [
+    ("spawn_vs_floor", "spawn+wait in a new group vs the C floor",
+     ("spawn.wait", "osl_sync"), ("spawn.wait", "c_floor"), 1.25),
+    ("spawn_vs_popen", "spawn+wait in a new group vs Popen(process_group=0)",
+     ("spawn.wait", "osl_sync"), ("spawn.wait", "popen_pgroup"), 0.75),
+    ("big_parent", "spawn+wait from a 1 GiB parent vs a small parent",
+     ("spawn_big.wait", "osl_sync"), ("spawn.wait", "osl_sync"), 1.3),
+    ("async_vs_sync", "async spawn+wait vs sync",
+     ("spawn.wait", "osl_async"), ("spawn.wait", "osl_sync"), 1.3),
+    ("async_vs_asyncio", "async spawn+wait vs asyncio.create_subprocess_exec",
+     ("spawn.wait", "osl_async"), ("spawn.wait", "asyncio"), 0.5),
+    ("kill_flat_vs_floor", "kill+confirm 101 members (flat) vs the C floor",
+     ("kill.flat101", "osl_group"), ("kill.flat101", "c_floor"), 1.3),
+    ("kill_tree_vs_floor", "kill+confirm 101 members (3 levels) vs the C floor",
+     ("kill.tree101", "osl_group"), ("kill.tree101", "c_floor"), 1.3),
+    ("kill_flat_vs_psutil", "kill+confirm 101 members (flat) vs psutil",
+     ("kill.flat101", "osl_group"), ("kill.flat101", "psutil"), 0.33),
+    ("kill_tree_vs_psutil", "kill+confirm 101 members (3 levels) vs psutil",
+     ("kill.tree101", "osl_group"), ("kill.tree101", "psutil"), 0.33),
+    ("signal_thin", "ProcessGroup.signal vs os.killpg",
+     ("signal", "group_signal"), ("signal", "os_killpg"), 1.2),
+    ("signal_executor", "executor signal_group vs os.killpg",
+     ("signal", "executor"), ("signal", "os_killpg"), 1.2),
+]
+
+
+def evaluate_targets(sections: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    medians = {(s["id"], row["id"]): row["median_us"] for s in sections for row in s["contenders"]}
+    out = []
+    for target_id, text, num, den, limit in TARGETS:
+        if num not in medians or den not in medians:
+            continue
+        ratio = medians[num] / medians[den]
+        out.append({"id": target_id, "text": text, "numerator": list(num), "denominator": list(den),
+                    "ratio": ratio, "limit": limit, "met": ratio <= limit})
+    return out
+
+
+# --------------------------------------------------------------------------
+# spawn contenders
+
+
+def _clock() -> Callable[[], int]:
+    return time.perf_counter_ns
+
+
+def call_then_wait(call: Callable[[], Any], wait: Callable[[Any], Any]) -> Callable[[], Dict[str, int]]:
+    """A sample: "call" until call() returns a handle, "wait" until
+    wait(handle) has returned and the handle is dropped."""
+    now = _clock()
+
+    def sample() -> Dict[str, int]:
+        t0 = now()
+        handle = call()
+        t1 = now()
+        wait(handle)
+        handle = None
+        t2 = now()
+        return {"call": t1 - t0, "wait": t2 - t0}
+    return sample
+
+
+def call_then_wait_async(loop: Any, call: Callable[[], Any], wait: Callable[[Any], Any]
+                         ) -> Callable[[], Dict[str, int]]:
+    """call_then_wait for coroutines, timed inside the running loop."""
+    now = _clock()
+
+    async def timed() -> Dict[str, int]:
+        t0 = now()
+        handle = await call()
+        t1 = now()
+        await wait(handle)
+        handle = None
+        t2 = now()
+        return {"call": t1 - t0, "wait": t2 - t0}
+    return lambda: loop.run_until_complete(timed())
+
+
+def _popen_group_kwargs() -> Tuple[Dict[str, Any], str]:
+    """How subprocess makes a new group without preexec_fn on this Python."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}, ""
+    return {"start_new_session": True}, "Python < 3.11 has no process_group=: start_new_session (setsid) instead"
+
+
+def spawn_contenders(program: Program, loop: Any, include_async: bool = True,
+                     include_group_wait: bool = True, fork_only: bool = False) -> List[Contender]:
+    """Spawn `program` in a new process group and wait for it, every way.
+    Metrics: "call" (until the spawn call returns) and "wait" (until the
+    child has been waited for and reaped)."""
+    import asyncio
+    import subprocess
+
+    from ._backend import backend
+    from .executor import ProcessExecutor
+    from .operations import ProcessSpawnOperation
+
+    argv = program.argv
+    path = program.path
+    executor = ProcessExecutor("osl-pg-bench")
+    op = ProcessSpawnOperation(path).with_args(argv[1:]).with_new_process_group()
+    group_kw, group_note = _popen_group_kwargs()
+
+    def osl_execute() -> Any:
+        return executor.execute(op)
+
+    async def osl_execute_async() -> Any:
+        return await executor.execute_async(op)
+
+    async def asyncio_spawn() -> Any:
+        return await asyncio.create_subprocess_exec(*argv, **group_kw)
+
+    # Dropping an osl_pg result (the timer's `handle = None`) drops its group
+    # handle, which reaps the leader it pinned: the reap is inside the time.
+    osl_sync = call_then_wait(osl_execute, lambda r: r.process.wait())
+    osl_group_wait = call_then_wait(osl_execute, lambda r: r.group.wait())
+    osl_async = call_then_wait_async(loop, osl_execute_async, lambda r: r.process.wait_async())
+    asyncio_default = call_then_wait_async(loop, asyncio_spawn, lambda p: p.wait())
+    posix_spawn = call_then_wait(lambda: os.posix_spawn(path, argv, os.environ, setpgroup=0),
+                                 lambda pid: os.waitpid(pid, 0))
+
+    def popen(**kw: Any) -> Callable[[], Dict[str, int]]:
+        return call_then_wait(lambda: subprocess.Popen(argv, **kw), lambda p: p.wait())
+
+    def c_floor() -> Dict[str, int]:
+        call, total = backend.bench_spawn(path, op.close_fds)
+        return {"call": call, "wait": total}
+
+    pg_label = "Popen(process_group=0)" if "process_group" in group_kw else "Popen(start_new_session=True)"
+    contenders = [
+        Contender("osl_sync", "osl_pg: executor.execute + process.wait", osl_sync, ours=True),
+    ]
+    if include_async:
+        contenders.append(Contender("osl_async", "osl_pg: await execute_async + wait_async", osl_async,
+                                    ours=True))
+    if include_group_wait:
+        contenders.append(Contender("osl_group_wait", "osl_pg: executor.execute + group.wait (whole group)",
+                                    osl_group_wait, ours=True))
+    if fork_only:
+        return [Contender("popen_fork", "subprocess.Popen(preexec_fn=os.setpgrp) [fork]",
+                          popen(preexec_fn=os.setpgrp), note="preexec_fn makes subprocess fork()")]
+    contenders += [
+        Contender("popen_pgroup", f"subprocess.{pg_label}", popen(**group_kw), note=group_note),
+        Contender("posix_spawn", "os.posix_spawn(setpgroup=0) + waitpid", posix_spawn,
+                  note="no fd closing, no signal reset"),
+    ]
+    if include_async:
+        contenders.append(Contender("asyncio", "asyncio.create_subprocess_exec + wait", asyncio_default,
+                                    note=group_note, settle=_join_helper_threads))
+    contenders.append(Contender("c_floor", "C floor: osl_spawn + waitid, timed in C", c_floor,
+                                note="the syscalls of the osl_pg path, no Python in the timed span"))
+    return contenders
+
+
+def _join_helper_threads() -> None:
+    """asyncio's child watcher (Python < 3.12) runs a thread per child: let
+    it finish before the next sample, so that it does not compete with it."""
+    import threading
+    for t in threading.enumerate():
+        if t is not threading.main_thread():
+            t.join(1.0)
+
+
+class BigParent:
+    """`mib` MiB of private anonymous memory, every page written, with
+    transparent huge pages off for it, so that the page tables are as large
+    as a real heap's: that is what fork() copies, and posix_spawn (vfork
+    semantics, CLONE_VM) does not."""
+
+    PAGE = 4096
+
+    def __init__(self, mib: int):
+        import mmap
+        self.size = mib << 20
+        # MAP_PRIVATE: fork() skips the page tables of shared mappings (the
+        # child faults them in), but must copy those of private memory.
+        self.map = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(self.map, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+            self.map.madvise(mmap.MADV_NOHUGEPAGE)
+        self.map[::self.PAGE] = b"\x01" * (self.size // self.PAGE)
+
+    def close(self) -> None:
+        self.map.close()
+
+
+def rss_mib() -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------
+# signal contenders
+
+
+def signal_contenders(group: Any, executor: Any) -> List[Contender]:
+    """SIGCONT (harmless to a sleeping process) to a group with one sleeping
+    member, by each path. The thin calls are timed in batches."""
+    from ._backend import backend
+    from .operations import ProcessSignalOperation
+
+    now = _clock()
+    pgid = group.pgid
+    op = ProcessSignalOperation.signal_group(pgid, SIGCONT)
+    batch = range(SIGNAL_BATCH)
+
+    def executor_signal() -> Dict[str, int]:
+        t0 = now()
+        executor.execute(op)
+        return {"call": now() - t0}
+
+    def group_signal() -> Dict[str, int]:
+        signal = group.signal
+        t0 = now()
+        for _ in batch:
+            signal(SIGCONT)
+        return {"call": (now() - t0) // SIGNAL_BATCH}
+
+    def os_killpg() -> Dict[str, int]:
+        killpg = os.killpg
+        t0 = now()
+        for _ in batch:
+            killpg(pgid, SIGCONT)
+        return {"call": (now() - t0) // SIGNAL_BATCH}
+
+    def c_floor() -> Dict[str, int]:
+        return {"call": backend.bench_killpg(pgid, SIGCONT)}
+
+    return [
+        Contender("executor", "osl_pg: executor.execute(signal_group)", executor_signal, ours=True,
+                  note="validate, policy, member count, audit record"),
+        Contender("group_signal", "osl_pg: ProcessGroup.signal", group_signal, ours=True),
+        Contender("os_killpg", "os.killpg", os_killpg),
+        Contender("c_floor", "C floor: killpg, timed in C", c_floor),
+    ]
+
+
+# --------------------------------------------------------------------------
+# kill-and-confirm contenders
+
+
+def _reap_group_leftovers(pgid: int) -> int:
+    """Reap whatever of group `pgid` is still our child (after a contender
+    that counts zombies as gone); returns how many were reaped."""
+    import errno
+    n = 0
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return n
+        except OSError as e:
+            if e.errno == errno.EINTR:
+                continue
+            raise
+        if pid == 0:
+            return n
+        n += 1
+
+
+class TreeBuilder:
+    """Builds a process tree of `shape` with `member` programs as a new
+    process group and returns its pgid once every member exists."""
+
+    def __init__(self, shape: TreeShape, member: Program):
+        self.argv, self.ready_lines = shape.argv(member)
+
+    def raw(self) -> int:
+        """Started with os.posix_spawn: no handle anywhere in this process."""
+        r, w = os.pipe()
+        try:
+            pid = os.posix_spawn(self.argv[0], self.argv, os.environ, setpgroup=0,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])
+            os.close(w)
+            w = -1
+            try:
+                await_ready(r, self.ready_lines)
+            except BaseException:
+                _kill_and_reap(pid)
+                raise
+            return pid
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+
+    def with_osl(self, executor: Any) -> Any:
+        """Started by the executor: returns the ExecutionResult."""
+        from .operations import ProcessSpawnOperation
+        op = (ProcessSpawnOperation(self.argv[0]).with_args(self.argv[1:]).with_new_process_group())
+        r, w = os.pipe()
+        try:
+            result = executor.execute(op.with_stdout(w))
+            os.close(w)
+            w = -1
+            try:
+                await_ready(r, self.ready_lines)
+            except BaseException:
+                result.group.close()
+                raise
+            return result
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+
+
+def _kill_and_reap(pgid: int) -> None:
+    try:
+        os.killpg(pgid, 9)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(-pgid, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def kill_contenders(shape: TreeShape, member: Program, executor: Any) -> List[Contender]:
+    """SIGKILL a whole tree and return once every member is gone. This
+    process must be the child subreaper of the trees (see run())."""
+    import psutil
+
+    from ._backend import backend
+
+    now = _clock()
+    builder = TreeBuilder(shape, member)
+
+    def osl_group() -> Dict[str, int]:
+        result = builder.with_osl(executor)
+        group = result.group
+        try:
+            t0 = now()
+            group.kill()
+            group.wait()
+            t1 = now()
+        finally:
+            group.close()
+            _reap_group_leftovers(group.pgid)
+        return {"kill": t1 - t0}
+
+    def psutil_tree() -> Dict[str, int]:
+        pid = builder.raw()
+        try:
+            # psutil's documented kill_proc_tree recipe, with SIGKILL.
+            t0 = now()
+            parent = psutil.Process(pid)
+            procs = parent.children(recursive=True)
+            procs.append(parent)
+            for p in procs:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(procs, timeout=30)
+            t1 = now()
+        finally:
+            _kill_and_reap(pid)
+        return {"kill": t1 - t0}
+
+    def c_floor() -> Dict[str, int]:
+        pid = builder.raw()
+        try:
+            ns = backend.bench_kill_group(pid)
+        finally:
+            _kill_and_reap(pid)
+        return {"kill": ns}
+
+    return [
+        Contender("osl_group", "osl_pg: ProcessGroup.kill + wait", osl_group, ours=True),
+        Contender("psutil", "psutil: children(recursive) + kill + wait_procs", psutil_tree),
+        Contender("c_floor", "C floor: killpg + waitpid(-pgid) until ECHILD", c_floor),
+    ]
+
+
+# --------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    iterations: Optional[int] = None  # every scenario's rounds (tests)
+    parent_mib: int = BIG_PARENT_MIB
+    progress: Optional[Callable[[str], None]] = None
+
+    def rounds(self, scenario: str) -> int:
+        if self.iterations is not None:
+            return self.iterations
+        full, quick = ROUNDS[scenario]
+        return quick if self.quick else full
+
+
+def machine_info() -> Dict[str, Any]:
+    import psutil
+    distro = None
+    try:
+        with open("/etc/os-release") as f:
+            fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        distro = fields.get("PRETTY_NAME", "").strip('"') or None
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "system": platform.system(), "kernel": platform.release(),
+            "machine": platform.machine(), "distro": distro, "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "psutil": psutil.__version__}
+
+
+def _sections_of(scenario: Scenario, samples: Dict[str, Dict[str, List[int]]]) -> List[Dict[str, Any]]:
+    return [make_section(f"{scenario.id}.{metric}" if len(scenario.metrics) > 1 else scenario.id,
+                         f"{scenario.title}: {title}" if title else scenario.title, scenario.contenders,
+                         {c.id: samples[c.id][metric] for c in scenario.contenders}, scenario.notes)
+            for metric, title in scenario.metrics.items()]
+
+
+def run(options: Options) -> Dict[str, Any]:
+    """The whole benchmark; returns the report (see --json)."""
+    import asyncio
+
+    import psutil
+
+    from .executor import ProcessExecutor
+    from .group import set_child_subreaper
+
+    say = options.progress or (lambda msg: None)
+    started = time.monotonic()
+    program, member = exit_program(), pause_program()
+    loop = asyncio.new_event_loop()
+    sections: List[Dict[str, Any]] = []
+    spawn_metrics = {"call": "the spawn call", "wait": "spawn + wait"}
+    try:
+        say("spawn, small parent")
+        title = "spawn a static exit(0) program as a new group's leader"
+        rss = rss_mib()
+        small_note = [f"parent RSS {rss:.0f} MiB" if rss else "parent RSS unknown"]
+        sc = Scenario("spawn", title, spawn_metrics, spawn_contenders(program, loop), options.rounds("spawn"),
+                      small_note)
+        sections += _sections_of(sc, run_round_robin(sc, sc.rounds))
+        sc = Scenario("fork", "the same with fork()", spawn_metrics,
+                      spawn_contenders(program, loop, fork_only=True), options.rounds("spawn"), small_note)
+        sections += _sections_of(sc, run_round_robin(sc, sc.rounds))
+
+        say(f"spawn, {options.parent_mib} MiB parent")
+        big = BigParent(options.parent_mib)
+        try:
+            rss = rss_mib()
+            big_note = [f"parent RSS {rss:.0f} MiB" if rss else "parent RSS unknown"]
+            sc = Scenario("spawn_big", f"{title}, parent with {options.parent_mib} MiB written", spawn_metrics,
+                          spawn_contenders(program, loop, include_async=False, include_group_wait=False),
+                          options.rounds("spawn_big"), big_note)
+            sections += _sections_of(sc, run_round_robin(sc, sc.rounds))
+            sc = Scenario("fork_big", f"the same with fork(), parent with {options.parent_mib} MiB written",
+                          spawn_metrics, spawn_contenders(program, loop, fork_only=True),
+                          options.rounds("spawn_big"), big_note)
+            sections += _sections_of(sc, run_round_robin(sc, sc.rounds))
+        finally:
+            big.close()
+
+        say("signal")
+        executor = ProcessExecutor("osl-pg-bench")
+        from .operations import ProcessSpawnOperation
+        target = executor.execute(ProcessSpawnOperation(member.path).with_args(member.argv[1:])
+                                  .with_new_process_group()).group
+        try:
+            sc = Scenario("signal", "send SIGCONT to a group of one sleeping process", {"call": ""},
+                          signal_contenders(target, executor), options.rounds("signal"),
+                          [f"thin calls timed in batches of {SIGNAL_BATCH}"])
+            sections += _sections_of(sc, run_round_robin(sc, sc.rounds))
+        finally:
+            target.close()
+
+        # The trees' orphans must come back to this process to be reaped
+        # (the C floor relies on it, and an init that does not reap would
+        # otherwise collect zombies), so the bench is their subreaper.
+        set_child_subreaper(True)
+        try:
+            for shape, size in ((TreeShape("flat", 10), "small"), (TreeShape("tree", 2, 4), "small"),
+                                (TreeShape("flat", 100), "large"), (TreeShape("tree", 10, 9), "large")):
+                say(f"kill {shape.name}")
+                sc = Scenario(f"kill.{shape.kind}{shape.members}",
+                              f"SIGKILL a group of {shape.members} ({shape.kind}"
+                              f"{', 3 levels' if shape.kind == 'tree' else ''}) and confirm it is gone",
+                              {"kill": ""}, kill_contenders(shape, member, executor),
+                              options.rounds(f"kill_{size}"), ["this process is the trees' child subreaper"])
+                sections += _sections_of(sc, run_round_robin(sc, sc.rounds, warmup=1))
+        finally:
+            set_child_subreaper(False)
+    finally:
+        loop.close()
+    leftovers = [p.pid for p in psutil.Process().children()]
+    return {
+        "schema": SCHEMA,
+        "machine": machine_info(),
+        "mode": "iterations" if options.iterations is not None else ("quick" if options.quick else "full"),
+        "program": program.as_json(),
+        "member_program": member.as_json(),
+        "sections": sections,
+        "parent_size": parent_size_effect(sections, options.parent_mib),
+        "targets": evaluate_targets(sections),
+        "leftover_children": leftovers,
+        "seconds": time.monotonic() - started,
+    }
+
+
+# --------------------------------------------------------------------------
+# output
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"osl-pg bench ({report['mode']}, {report['seconds']:.1f} s): {m['cpus']} CPUs, {m['system']} "
+        f"{m['kernel']} {m['machine']}, {m['distro'] or '?'}, {m['implementation']} {m['python']}, "
+        f"psutil {m['psutil']}",
+        f"spawned program: {report['program']['argv'][0]} ({report['program']['description']})",
+        f"tree members:    {' '.join(report['member_program']['argv'])} ({report['member_program']['description']})",
+    ]
+    for note in report["program"]["notes"] + report["member_program"]["notes"]:
+        lines.append(f"note: {note}")
+    lines.append("times in microseconds; ratio columns: that osl_pg row's median / this row's median")
+    for s in report["sections"]:
+        ours = s["ours"]
+        heads = [_short_head(o) for o in ours]
+        width = max(len(r["label"]) for r in s["contenders"]) + 2
+        lines.append("")
+        lines.append(f"{s['title']}  [{s['contenders'][0]['n']} rounds]" + "".join(f"; {n}" for n in s["notes"]))
+        lines.append(f"  {'':<{width}}{'median':>9}{'p90':>9}" + "".join(f"{h:>11}" for h in heads))
+        for r in s["contenders"]:
+            ratios = "".join(f"{s['ratios'][o].get(r['id'], float('nan')):>10.2f}x" for o in ours)
+            mark = "*" if r["ours"] else " "
+            lines.append(f"{mark} {r['label']:<{width}}{r['median_us']:>9.1f}{r['p90_us']:>9.1f}{ratios}")
+    ps = report["parent_size"]
+    if ps["rows"]:
+        width = max(len(r["label"]) for r in ps["rows"]) + 2
+        lines += ["", ps["title"], f"  {'':<{width}}{'small':>9}{'big':>9}{'big/small':>11}"]
+        for r in ps["rows"]:
+            lines.append(f"  {r['label']:<{width}}{r['small_us']:>9.1f}{r['big_us']:>9.1f}{r['ratio']:>10.2f}x")
+    if report["targets"]:
+        lines.append("")
+        lines.append("targets (ratio of medians; met when ratio <= limit)")
+        for t in report["targets"]:
+            lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['ratio']:6.2f} <= {t['limit']:<5} {t['text']}")
+    if report["leftover_children"]:
+        lines.append(f"WARNING: child processes left behind: {report['leftover_children']}")
+    return "\n".join(lines)
+
+
+def _short_head(contender_id: str) -> str:
+    return {"osl_sync": "sync/", "osl_async": "async/", "osl_group_wait": "grpwait/", "executor": "exec/",
+            "group_signal": "group/", "osl_group": "osl/"}.get(contender_id, contender_id + "/")
+
+
+def plot_report(report: Dict[str, Any], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = report["sections"]
+    fig, axes = plt.subplots(len(sections), 1, figsize=(9, 1.0 + 0.45 * sum(len(s["contenders"]) + 2
+                                                                            for s in sections)))
+    for ax, s in zip(axes if len(sections) > 1 else [axes], sections):
+        rows = list(reversed(s["contenders"]))
+        y = range(len(rows))
+        ax.barh(list(y), [r["median_us"] for r in rows],
+                color=["tab:blue" if r["ours"] else "tab:gray" for r in rows])
+        ax.scatter([r["p90_us"] for r in rows], list(y), marker="|", color="black", s=120, label="p90")
+        ax.set_yticks(list(y))
+        ax.set_yticklabels([r["label"] for r in rows], fontsize=7)
+        ax.set_xscale("log")
+        ax.set_title(s["title"], fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    axes_list = axes if len(sections) > 1 else [axes]
+    axes_list[-1].set_xlabel("microseconds (log scale); bar = median, tick = p90")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------
+# command line
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """The `bench` subcommand of osl-pg (cli.py calls this)."""
+    p = subparsers.add_parser("bench", help="measure spawn, signal and kill latency against the alternatives",
+                              description="Spawn, signal and kill latency of osl_pg against subprocess, "
+                                          "os.posix_spawn, asyncio, psutil and C floors, interleaved in one run.",
+                              epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer rounds: under about 20 s on two cores")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the medians and p90s (needs matplotlib)")
+    # For the tests: tiny runs that still go through every code path.
+    p.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parent-mib", type=int, default=BIG_PARENT_MIB, help=argparse.SUPPRESS)
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    if not hasattr(os, "posix_spawn") or sys.platform == "win32":
+        print("osl-pg bench: POSIX only for now", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("osl-pg bench: --plot needs matplotlib: pip install 'osl_pg[plot]'", file=sys.stderr)
+            return 2
+    progress = None if args.json else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
+    report = run(Options(quick=args.quick, iterations=args.iterations, parent_mib=args.parent_mib,
+                         progress=progress))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    if args.plot:
+        plot_report(report, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 1 if report["leftover_children"] else 0
