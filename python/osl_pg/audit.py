@@ -52,6 +52,13 @@ def emit(record: AuditRecord) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     level = logging.INFO if f["decision"] != "denied" else logging.WARNING
+    last_resort = logging.lastResort
+    if (not logger.filters and not logger.hasHandlers()
+            and (last_resort is None or level < last_resort.level)):
+        # Nobody would see it: no handler up to the root, and the last-resort
+        # handler prints only WARNING and up. Building the LogRecord (frame
+        # walk included) was ~4 us of every spawn (measured: osl-pg bench).
+        return
     logger.log(level, "%s %s %s: %s", f["operation_type"], f["decision"], f["outcome"],
                f["reason"] or f["error"] or "", extra={"audit": dict(f)})
 
