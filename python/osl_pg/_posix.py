@@ -7,7 +7,7 @@ import errno
 import os
 import signal
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ._native import ffi, lib
 from .errors import CommandNotFound, OslPermissionError, ProcessNotFound, Unsupported, from_errno
@@ -167,13 +167,29 @@ class Spawned:
         self.used_vfork = used_vfork
 
 
+# The encoded path and argv per command line: an operation spawned again (or
+# another with the same command line) reuses them. C only reads them.
+_argv_cache: Dict[Tuple[str, str, Tuple[str, ...]], Tuple[Any, Any, List[Any]]] = {}
+
+
+def _native_argv(path: str, op: ProcessSpawnOperation) -> Tuple[Any, Any]:
+    key = (path, op.command, op.args)
+    hit = _argv_cache.get(key)
+    if hit is None:
+        strings = [ffi.new("char[]", os.fsencode(a)) for a in (op.command, *op.args)]
+        hit = (ffi.new("char[]", os.fsencode(path)), ffi.new("char *[]", strings + [ffi.NULL]), strings)
+        if len(_argv_cache) >= 64:
+            _argv_cache.clear()
+        _argv_cache[key] = hit
+    return hit[0], hit[1]
+
+
 def spawn(op: ProcessSpawnOperation) -> Spawned:
     """Spawn the child described by a validated operation."""
     if op.kill_on_parent_death and not HAS_PDEATHSIG:
         raise Unsupported("kill on parent death needs Linux's PR_SET_PDEATHSIG")
     path = resolve_command(op)
-    argv_c = [ffi.new("char[]", os.fsencode(a)) for a in (op.command, *op.args)]
-    argv = ffi.new("char *[]", argv_c + [ffi.NULL])
+    path_c, argv = _native_argv(path, op)
     env = _encode_env(op)
     if env is None:
         envp = ffi.NULL
@@ -184,7 +200,6 @@ def spawn(op: ProcessSpawnOperation) -> Spawned:
     try:
         stdio.setup(op)
         attr = ffi.new("struct osl_spawn_attr *")
-        path_c = ffi.new("char[]", os.fsencode(path))
         attr.path = path_c
         attr.argv = argv
         attr.envp = envp

@@ -36,11 +36,11 @@ SCHEMA = 1
 
 # Rounds per scenario: (full, --quick).
 ROUNDS = {
-    "spawn": (400, 60),
-    "spawn_big": (200, 30),
-    "signal": (400, 60),
-    "kill_small": (40, 6),
-    "kill_large": (20, 4),
+    "spawn": (400, 150),
+    "spawn_big": (200, 60),
+    "signal": (400, 150),
+    "kill_small": (40, 10),
+    "kill_large": (20, 6),
 }
 WARMUP = 3
 SIGNAL_BATCH = 20  # thin signal calls take ~1 us: time batches, report per call
