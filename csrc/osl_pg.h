@@ -23,6 +23,11 @@
 #define OSL_STEP_SESSION 3
 #define OSL_STEP_CHDIR 4
 #define OSL_STEP_EXEC 5
+#define OSL_STEP_CGROUP 6 /* joining a cgroup (writing "0" to cgroup.procs) */
+
+/* How many cgroups (one per hierarchy: cgroup2, and cgroup v1 pids, memory,
+ * cpu) a child can join before exec. */
+#define OSL_MAX_CGROUPS 4
 
 #ifndef _WIN32
 
@@ -38,6 +43,10 @@ struct osl_spawn_attr {
     int close_fds;       /* close every fd >= 3 before exec */
     int pdeathsig;       /* Linux: signal sent to the child when the spawning
                             thread dies; 0 for none */
+    int n_cgroups;       /* Linux: how many cgroup_procs_fds the child joins */
+    int cgroup_procs_fds[OSL_MAX_CGROUPS]; /* open cgroup.procs files; the
+                            child writes "0" to each before exec, so it and
+                            everything it starts are inside from the start */
 };
 
 /* Feature bits reported by osl_features(). */

@@ -86,7 +86,9 @@ static void fill_all_signals(sigset_t *set)
 
 static int needs_vfork(const struct osl_spawn_attr *a)
 {
-    if (a->pdeathsig)
+    /* posix_spawn has no action that writes to a file, so it cannot put the
+     * child in a cgroup before exec (see join_cgroups). */
+    if (a->pdeathsig || a->n_cgroups > 0)
         return 1;
     if (a->cwd && !spawn_addchdir)
         return 1;
@@ -189,6 +191,35 @@ static void close_from(int lowfd)
     }
 }
 
+/* Move the calling (vfork child) process into each cgroup: writing "0" to a
+ * cgroup.procs file moves the writer, in cgroup v2 and v1 alike. Done before
+ * exec, so there is no moment in which the program, or a grandchild it
+ * forks, runs outside the cgroups. clone3(CLONE_INTO_CGROUP) would place
+ * the child at creation, but only in cgroup v2 (v1 limit hierarchies still
+ * need this write), it needs Linux 5.7 and a raw syscall with its own
+ * stack; one write() per hierarchy covers every case with one code path.
+ * The fds are O_CLOEXEC in the parent: the program never sees them. */
+static int join_cgroups(const struct osl_spawn_attr *a)
+{
+    int i;
+    if (a->n_cgroups < 0 || a->n_cgroups > OSL_MAX_CGROUPS) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (i = 0; i < a->n_cgroups; i++) {
+        ssize_t n;
+        do {
+            n = write(a->cgroup_procs_fds[i], "0", 1);
+        } while (n < 0 && errno == EINTR);
+        if (n != 1) {
+            if (n >= 0)
+                errno = EIO;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Runs in the vfork child, which shares the parent's memory and whose parent
  * thread is suspended until exec or _exit. Only async-signal-safe calls; the
  * result is written to *report, which the parent reads after vfork returns. */
@@ -218,6 +249,14 @@ vfork_child(const struct osl_spawn_attr *a, pid_t parent,
     } else if (a->pgroup_mode != OSL_PGROUP_INHERIT) {
         step = OSL_STEP_PGROUP;
         if (setpgid(0, a->pgroup_mode == OSL_PGROUP_NEW ? 0 : a->pgid) < 0)
+            goto fail;
+    }
+
+    /* Before the stdio dup2()s and the closing of fds >= 3, which could
+     * overwrite or close the cgroup.procs fds. */
+    if (a->n_cgroups) {
+        step = OSL_STEP_CGROUP;
+        if (join_cgroups(a) < 0)
             goto fail;
     }
 

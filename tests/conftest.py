@@ -57,6 +57,43 @@ def no_process_leaks(request):
         _kill_all(leaked)
         if desc:
             pytest.fail(f"test left processes running: {desc}")
+    stale = our_cgroups()
+    if stale:
+        _remove_cgroups(stale)
+        pytest.fail(f"test left cgroup directories (now removed): {stale}")
+
+
+def our_cgroups():
+    """cgroup directories osl_pg made for this process (it names them
+    <creator pid>-<n> inside an "osl_pg" directory), in every mounted
+    cgroup hierarchy, v1 or v2, read from /proc/self/mountinfo."""
+    prefix = f"{os.getpid()}-"
+    found = []
+    if not os.path.exists("/proc/self/mountinfo"):
+        return found  # not Linux: osl_pg makes no cgroups
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if line.partition(" - ")[2].split()[0] in ("cgroup", "cgroup2")]
+    for mount in mounts:
+        for root, dirs, _ in os.walk(mount):
+            if os.path.basename(root) == "osl_pg":
+                found += [os.path.join(root, d) for d in dirs if d.startswith(prefix)]
+                dirs[:] = []
+    return sorted(found)
+
+
+def _remove_cgroups(paths):
+    for path in paths:
+        for pid in open(os.path.join(path, "cgroup.procs")).read().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        for _ in range(100):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.01)
 
 
 def _close_open_groups():
@@ -107,3 +144,4 @@ def alive(pid):
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+

@@ -4,16 +4,18 @@ Process groups and sessions on POSIX, Job Objects on Windows. See README.md.
 """
 from .audit import JsonLinesHandler, write_audit_log
 from .context import ExecutionContext, SecurityContext
-from .errors import (CommandNotFound, InvalidOperation, OslError, OslOSError, OslPermissionError,
-                     OslTimeoutError, ProcessNotFound, SecurityViolation, Unsupported)
+from .errors import (CgroupPermissionError, CgroupUnavailable, CommandNotFound, InvalidOperation,
+                     LimitUnavailable, OslError, OslOSError, OslPermissionError, OslTimeoutError,
+                     ProcessNotFound, SecurityViolation, Unsupported)
 from .executor import OSLFramework, ProcessExecutor, TargetFacts
 from .group import Member, MemberOutcome, ProcessGroup, TerminateReport, set_child_subreaper
-from .operations import (DEVNULL, INHERIT, PIPE, STDOUT, Inherit, JoinGroup, NewGroup, OperationType,
+from .operations import (DEVNULL, INHERIT, PIPE, STDOUT, Inherit, JoinGroup, Limits, NewGroup, OperationType,
                          Permission, ProcessGroupConfig, ProcessKillOperation, ProcessSignalOperation,
                          ProcessSpawnOperation)
 from .policy import AllowListPolicy, Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, WaitTimeout
 from .result import ExecutionResult
+from .tiers import Escapee
 
 __version__ = "0.1.0"
 
@@ -25,4 +27,5 @@ __all__ = [
     "ProcessKillOperation", "ProcessNotFound", "ProcessSignalOperation", "ProcessSpawnOperation", "STDOUT",
     "SecurityContext", "SecurityPolicy", "SecurityViolation", "TargetFacts", "TerminateReport", "Unsupported",
     "WaitTimeout", "set_child_subreaper", "write_audit_log",
+    "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits",
 ]

@@ -7,7 +7,7 @@ import errno
 import os
 import signal
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._native import ffi, lib
 from .errors import CommandNotFound, OslPermissionError, ProcessNotFound, Unsupported, from_errno
@@ -184,8 +184,12 @@ def _native_argv(path: str, op: ProcessSpawnOperation) -> Tuple[Any, Any]:
     return hit[0], hit[1]
 
 
-def spawn(op: ProcessSpawnOperation) -> Spawned:
-    """Spawn the child described by a validated operation."""
+def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Spawned:
+    """Spawn the child described by a validated operation. The child joins
+    the cgroups whose open cgroup.procs files are `cgroup_procs_fds` before
+    it executes (osl_pg.cgroup makes them)."""
+    if len(cgroup_procs_fds) > lib.OSL_MAX_CGROUPS:
+        raise Unsupported(f"a child can join at most {lib.OSL_MAX_CGROUPS} cgroups")
     if op.kill_on_parent_death and not HAS_PDEATHSIG:
         raise Unsupported("kill on parent death needs Linux's PR_SET_PDEATHSIG")
     path = resolve_command(op)
@@ -215,6 +219,9 @@ def spawn(op: ProcessSpawnOperation) -> Spawned:
         attr.new_session = op.detach_from_terminal
         attr.close_fds = op.close_fds
         attr.pdeathsig = int(signal.SIGKILL) if op.kill_on_parent_death else 0
+        attr.n_cgroups = len(cgroup_procs_fds)
+        for i, fd in enumerate(cgroup_procs_fds):
+            attr.cgroup_procs_fds[i] = fd
         out = ffi.new("int[3]")  # pid, step, used_vfork
         err = lib.osl_spawn(attr, out, out + 1, out + 2)
         if err:
@@ -253,6 +260,8 @@ def _spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> O
         if err == errno.ENOENT:
             return CommandNotFound(err, f"command not found: {op.command!r} ({path})", op.command)
         return from_errno(err, f"cannot execute {op.command!r} ({path})", op.command)
+    if step == lib.OSL_STEP_CGROUP:
+        return from_errno(err, "the child could not join its cgroup (write to cgroup.procs)")
     if step == lib.OSL_STEP_SESSION:
         return from_errno(err, "setsid() failed in the child")
     return from_errno(err, f"spawning {op.command!r} failed")

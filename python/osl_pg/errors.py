@@ -43,6 +43,21 @@ class Unsupported(NotImplementedError, OslError):
     """The platform lacks the feature."""
 
 
+class CgroupUnavailable(Unsupported):
+    """No cgroup v2 hierarchy this process can use (none mounted, or our own
+    cgroup is not visible in it); the message says which."""
+
+
+class CgroupPermissionError(OslPermissionError):
+    """A cgroup exists but this process may not create cgroups under it
+    (not root, and no delegated subtree)."""
+
+
+class LimitUnavailable(Unsupported):
+    """A requested per-group limit has no controller: neither cgroup v2 nor
+    a cgroup v1 hierarchy offers it here."""
+
+
 class OslOSError(OSError, OslError):
     """Any other OS failure, with its errno."""
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import psutil
 
-from . import audit
+from . import audit, cgroup
 from ._backend import backend
 from .context import ExecutionContext, resolve_context
 from .errors import InvalidOperation, SecurityViolation
@@ -19,6 +19,7 @@ from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSign
 from .policy import Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, child_by_pid, sweep_abandoned
 from .result import ExecutionResult
+from .tiers import make_tier
 
 SIGKILL = 9
 
@@ -148,14 +149,25 @@ class ProcessExecutor:
     def _spawn(self, op: ProcessSpawnOperation, ctx: ExecutionContext, facts: TargetFacts,
                record: audit.AuditRecord) -> ExecutionResult:
         sweep_abandoned()
-        spawned = backend.spawn(op)
+        # The cgroups (containment, limits) exist before the child does: it
+        # joins them before it executes (osl_pg.cgroup).
+        cgroups = cgroup.prepare(op.containment, op.limits)
+        try:
+            spawned = backend.spawn(op, cgroups.open_join_fds()) if cgroups is not None else backend.spawn(op)
+        except BaseException:
+            if cgroups is not None:
+                cgroups.remove()
+            raise
+        finally:
+            if cgroups is not None:
+                cgroups.close_join_fds()
         argv = (op.command, *op.args)
         proc = Process(spawned.pid, argv, spawned.stdin, spawned.stdout, spawned.stderr)
         pgid = spawned.pgid if spawned.pgid is not None else backend.own_pgid()
         group = None
         if op.makes_group:
-            group = ProcessGroup(pgid, proc, tier="session" if op.detach_from_terminal else "process_group",
-                                 owner=self.name)
+            group = ProcessGroup(pgid, proc, owner=self.name, strategy=make_tier(
+                pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None))
             if op.kill_on_parent_death:
                 group._kill_with_parent()
         record["target_pid"] = spawned.pid
@@ -170,6 +182,7 @@ class ProcessExecutor:
             "args": " ".join(_quote(a) for a in op.args),
             "executor": self.name,
             "user": ctx.principal,
+            **_containment_metadata(group),
         }, process=proc, group=group)
 
     def _signal(self, op: ProcessSignalOperation, ctx: ExecutionContext, facts: TargetFacts,
@@ -214,6 +227,18 @@ class ProcessExecutor:
             "executor": self.name,
             "user": ctx.principal,
         })
+
+
+def _containment_metadata(group: Optional[ProcessGroup]) -> Dict[str, str]:
+    """"containment": the tier the group got (process_group, session,
+    cgroup); "limits": each limit and its mechanism, e.g.
+    "max_processes=cgroup1:pids,max_memory=cgroup2:memory"."""
+    if group is None:
+        return {}
+    meta = {"containment": group.tier}
+    if group.limits_applied:
+        meta["limits"] = ",".join(f"{k}={v}" for k, v in sorted(group.limits_applied.items()))
+    return meta
 
 
 def _signal_one(pid: int, sig: int) -> None:

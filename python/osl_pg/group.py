@@ -25,13 +25,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Generator, List, Optional, Set
+from typing import Callable, Dict, Generator, Iterable, List, Optional, Set
 
 import psutil
 
 from . import watchdog
 from ._backend import backend
 from .errors import ProcessNotFound
+from .tiers import Escapee, PgidTier, Tier
 from .process import Process, WaitTimeout, child_by_pid
 
 DEFAULT_GRACE = 5.0
@@ -91,10 +92,13 @@ def owned_group(pgid: int) -> Optional["ProcessGroup"]:
 def _scan(pgid: int) -> List[Member]:
     """Current members of group `pgid` (psutil for the process list and
     states, getpgid for membership)."""
+    return _describe_all(pid for pid in backend.list_pids() if backend.pgid_or_none(pid) == pgid)
+
+
+def _describe_all(pids: Iterable[int]) -> List[Member]:
+    """Member records for `pids`; processes gone meanwhile are left out."""
     members = []
-    for pid in backend.list_pids():
-        if backend.pgid_or_none(pid) != pgid:
-            continue
+    for pid in pids:
         try:
             p = psutil.Process(pid)
             with p.oneshot():
@@ -126,10 +130,13 @@ class ProcessGroup:
     """
 
     def __init__(self, pgid: int, leader: Optional[Process] = None, tier: str = "process_group",
-                 owner: str = ""):
+                 owner: str = "", strategy: Optional[Tier] = None):
         self.pgid = pgid
         self.leader = leader
-        self.tier = tier
+        # How members are found, signalled and waited for (osl_pg.tiers);
+        # `tier` names it: process_group, session or cgroup.
+        self._strategy = strategy if strategy is not None else PgidTier(pgid, tier)
+        self.tier = self._strategy.name
         self.owner = owner
         self.detached = False
         self._released = False
@@ -140,6 +147,9 @@ class ProcessGroup:
             # If the handle is dropped without close(), stop pinning so the
             # leader is reaped: never a zombie left, never a process killed.
             weakref.finalize(self, leader._release)
+        # Dropped without close(): its cgroup directories go too (processes
+        # still in them are moved out, not killed).
+        weakref.finalize(self, self._strategy.close)
         with _owned_lock:
             _owned[pgid] = weakref.ref(self)
 
@@ -165,10 +175,43 @@ class ProcessGroup:
         return self._released
 
     def members(self) -> List[Member]:
-        """Processes whose pgid is this group's now; zombies are marked."""
+        """Processes in the group now (by pgid; by cgroup in the cgroup
+        tier); zombies are marked."""
         if self._released:
             return []
-        return _scan(self.pgid)
+        return _describe_all(self._strategy.pids())
+
+    def escaped(self) -> List[Escapee]:
+        """Live descendants of the group that left it (setsid, setpgid):
+        signals to the group miss them. Best effort: see
+        osl_pg.tiers.DescendantTracker. Empty in the cgroup tier unless a
+        privileged process moved a member out of the cgroup."""
+        return self._strategy.escaped()
+
+    @property
+    def cgroup_path(self) -> Optional[str]:
+        """The group's cgroup v2 directory in the cgroup tier, else None."""
+        return self._strategy.cgroup_path
+
+    @property
+    def limits_applied(self) -> Dict[str, str]:
+        """Each limit and the mechanism that applies it, e.g.
+        {"max_processes": "cgroup1:pids", "max_memory": "cgroup2:memory"}."""
+        return self._strategy.limits_applied
+
+    def limit_events(self) -> Dict[str, int]:
+        """What the limits did: "oom_kills" (members the OOM killer ended at
+        max_memory), "fork_failures" (forks refused at max_processes)."""
+        return self._strategy.limit_events()
+
+    def freeze(self) -> None:
+        """Freeze every member (cgroup tier; Unsupported otherwise)."""
+        self._check_open()
+        self._strategy.freeze()
+
+    def thaw(self) -> None:
+        self._check_open()
+        self._strategy.thaw()
 
     @property
     def alive(self) -> bool:
@@ -184,7 +227,7 @@ class ProcessGroup:
         """Send `sig` to every member. Safe against pgid reuse (see the
         module docstring): raises ProcessLookupError once released."""
         self._check_open()
-        backend.signal_group(self.pgid, sig)
+        self._strategy.signal(sig)
 
     def kill(self) -> None:
         self.signal(SIGKILL)
@@ -196,7 +239,7 @@ class ProcessGroup:
         while True:
             live = []
             me = os.getpid()
-            for m in _scan(self.pgid):
+            for m in _describe_all(self._strategy.pids()):
                 seen = self._seen.get(m.pid)
                 if seen is None:
                     seen = self._seen[m.pid] = MemberOutcome(m.pid, m.name, outcome="running")
@@ -232,7 +275,7 @@ class ProcessGroup:
         try:
             live = next(gen)
             while True:
-                backend.wait_exits(live, deadline)
+                self._strategy.wait_exits(live, deadline)
                 live = gen.send(None)  # type: ignore[arg-type]
         except StopIteration as stop:
             return bool(stop.value)
@@ -241,7 +284,7 @@ class ProcessGroup:
         try:
             live = next(gen)
             while True:
-                await backend.wait_exits_async(live, deadline)
+                await self._strategy.wait_exits_async(live, deadline)
                 live = gen.send(None)  # type: ignore[arg-type]
         except StopIteration as stop:
             return bool(stop.value)
@@ -266,6 +309,7 @@ class ProcessGroup:
 
     def _release(self) -> None:
         self._released = True
+        self._strategy.close()
         if self._kill_on_parent_death:
             watchdog.unregister(self.pgid)
         with _owned_lock:
@@ -297,16 +341,16 @@ class ProcessGroup:
         """SIGTERM (and SIGCONT, so stopped members can act on it).
         False when the group had no member left to signal."""
         try:
-            backend.signal_group(self.pgid, SIGTERM)
+            self._strategy.signal(SIGTERM)
             if SIGCONT is not None:
-                backend.signal_group(self.pgid, int(SIGCONT))
+                self._strategy.signal(int(SIGCONT))
         except ProcessLookupError:
             return False
         return True
 
     def _kill_quietly(self) -> None:
         try:
-            backend.signal_group(self.pgid, SIGKILL)
+            self._strategy.kill()
         except ProcessLookupError:
             pass
 

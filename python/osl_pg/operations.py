@@ -197,6 +197,42 @@ def _fix_common(op: "_Operation") -> None:
 
 
 # --------------------------------------------------------------------------
+# containment and limits
+
+CONTAINMENT = ("cgroup", "best_available")
+
+
+def _check_containment(value: Any) -> str:
+    if value not in CONTAINMENT:
+        raise InvalidOperation(f"containment must be one of {', '.join(CONTAINMENT)}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-group limits (Linux cgroups): at most `max_processes` processes
+    at once (forks beyond fail with EAGAIN), `max_memory` bytes of RAM plus
+    swap for the whole group (beyond it the OOM killer ends a member), and
+    `cpu_quota` CPUs of time (0.5: half of one CPU). None: no such limit."""
+
+    max_processes: Optional[int] = None
+    max_memory: Optional[int] = None
+    cpu_quota: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_processes", "max_memory"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InvalidOperation(f"{name} must be a positive int, not {v!r}")
+        q = self.cpu_quota
+        if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.01 <= q <= 4096):
+            raise InvalidOperation(f"cpu_quota must be a number of CPUs in 0.01..4096, not {q!r}")
+
+    def requested(self) -> Dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+# --------------------------------------------------------------------------
 # spawn
 
 
@@ -214,6 +250,8 @@ class ProcessSpawnOperation(_Operation):
     process_group: Optional[ProcessGroupConfig] = None
     detach_from_terminal: bool = False
     kill_on_parent_death: bool = False
+    containment: Optional[str] = None  # see with_containment
+    limits: Optional[Limits] = None
     close_fds: bool = True
     stdin: StdioSpec = None
     stdout: StdioSpec = None
@@ -273,6 +311,31 @@ class ProcessSpawnOperation(_Operation):
         osl_pg.watchdog) when this process dies."""
         return self._with(kill_on_parent_death=True)
 
+    def with_containment(self, tier: str) -> "ProcessSpawnOperation":
+        """Linux: start the group in a fresh cgroup (v2), which no member can
+        leave the way setsid()/setpgid() leave a process group. "cgroup"
+        fails (NotImplementedError/PermissionError) without a cgroup this
+        process may create; "best_available" then falls back to the process
+        group. The tier obtained is `group.tier` and the "containment"
+        metadata. The child leads a new group unless it is detached."""
+        return self._with(containment=_check_containment(tier), process_group=self._leading_group())
+
+    def with_limits(self, max_processes: Optional[int] = None, max_memory: Optional[int] = None,
+                    cpu_quota: Optional[float] = None) -> "ProcessSpawnOperation":
+        """Linux: limits for the whole group (see Limits), applied through a
+        cgroup v2 controller or, where v2 lacks it, the cgroup v1 one. Which
+        one is `group.limits_applied`; LimitUnavailable when neither."""
+        limits = Limits(max_processes, max_memory, cpu_quota)
+        if not limits.requested():
+            raise InvalidOperation("with_limits needs at least one limit")
+        return self._with(limits=limits, process_group=self._leading_group())
+
+    def _leading_group(self) -> Optional[ProcessGroupConfig]:
+        """Containment and limits belong to a group: default to a new one."""
+        if self.process_group is None and not self.detach_from_terminal:
+            return NewGroup()
+        return self.process_group
+
     def with_stdin(self, spec: StdioSpec) -> "ProcessSpawnOperation":
         return self._with(stdin=_check_stdio(spec, "stdin"))
 
@@ -315,6 +378,12 @@ class ProcessSpawnOperation(_Operation):
             raise InvalidOperation(f"process_group must be a ProcessGroupConfig, not {self.process_group!r}")
         if self.detach_from_terminal and isinstance(self.process_group, JoinGroup):
             raise InvalidOperation("a detached child leads its own session; it cannot join a group")
+        if self.containment is not None:
+            _check_containment(self.containment)
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise InvalidOperation(f"limits must be a Limits, not {self.limits!r}")
+        if (self.containment is not None or self.limits is not None) and not self.makes_group:
+            raise InvalidOperation("containment and limits need a child that leads a new group or session")
         for slot in ("stdin", "stdout", "stderr"):
             _check_stdio(getattr(self, slot), slot)
 

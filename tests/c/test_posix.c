@@ -7,6 +7,7 @@
 #include "osl_pg.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -159,6 +160,140 @@ static void test_floor(void)
     CHECK(err == 0 && ns > 0, "bench floor ran 5 spawns in %lld ns", ns);
 }
 
+/* The mount point of the cgroup2 hierarchy (fstype "cgroup2" after the
+ * " - " separator in /proc/self/mountinfo), or of the cgroup v1 hierarchy
+ * whose super options name `controller`. 0 when there is none. */
+static int find_cgroup_mount(const char *controller, char *out, size_t len)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[1024];
+    int found = 0;
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        char mnt[512], fstype[64], source[256], opts[512];
+        const char *sep = strstr(line, " - ");
+        if (!sep || sscanf(line, "%*s %*s %*s %*s %511s", mnt) != 1 ||
+            sscanf(sep + 3, "%63s %255s %511s", fstype, source, opts) != 3)
+            continue;
+        if (controller == NULL) {
+            found = strcmp(fstype, "cgroup2") == 0;
+        } else if (strcmp(fstype, "cgroup") == 0) {
+            char *tok, *save = NULL;
+            for (tok = strtok_r(opts, ",", &save); tok && !found;
+                 tok = strtok_r(NULL, ",", &save))
+                found = strcmp(tok, controller) == 0;
+        }
+        if (found)
+            snprintf(out, len, "%s", mnt);
+    }
+    fclose(f);
+    return found;
+}
+
+/* Spawn `sh -c 'cat /proc/self/cgroup'` in the cgroups behind `fds`: the
+ * cat is a grandchild, so its lines show where the child's descendants
+ * start. Returns the output (NUL-terminated) in buf, or "" on failure. */
+static int spawn_in_cgroups(const int *fds, int n, int force_bad, char *buf,
+                            size_t len)
+{
+    char *argv[] = {"/bin/sh", "-c", "cat /proc/self/cgroup", NULL};
+    struct osl_spawn_attr a = base("/bin/sh", argv);
+    int p[2], pid = -1, step = -1, vf = 0, err, i;
+    size_t got = 0;
+    ssize_t r;
+    buf[0] = 0;
+    if (pipe(p) != 0)
+        return -1;
+    a.fds[1] = p[1];
+    a.pgroup_mode = OSL_PGROUP_NEW;
+    a.n_cgroups = n;
+    for (i = 0; i < n && i < OSL_MAX_CGROUPS; i++)
+        a.cgroup_procs_fds[i] = fds[i]; /* n beyond the array: EINVAL */
+    err = osl_spawn(&a, &pid, &step, &vf);
+    close(p[1]);
+    if (force_bad) {
+        CHECK(err != 0 && step == OSL_STEP_CGROUP && vf == 1,
+              "a bad cgroup fd fails the spawn at the cgroup step (err %d, "
+              "step %d)", err, step);
+    } else {
+        CHECK(err == 0 && vf == 1, "spawn into %d cgroup(s) took the vfork "
+              "path (err %d)", n, err);
+    }
+    while (err == 0 && got + 1 < len &&
+           (r = read(p[0], buf + got, len - 1 - got)) > 0)
+        got += (size_t)r;
+    buf[got] = 0;
+    close(p[0]);
+    if (err == 0)
+        CHECK(wait_code(pid) == 0, "the child exited 0");
+    return err;
+}
+
+static void test_cgroup_join(void)
+{
+    char v2[512], v1[512], dir2[700], dir1[700], path[800], buf[4096];
+    char line2[128], line1[128];
+    int fds[2], n = 0, have_v1;
+
+    if (!find_cgroup_mount(NULL, v2, sizeof(v2))) {
+        printf("skip cgroup join: no cgroup2 mount\n");
+        return;
+    }
+    snprintf(dir2, sizeof(dir2), "%s/osl_ctest_%d", v2, (int)getpid());
+    if (mkdir(dir2, 0755) != 0) {
+        printf("skip cgroup join: cannot create %s: %s\n", dir2,
+               strerror(errno));
+        return;
+    }
+    snprintf(path, sizeof(path), "%s/cgroup.procs", dir2);
+    fds[n++] = open(path, O_WRONLY | O_CLOEXEC);
+    /* Optionally a cgroup v1 pids hierarchy too (hybrid hosts). */
+    have_v1 = find_cgroup_mount("pids", v1, sizeof(v1));
+    if (have_v1) {
+        snprintf(dir1, sizeof(dir1), "%s/osl_ctest_%d", v1, (int)getpid());
+        have_v1 = mkdir(dir1, 0755) == 0;
+    }
+    if (have_v1) {
+        snprintf(path, sizeof(path), "%s/cgroup.procs", dir1);
+        fds[n++] = open(path, O_WRONLY | O_CLOEXEC);
+    }
+
+    spawn_in_cgroups(fds, n, 0, buf, sizeof(buf));
+    /* Our own cgroup is the root of the mount here, as the test creates
+     * its directories at the top of each hierarchy. */
+    snprintf(line2, sizeof(line2), "0::/osl_ctest_%d\n", (int)getpid());
+    CHECK(strstr(buf, line2) != NULL, "the grandchild is in the cgroup2 "
+          "directory (%s)", dir2);
+    if (have_v1) {
+        snprintf(line1, sizeof(line1), ":pids:/osl_ctest_%d\n",
+                 (int)getpid());
+        CHECK(strstr(buf, line1) != NULL, "and in the v1 pids directory");
+    }
+
+    {
+        int bad[1];
+        bad[0] = open("/dev/null", O_RDONLY | O_CLOEXEC); /* not writable */
+        spawn_in_cgroups(bad, 1, 1, buf, sizeof(buf));
+        close(bad[0]);
+    }
+    {
+        int many[OSL_MAX_CGROUPS + 1], i;
+        for (i = 0; i <= OSL_MAX_CGROUPS; i++)
+            many[i] = fds[0];
+        CHECK(spawn_in_cgroups(many, OSL_MAX_CGROUPS + 1, 1, buf,
+                               sizeof(buf)) == EINVAL,
+              "more than OSL_MAX_CGROUPS cgroups is EINVAL");
+    }
+
+    close(fds[0]);
+    CHECK(rmdir(dir2) == 0, "the emptied cgroup2 directory is removed");
+    if (have_v1) {
+        close(fds[1]);
+        CHECK(rmdir(dir1) == 0, "the emptied v1 directory is removed");
+    }
+}
+
 int main(void)
 {
     printf("features: %#x\n", osl_features());
@@ -170,6 +305,7 @@ int main(void)
     test_session_and_join();
     test_stdio();
     test_floor();
+    test_cgroup_join();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }

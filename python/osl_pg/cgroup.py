@@ -1,0 +1,549 @@
+"""cgroups (Linux): containment nothing escapes, and per-group limits.
+
+A process group is advisory: any member can setsid() or setpgid() and leave
+it. A cgroup is not: a process cannot leave one without write access to the
+hierarchy, and its children start in it. So a group spawned with
+``with_containment("cgroup")`` gets a fresh cgroup v2 directory, which the
+child joins *before* exec (csrc/osl_pg_posix.c, join_cgroups): from the
+first instruction of the program on, it and everything it starts are inside.
+The handle then lists members from ``cgroup.procs``, kills them all at once
+with ``cgroup.kill``, and knows the group is gone when ``cgroup.events``
+says ``populated 0`` (the kernel notifies a change on that file: POLLPRI).
+
+Where the directories go
+------------------------
+The cgroup2 hierarchy is found in /proc/self/mountinfo (``/sys/fs/cgroup`` on
+a pure v2 host, ``/sys/fs/cgroup/unified`` on a hybrid one), never assumed.
+Our own cgroup comes from the ``0::`` line of /proc/self/cgroup. Group
+cgroups are created in a subtree ``osl_pg`` below it, named
+``<creator pid>-<n>``: the subtree holds no process itself, so the v2
+"no internal processes" rule lets it enable controllers for its children.
+It can only enable controllers our own cgroup passes down (its
+``cgroup.subtree_control``); we never change our own cgroup, because with
+processes in it that would need moving them (this process included) to a
+leaf first. The empty ``osl_pg`` subtree is removed again when its last
+group goes.
+
+Limits use a cgroup v2 controller when the subtree has it, else the cgroup
+v1 hierarchy of that controller (a process can be in a v2 cgroup and in v1
+cgroups at once; the child joins each before exec), else they fail with
+LimitUnavailable. v1 directories go below our own cgroup of that hierarchy,
+so limits the caller is under keep applying.
+"""
+import errno
+import itertools
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+from .errors import CgroupPermissionError, CgroupUnavailable, LimitUnavailable, OslOSError
+from .operations import Limits
+
+SUBTREE = "osl_pg"
+MOUNTINFO = "/proc/self/mountinfo"
+OWN_CGROUP = "/proc/self/cgroup"
+
+# Which controller serves each limit (the name is the same in v1 and v2).
+CONTROLLER = {"max_processes": "pids", "max_memory": "memory", "cpu_quota": "cpu"}
+CPU_PERIOD_US = 100_000
+# Linux's CGROUP_FILE_NOTIFY_MIN_INTV: the least time between two
+# notifications of one cgroup file.
+NOTIFY_INTERVAL = 0.010
+
+_counter = itertools.count(1)
+_subtree_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------
+# finding the hierarchies
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy: the v2 one, or a v1 one with its
+    controllers. `own_dir` is our own cgroup's directory in it."""
+
+    version: int
+    mount: str
+    controllers: FrozenSet[str]
+    own_dir: str
+
+    def label(self, controller: str) -> str:
+        return f"cgroup{self.version}:{controller}"
+
+
+def _unescape(path: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    if "\\" not in path:
+        return path
+    return path.encode().decode("unicode_escape").encode("latin-1").decode()
+
+
+def _own_paths() -> Dict[str, str]:
+    """Our cgroup per hierarchy from /proc/self/cgroup: key "" is cgroup v2,
+    else each v1 controller of the line."""
+    paths: Dict[str, str] = {}
+    try:
+        with open(OWN_CGROUP) as f:
+            for line in f:
+                _, ctrls, path = line.rstrip("\n").split(":", 2)
+                if ctrls == "":
+                    paths[""] = path
+                for c in ctrls.split(","):
+                    if c and not c.startswith("name="):
+                        paths[c] = path
+    except OSError:
+        pass
+    return paths
+
+
+def hierarchies() -> List[Hierarchy]:
+    """Every cgroup hierarchy mounted here in which our own cgroup is
+    visible (a mount whose root is outside our cgroup is skipped)."""
+    own = _own_paths()
+    found: List[Hierarchy] = []
+    seen = set()
+    try:
+        with open(MOUNTINFO) as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        root, mount = _unescape(fields[3]), _unescape(fields[4])
+        if tail[0] == "cgroup2":
+            version, ctrls, key = 2, frozenset(), ""
+        else:
+            opts = tail[2].split(",")
+            ctrls = frozenset(o for o in opts if o in _V1_CONTROLLERS)
+            if not ctrls:
+                continue  # name=systemd and the like
+            version, key = 1, next(iter(ctrls))
+        path = own.get(key)
+        if path is None or (version, ctrls) in seen:
+            continue
+        rel = _relative(path, root)
+        if rel is None:
+            continue
+        seen.add((version, ctrls))
+        if version == 2:
+            # What our own cgroup passes down to its children (and so to the
+            # osl_pg subtree); enabling more would change our own cgroup.
+            ctrls = frozenset(_read(os.path.join(mount, rel, "cgroup.subtree_control")).split())
+        found.append(Hierarchy(version, mount, ctrls, os.path.normpath(os.path.join(mount, rel))))
+    return found
+
+
+_V1_CONTROLLERS = frozenset({"pids", "memory", "cpu", "cpuacct", "cpuset", "freezer", "blkio", "devices",
+                             "net_cls", "net_prio", "perf_event", "hugetlb", "rdma", "misc"})
+
+
+def _relative(path: str, root: str) -> Optional[str]:
+    if root == "/":
+        return path.lstrip("/")
+    if path == root:
+        return ""
+    if path.startswith(root + "/"):
+        return path[len(root) + 1:]
+    return None
+
+
+def cgroup2() -> Optional[Hierarchy]:
+    return next((h for h in hierarchies() if h.version == 2), None)
+
+
+def cgroup1(controller: str) -> Optional[Hierarchy]:
+    return next((h for h in hierarchies() if h.version == 1 and controller in h.controllers), None)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------
+# one cgroup directory
+
+
+class Cgroup:
+    """A cgroup directory this process created for one group."""
+
+    def __init__(self, hierarchy: Hierarchy, path: str):
+        self.hierarchy = hierarchy
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"<Cgroup {self.path}>"
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def has(self, name: str) -> bool:
+        return os.path.exists(self.file(name))
+
+    def read(self, name: str) -> str:
+        with open(self.file(name)) as f:
+            return f.read()
+
+    def write(self, name: str, value: str) -> None:
+        with open(self.file(name), "w") as f:
+            f.write(value)
+
+    def keyed(self, name: str) -> Dict[str, int]:
+        """A flat keyed file ("populated 1\\nfrozen 0\\n") as a dict;
+        empty when the file is missing or the cgroup is gone."""
+        out: Dict[str, int] = {}
+        for line in _read(self.file(name)).splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+                out[parts[0]] = int(parts[1])
+        return out
+
+    def pids(self) -> List[int]:
+        """The processes in the cgroup now (exited ones, zombies included,
+        are not listed: the kernel takes a task out of its cgroup when it
+        exits)."""
+        try:
+            return [int(p) for p in self.read("cgroup.procs").split()]
+        except FileNotFoundError:
+            return []
+
+    def open_procs(self) -> int:
+        """An O_CLOEXEC fd on cgroup.procs for the child to join through."""
+        return os.open(self.file("cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+
+    def move_out(self) -> None:
+        """Move whatever still runs here to our own cgroup of the hierarchy,
+        so the directory can be removed (the processes are not touched)."""
+        for pid in self.pids():
+            try:
+                with open(os.path.join(self.hierarchy.own_dir, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass  # exited meanwhile
+
+    def remove(self) -> bool:
+        """rmdir, moving leftover processes out first; then the osl_pg
+        subtree too when it is empty. True once the directory is gone."""
+        for attempt in range(50):
+            try:
+                os.rmdir(self.path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    return False
+                # Populated: someone we did not kill (a detached group, an
+                # escapee of a limits-only cgroup) or a process still exiting.
+                self.move_out()
+                time.sleep(0.001 * attempt)
+        else:
+            return False
+        _remove_subtree_if_empty(os.path.dirname(self.path))
+        return True
+
+
+def _remove_subtree_if_empty(subtree: str) -> None:
+    with _subtree_lock:
+        try:
+            os.rmdir(subtree)
+        except OSError:
+            pass  # another group (of any process) still has a directory in it
+
+
+def _create(hierarchy: Hierarchy, controllers: Tuple[str, ...] = ()) -> Cgroup:
+    """mkdir <own cgroup>/osl_pg/<pid>-<n>, enabling `controllers` (cgroup
+    v2) in the subtree first. Another process may remove the empty subtree
+    between our two mkdirs: then it is made again."""
+    subtree = os.path.join(hierarchy.own_dir, SUBTREE)
+    for _ in range(100):
+        with _subtree_lock:
+            try:
+                os.mkdir(subtree)
+            except FileExistsError:
+                pass
+            if hierarchy.version == 2 and controllers:
+                _enable(subtree, controllers)
+        path = os.path.join(subtree, f"{os.getpid()}-{next(_counter)}")
+        try:
+            os.mkdir(path)
+            return Cgroup(hierarchy, path)
+        except FileExistsError:
+            continue  # left by a dead process with our pid: take the next name
+        except FileNotFoundError:
+            continue  # the subtree was removed under us
+    raise OslOSError(errno.EAGAIN, f"could not create a cgroup under {subtree}")
+
+
+def _enable(subtree: str, controllers: Tuple[str, ...]) -> None:
+    enabled = set(_read(os.path.join(subtree, "cgroup.subtree_control")).split())
+    missing = [c for c in controllers if c not in enabled]
+    if missing:
+        with open(os.path.join(subtree, "cgroup.subtree_control"), "w") as f:
+            f.write(" ".join("+" + c for c in missing))
+
+
+def _create_error(hierarchy: Hierarchy, err: OSError) -> OSError:
+    where = os.path.join(hierarchy.own_dir, SUBTREE)
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CgroupPermissionError(
+            err.errno, f"cannot create cgroups under {where}: {os.strerror(err.errno or 0)}; run as root "
+                       f"or in a delegated cgroup (e.g. systemd-run --user --scope -p Delegate=yes ...)")
+    return OslOSError(err.errno or errno.EIO, f"cannot create a cgroup under {where}: {err}")
+
+
+# --------------------------------------------------------------------------
+# the cgroups of one group
+
+
+class CgroupSet:
+    """The cgroup directories of one group: at most one cgroup v2 directory
+    (containment, and the limits v2 can apply) plus one v1 directory per
+    hierarchy a remaining limit needs. Made before the spawn; the child
+    joins all of them through `join_fds`."""
+
+    def __init__(self) -> None:
+        self.v2: Optional[Cgroup] = None
+        self.v1: Dict[str, Cgroup] = {}  # by hierarchy mount
+        self.limits_applied: Dict[str, str] = {}
+        self.containment_error: Optional[Exception] = None
+        self.join_fds: List[int] = []
+        self._limit_cgroups: Dict[str, Cgroup] = {}  # limit name -> its cgroup
+        self._final_events: Optional[Dict[str, int]] = None
+
+    @property
+    def all(self) -> List[Cgroup]:
+        return ([self.v2] if self.v2 is not None else []) + list(self.v1.values())
+
+    def open_join_fds(self) -> List[int]:
+        self.join_fds = [cg.open_procs() for cg in self.all]
+        return self.join_fds
+
+    def close_join_fds(self) -> None:
+        for fd in self.join_fds:
+            os.close(fd)
+        self.join_fds = []
+
+    def limit_events(self) -> Dict[str, int]:
+        """What the limits did so far: "oom_kills" (processes the OOM killer
+        ended because of max_memory) and "fork_failures" (forks refused by
+        max_processes). Kept after the cgroups are removed."""
+        if self._final_events is not None:
+            return dict(self._final_events)
+        events = {}
+        mem = self._limit_cgroups.get("max_memory")
+        if mem is not None:
+            if mem.hierarchy.version == 2:
+                events["oom_kills"] = mem.keyed("memory.events").get("oom_kill", 0)
+            else:  # v1: memory.oom_control counts oom_kill since Linux 4.13
+                events["oom_kills"] = mem.keyed("memory.oom_control").get("oom_kill", 0)
+        pids = self._limit_cgroups.get("max_processes")
+        if pids is not None:
+            events["fork_failures"] = pids.keyed("pids.events").get("max", 0)
+        return events
+
+    def remove(self) -> None:
+        """Remove every directory (snapshotting the limit events first)."""
+        self.close_join_fds()
+        if self._final_events is None:
+            self._final_events = self.limit_events()
+        for cg in self.all:
+            cg.remove()
+
+    # -- building ------------------------------------------------------------------
+    def _v2_for_limits(self, needed: Tuple[str, ...]) -> Optional[Cgroup]:
+        """The v2 directory, created (without containment) when some needed
+        controller is available to our subtree."""
+        if self.v2 is not None:
+            return self.v2
+        h = cgroup2()
+        if h is None or not any(c in h.controllers for c in needed):
+            return None
+        try:
+            self.v2 = _create(h, tuple(c for c in needed if c in h.controllers))
+        except OSError:
+            return None
+        return self.v2
+
+    def _v1_for(self, controller: str) -> Optional[Cgroup]:
+        h = cgroup1(controller)
+        if h is None:
+            return None
+        cg = self.v1.get(h.mount)
+        if cg is None:
+            try:
+                cg = self.v1[h.mount] = _create(h)
+            except OSError:
+                return None
+        return cg
+
+    def apply(self, limits: Limits) -> None:
+        requested = limits.requested()
+        needed = tuple(CONTROLLER[name] for name in requested)
+        v2 = self._v2_for_limits(needed) if needed else self.v2
+        for name, value in requested.items():
+            ctrl = CONTROLLER[name]
+            cg = v2 if v2 is not None and ctrl in _available(v2) else self._v1_for(ctrl)
+            if cg is None:
+                raise LimitUnavailable(_no_controller(name, ctrl, v2))
+            _WRITERS[(name, cg.hierarchy.version)](cg, value)
+            self._limit_cgroups[name] = cg
+            self.limits_applied[name] = cg.hierarchy.label(ctrl)
+
+
+def _available(cg: Cgroup) -> FrozenSet[str]:
+    """Controllers in effect in a v2 directory (cgroup.controllers lists
+    those its parent's subtree_control enabled)."""
+    return frozenset(_read(cg.file("cgroup.controllers")).split())
+
+
+def _no_controller(name: str, ctrl: str, v2: Optional[Cgroup]) -> str:
+    h = cgroup2()
+    if h is None:
+        v2_why = "there is no cgroup2 hierarchy"
+    else:
+        v2_why = (f"cgroup2 does not pass it to {h.own_dir} (not in the parent's cgroup.subtree_control; "
+                  f"controllers here: {' '.join(sorted(h.controllers)) or 'none'})")
+    return (f"{name} needs the {ctrl} controller: {v2_why}, and there is no writable cgroup v1 {ctrl} "
+            f"hierarchy")
+
+
+def _pids_max(cg: Cgroup, value: int) -> None:
+    cg.write("pids.max", str(value))
+
+
+def _memory_v2(cg: Cgroup, value: int) -> None:
+    cg.write("memory.max", str(value))
+    # max_memory bounds RAM plus swap: a hog must be stopped, not swapped.
+    if cg.has("memory.swap.max"):
+        cg.write("memory.swap.max", "0")
+
+
+def _memory_v1(cg: Cgroup, value: int) -> None:
+    cg.write("memory.limit_in_bytes", str(value))
+    if cg.has("memory.memsw.limit_in_bytes"):  # swap accounting on: RAM + swap
+        cg.write("memory.memsw.limit_in_bytes", str(value))
+
+
+def _cpu_v2(cg: Cgroup, cpus: float) -> None:
+    cg.write("cpu.max", f"{max(1000, int(cpus * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+
+
+def _cpu_v1(cg: Cgroup, cpus: float) -> None:
+    cg.write("cpu.cfs_period_us", str(CPU_PERIOD_US))
+    cg.write("cpu.cfs_quota_us", str(max(1000, int(cpus * CPU_PERIOD_US))))
+
+
+_WRITERS = {
+    ("max_processes", 2): _pids_max, ("max_processes", 1): _pids_max,
+    ("max_memory", 2): _memory_v2, ("max_memory", 1): _memory_v1,
+    ("cpu_quota", 2): _cpu_v2, ("cpu_quota", 1): _cpu_v1,
+}
+
+
+def prepare(containment: Optional[str], limits: Optional[Limits]) -> Optional[CgroupSet]:
+    """The cgroups a spawn asks for, created and configured, or None when it
+    asks for neither containment nor limits. With containment "cgroup" a
+    failure raises (CgroupUnavailable, CgroupPermissionError); with
+    "best_available" it is kept in `containment_error` and the group falls
+    back to its process group."""
+    requested = limits.requested() if limits is not None else {}
+    if containment is None and not requested:
+        return None
+    cgs = CgroupSet()
+    try:
+        if containment is not None:
+            try:
+                cgs.v2 = _containment_cgroup(tuple(CONTROLLER[n] for n in requested))
+            except (OSError, NotImplementedError) as e:
+                if containment == "cgroup":
+                    raise
+                cgs.containment_error = e
+        if requested:
+            cgs.apply(limits)  # type: ignore[arg-type]
+    except BaseException:
+        cgs.remove()
+        raise
+    return cgs
+
+
+def _containment_cgroup(controllers: Tuple[str, ...]) -> Cgroup:
+    h = cgroup2()
+    if h is None:
+        raise CgroupUnavailable(
+            "cgroup containment needs a cgroup2 hierarchy in which this process's cgroup is visible; "
+            f"there is none in {MOUNTINFO}")
+    try:
+        return _create(h, tuple(c for c in controllers if c in h.controllers))
+    except OSError as e:
+        raise _create_error(h, e) from None
+
+
+# --------------------------------------------------------------------------
+# waiting on cgroup.events
+
+
+class EventsWatch:
+    """Readiness of a cgroup's cgroup.events: an epoll fd that becomes
+    readable when the kernel notifies a change of the file (it raises
+    POLLPRI on it). Plain poll() would do for blocking waits; an epoll fd
+    can also be handed to an asyncio loop, which only watches readability."""
+
+    def __init__(self, cg: Cgroup):
+        self.cg = cg
+        self.fd = os.open(cg.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+        self.epoll = select.epoll()
+        self.epoll.register(self.fd, select.EPOLLPRI)
+
+    def read(self) -> Dict[str, int]:
+        """The current values; reading also re-arms the notification."""
+        data = os.pread(self.fd, 4096, 0).decode()
+        out = {}
+        for line in data.splitlines():
+            k, _, v = line.partition(" ")
+            out[k] = int(v)
+        return out
+
+    def wait(self, timeout: Optional[float]) -> None:
+        self.epoll.poll(-1 if timeout is None else max(0.0, timeout))
+
+    def close(self) -> None:
+        self.epoll.close()
+        os.close(self.fd)
+
+    def __enter__(self) -> "EventsWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_event(cg: Cgroup, key: str, value: int, deadline: Optional[float]) -> bool:
+    """Block until cgroup.events has `key value` (populated 0, frozen 1...)
+    or `deadline` passes. The thread sleeps in epoll; but the kernel sends
+    at most one notification per file per 10 ms and defers the rest (a
+    freeze right after a spawn waits for that timer), so it also re-reads
+    after 1, 2, 4, 8 and 16 ms: a few wake-ups, then notifications only."""
+    step = 0.001
+    with EventsWatch(cg) as watch:
+        while watch.read().get(key) != value:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if step <= NOTIFY_INTERVAL:
+                watch.wait(step if remaining is None else min(step, remaining))
+                step *= 2
+            else:
+                watch.wait(remaining)
+    return True
+
