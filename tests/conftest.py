@@ -145,3 +145,10 @@ def alive(pid):
     except psutil.NoSuchProcess:
         return False
 
+
+def pgid_of(pid):
+    """The process group of `pid` (os.getpgid), or None once it is gone."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None

@@ -16,6 +16,7 @@ from .policy import AllowListPolicy, Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, WaitTimeout
 from .result import ExecutionResult
 from .tiers import Escapee
+from .run import CompletedRun, Leftover, LeftoverProcessWarning, run, run_async
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,5 @@ __all__ = [
     "SecurityContext", "SecurityPolicy", "SecurityViolation", "TargetFacts", "TerminateReport", "Unsupported",
     "WaitTimeout", "set_child_subreaper", "write_audit_log",
     "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits",
+    "CompletedRun", "Leftover", "LeftoverProcessWarning", "run", "run_async",
 ]

@@ -253,10 +253,13 @@ def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
 
 
 def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
-               stop_when: Optional[Any] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
+               stop_when: Optional[Any] = None,
+               wake_fd: Optional[int] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
     """Write `input` to stdin and read stdout/stderr until EOF with one
-    selector (no threads). `stop_when()` is polled; when it returns true
-    reading stops early (used to stop draining pipes a descendant holds).
+    selector (no threads). `stop_when()` is polled every 10 ms; when it
+    returns true reading stops early (used to stop draining pipes a
+    descendant holds). With `wake_fd` (the leader's pidfd, say) polling
+    starts only once that fd is readable, so a long run costs no wake-ups.
     State is kept on the process so a timed-out call can be resumed."""
     st = getattr(proc, "_comm", None)
     if st is None:
@@ -274,17 +277,28 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
             sel.register(st["stdin"], selectors.EVENT_WRITE)
         for f in st["open"]:
             sel.register(f, selectors.EVENT_READ)
-        while sel.get_map():
+        watching = stop_when is not None and wake_fd is not None and bool(sel.get_map())
+        polling = stop_when is not None and not watching
+        if watching:
+            sel.register(wake_fd, selectors.EVENT_READ)
+
+        def pipes_left() -> bool:
+            return len(sel.get_map()) > (1 if watching else 0)
+
+        while pipes_left():
             wait_for = None if deadline is None else deadline - time.monotonic()
-            if stop_when is not None:
+            if polling:
                 wait_for = 0.01 if wait_for is None else min(wait_for, 0.01)
-            if wait_for is not None and wait_for <= 0 and stop_when is None:
+            if wait_for is not None and wait_for <= 0 and not polling:
                 proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
                 raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
             ready = sel.select(max(wait_for, 0) if wait_for is not None else None)
             for key, _ in ready:
                 f = key.fileobj
-                if f is st["stdin"]:
+                if watching and f == wake_fd:
+                    sel.unregister(wake_fd)
+                    watching, polling = False, True
+                elif f is st["stdin"]:
                     try:
                         n = os.write(f.fileno(), st["input"][st["off"]:st["off"] + 65536])  # type: ignore[union-attr]
                         st["off"] += n
@@ -302,15 +316,25 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
                         sel.unregister(f)
                         _close_quietly(f)  # type: ignore[arg-type]
                         st["open"].remove(f)
-            if stop_when is not None and sel.get_map() and stop_when():
+            if polling and pipes_left() and stop_when():
                 break
-            if deadline is not None and time.monotonic() >= deadline and sel.get_map():
+            if deadline is not None and time.monotonic() >= deadline and pipes_left():
                 proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
                 raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
     proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
     out = b"".join(st["out"]) if proc.stdout is not None else None
     err = b"".join(st["err"]) if proc.stderr is not None else None
     return out, err
+
+
+def read_so_far(proc: Process) -> Tuple[Optional[bytes], Optional[bytes], List[IO[bytes]]]:
+    """What read_pipes has read from stdout and stderr (None for a stream
+    that is not piped), and the pipes it has not yet seen EOF on."""
+    st = getattr(proc, "_comm", None)
+    chunks = (st["out"], st["err"]) if st is not None else ([], [])
+    still_open = list(st["open"]) if st is not None else [f for f in (proc.stdout, proc.stderr) if f is not None]
+    return (b"".join(chunks[0]) if proc.stdout is not None else None,
+            b"".join(chunks[1]) if proc.stderr is not None else None, still_open)
 
 
 def _close_quietly(f: IO[bytes]) -> None:

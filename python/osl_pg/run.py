@@ -1,0 +1,632 @@
+"""osl_pg.run() and run_async(): subprocess.run() for a whole process tree.
+
+subprocess.run(..., timeout=...) fails a tree twice: on timeout it kills only
+the child it started, and its communicate() then waits for EOF on the output
+pipes, which an orphaned grandchild still holds (CPython issue 81605; Go's
+exec.Cmd grew WaitDelay for the same reason). run() keeps subprocess.run()'s
+signature, return type and exceptions, and differs where the tree is
+concerned:
+
+- The command always leads a new process group (a new session with
+  ``start_new_session=True``), spawned through a ProcessSpawnOperation and a
+  ProcessExecutor, so security policy and the audit log apply.
+- On timeout the whole group is terminated (SIGTERM, ``grace`` seconds,
+  SIGKILL), then TimeoutExpired is raised.
+- When the command exits, its pipes get ``pipe_drain_timeout`` seconds to
+  reach EOF; then reading stops even if a descendant still holds them.
+- When the command exits, what it left behind is ended by default
+  (``kill_leftovers=True``): the rest of its process group, and processes
+  that left the group but still hold run()'s pipes or descend from a live
+  member (ProcessGroup.escaped()). They are named in a LeftoverProcessWarning and in the
+  ``leftovers`` attribute of the result (or of the CalledProcessError).
+  With ``kill_leftovers=False`` they are named and left running.
+- If the child inherits a terminal stdin that this process has in the
+  foreground, the child's group gets the terminal while it runs (as a shell
+  does), so it can read it and gets Ctrl-C itself. If Ctrl-C kills it, run()
+  raises KeyboardInterrupt, as subprocess.run() would have.
+- On any other exception (KeyboardInterrupt, cancellation) the whole group is
+  killed (subprocess.run() kills its one child).
+"""
+import asyncio
+import locale
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import IO, Any, Dict, Generator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import psutil
+
+from ._backend import backend
+from .context import ExecutionContext
+from .executor import ProcessExecutor
+from .group import DEFAULT_GRACE, ProcessGroup
+from .operations import PIPE, ProcessSignalOperation, ProcessSpawnOperation
+from .pipe_holders import pipe_writers
+from .process import Process, read_pipes, read_so_far
+from .terminal import ForegroundTerminal
+
+DEFAULT_PIPE_DRAIN = 1.0
+SIGTERM = int(getattr(signal, "SIGTERM", 15))
+SIGKILL = int(getattr(signal, "SIGKILL", 9))
+SIGINT = int(getattr(signal, "SIGINT", 2))
+
+_default_executor: Optional[ProcessExecutor] = None
+
+
+class LeftoverProcessWarning(UserWarning):
+    """The command exited and left processes behind (see Leftover)."""
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A process of the command's tree that outlived the command (or, after
+    a timeout, that run() had to end besides the command itself).
+
+    `in_group` is False for a process that had left the group (setsid,
+    setpgid) and was found through run()'s pipes or its parent links. `holds`
+    names the pipes ("stdout", "stderr") it kept open. `outcome` is
+    "terminated" (by SIGTERM), "killed" (SIGKILL after the grace), "exited"
+    (on its own before a signal), "left running" (kill_leftovers=False) or
+    "refused: ..." (the security policy denied signalling it)."""
+
+    pid: int
+    name: str
+    cmdline: Tuple[str, ...]
+    pgid: Optional[int]
+    in_group: bool
+    holds: Tuple[str, ...]
+    outcome: str
+
+    def __str__(self) -> str:
+        what = " ".join(self.cmdline) or self.name
+        extra = [] if self.in_group else [f"left the group for {self.pgid}"]
+        if self.holds:
+            extra.append("held " + "+".join(self.holds))
+        extra.append(self.outcome)
+        return f"{self.pid} ({what}): {', '.join(extra)}"
+
+
+class CompletedRun(subprocess.CompletedProcess):
+    """subprocess.CompletedProcess plus `pgid` (the command's group) and
+    `leftovers` (a list of Leftover; empty when the command left nothing)."""
+
+    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None,
+                 pgid: int = 0, leftovers: Sequence[Leftover] = ()):
+        super().__init__(args, returncode, stdout, stderr)
+        self.pgid = pgid
+        self.leftovers = list(leftovers)
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        if not self.leftovers:
+            return base
+        return f"{base[:-1]}, leftovers=[{'; '.join(str(x) for x in self.leftovers)}])"
+
+
+def _locale_encoding() -> str:
+    """subprocess's default text encoding."""
+    if sys.flags.utf8_mode:
+        return "utf-8"
+    getencoding = getattr(locale, "getencoding", None)  # 3.11+
+    return getencoding() if getencoding is not None else locale.getpreferredencoding(False)
+
+
+def _argv(args: Any, shell: bool) -> List[Any]:
+    """The argument list subprocess.Popen would build on POSIX."""
+    if isinstance(args, (str, bytes)):
+        argv = [args]
+    elif isinstance(args, os.PathLike):
+        if shell:
+            raise TypeError("path-like args is not allowed when shell is true")
+        argv = [args]
+    else:
+        argv = list(args)
+    if shell:
+        argv = ["/system/bin/sh" if hasattr(sys, "getandroidapilevel") else "/bin/sh", "-c"] + argv
+    return argv
+
+
+class _Plan:
+    """Everything decided before the spawn: subprocess.run()'s argument
+    checks and text handling, and the spawn operation."""
+
+    def __init__(self, args: Any, stdin: Any, input: Any, stdout: Any, stderr: Any, capture_output: bool,
+                 shell: bool, cwd: Any, timeout: Optional[float], check: bool, encoding: Optional[str],
+                 errors: Optional[str], text: Optional[bool], env: Optional[Mapping[Any, Any]],
+                 universal_newlines: Optional[bool], start_new_session: bool, grace: float,
+                 pipe_drain_timeout: float, kill_leftovers: bool, executor: Optional[ProcessExecutor],
+                 context: Optional[ExecutionContext]):
+        if input is not None:
+            if stdin is not None:
+                raise ValueError("stdin and input arguments may not both be used.")
+            stdin = PIPE
+        if capture_output:
+            if stdout is not None or stderr is not None:
+                raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+            stdout = stderr = PIPE
+        if text is not None and universal_newlines is not None and bool(text) != bool(universal_newlines):
+            raise subprocess.SubprocessError("Cannot disambiguate when both text and universal_newlines are "
+                                             "supplied but different. Pass one or the other.")
+        self.text = bool(encoding or errors or text or universal_newlines)
+        self.encoding = encoding or (_locale_encoding() if self.text else None)
+        self.errors = errors or "strict"
+        if input is not None:
+            input = input.encode(self.encoding, self.errors) if self.text else memoryview(input)
+        self.input = input
+        self.args = args
+        self.timeout = timeout
+        self.check = check
+        self.grace = grace
+        self.drain = pipe_drain_timeout
+        self.kill_leftovers = kill_leftovers
+        self.context = context
+        global _default_executor
+        if executor is None:
+            if _default_executor is None:
+                _default_executor = ProcessExecutor("osl_pg.run")
+            executor = _default_executor
+        self.executor = executor
+        argv = _argv(args, shell)
+        if not argv:
+            raise ValueError("empty command")
+        op = ProcessSpawnOperation(argv[0]).with_args(argv[1:])
+        op = op.with_detach_from_terminal() if start_new_session else op.with_new_process_group()
+        if cwd is not None:
+            op = op.working_dir(cwd)
+        if env is not None:
+            op = op.with_clean_env().with_env(env)
+        if stdin is not None:
+            op = op.with_stdin(stdin)
+        if stdout is not None:
+            op = op.with_stdout(stdout)
+        if stderr is not None:
+            op = op.with_stderr(stderr)
+        self.op = op
+        # The child shares our terminal only when it inherits our stdin.
+        self.terminal = ForegroundTerminal(0) if stdin is None else None
+
+    @property
+    def deadline(self) -> Optional[float]:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def decode(self, data: Optional[bytes]) -> Any:
+        if data is None or not self.text:
+            return data
+        text = data.decode(self.encoding, self.errors)  # type: ignore[arg-type]
+        return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as subprocess
+
+    def spawned(self, result: Any) -> Tuple[Process, ProcessGroup]:
+        proc, group = result.process, result.group
+        assert proc is not None and group is not None
+        return proc, group
+
+    def give_terminal(self, group: ProcessGroup) -> None:
+        if self.terminal is not None:
+            self.terminal.give_to_group(group)
+
+    def take_terminal(self) -> bool:
+        """Take the terminal back; True if the child had it."""
+        if self.terminal is None or self.terminal.given_to is None:
+            return False
+        self.terminal.restore()
+        return True
+
+    def timeout_error(self, out: Optional[bytes], err: Optional[bytes], pgid: int,
+                      leftovers: List[Leftover]) -> subprocess.TimeoutExpired:
+        # As subprocess: bytes even in text mode, None when nothing came.
+        exc = subprocess.TimeoutExpired(self.args, self.timeout, out or None, err or None)
+        exc.pgid = pgid  # type: ignore[attr-defined]
+        exc.leftovers = leftovers  # type: ignore[attr-defined]
+        return exc
+
+    def finish(self, rc: int, out: Optional[bytes], err: Optional[bytes], pgid: int,
+               leftovers: List[Leftover], had_terminal: bool) -> CompletedRun:
+        if leftovers:
+            warnings.warn(LeftoverProcessWarning(_leftover_message(self.args, leftovers)), stacklevel=3)
+        if had_terminal and rc == -SIGINT:
+            # Ctrl-C went to the child's group only; act on it as a shell
+            # does (and as subprocess.run() would have, where both got it).
+            raise KeyboardInterrupt
+        stdout, stderr = self.decode(out), self.decode(err)
+        if self.check and rc:
+            exc = subprocess.CalledProcessError(rc, self.args, stdout, stderr)
+            exc.pgid = pgid  # type: ignore[attr-defined]
+            exc.leftovers = leftovers  # type: ignore[attr-defined]
+            raise exc
+        return CompletedRun(self.args, rc, stdout, stderr, pgid, leftovers)
+
+
+def _leftover_message(args: Any, leftovers: List[Leftover]) -> str:
+    return (f"command {args!r} exited and left {len(leftovers)} process(es) behind: "
+            + "; ".join(str(x) for x in leftovers))
+
+
+# --------------------------------------------------------------------------
+# what is left when the leader has exited (or timed out)
+
+
+@dataclass
+class _Found:
+    pid: int
+    name: str
+    cmdline: Tuple[str, ...]
+    pgid: Optional[int]
+    in_group: bool
+    holds: Tuple[str, ...] = ()
+    proc: Optional[psutil.Process] = None  # pins the identity (create time) of one outside the group
+
+
+class _Survey:
+    """The command's tree now: live group members other than the leader,
+    and processes outside the group that hold our pipes or are children of
+    a member. Taken before anything is signalled, while the links exist."""
+
+    def __init__(self, proc: Process, group: ProcessGroup, open_pipes: Sequence[IO[bytes]]):
+        self.pgid = group.pgid
+        live = [m for m in group.members() if not m.zombie]
+        names = {f.fileno(): ("stdout" if f is proc.stdout else "stderr") for f in open_pipes}
+        holders = {pid: tuple(names[fd] for fd in fds) for pid, fds in pipe_writers(names).items()}
+        self.found: Dict[int, _Found] = {}
+        for m in live:
+            if m.pid != group.pgid:
+                self._add(m.pid, m.name, self.pgid, holders.get(m.pid, ()))
+        # Descendants of a live member that left the group (setsid,
+        # setpgid). With no member alive their parent links are gone (the
+        # kernel reparented them): then only our pipes can name them.
+        for e in group.escaped() if live else []:
+            self._add(e.pid, e.name, e.pgid, holders.get(e.pid, ()))
+        for pid, holds in holders.items():
+            if pid not in self.found and pid != group.pgid:
+                self._add(pid, "?", backend.pgid_or_none(pid), holds)
+
+    def _add(self, pid: int, name: str, pgid: Optional[int], holds: Tuple[str, ...]) -> None:
+        try:
+            p = psutil.Process(pid)
+            cmdline, name = tuple(p.cmdline()), p.name()
+        except psutil.NoSuchProcess:
+            return
+        except psutil.AccessDenied:
+            p, cmdline = None, ()
+        in_group = pgid == self.pgid
+        self.found[pid] = _Found(pid, name, cmdline, pgid, in_group, holds, None if in_group else p)
+
+    @property
+    def outside(self) -> List[_Found]:
+        return [f for f in self.found.values() if not f.in_group]
+
+    def leftovers(self, outcomes: Dict[int, str], default: str) -> List[Leftover]:
+        return [Leftover(f.pid, f.name, f.cmdline, f.pgid, f.in_group, f.holds, outcomes.get(f.pid, default))
+                for f in sorted(self.found.values(), key=lambda f: f.pid)]
+
+
+class _Outsiders:
+    """Ends processes that left the group (no group signal reaches them):
+    SIGTERM, and SIGKILL after the grace, each through the executor so the
+    policy and the audit log see it. A process is signalled only while
+    psutil confirms it is the one surveyed (same pid and start time)."""
+
+    def __init__(self, found: List[_Found], plan: _Plan):
+        self.plan = plan
+        self.procs = {f.pid: f.proc for f in found if f.proc is not None}
+        self.outcomes: Dict[int, str] = {f.pid: "left running" for f in found}
+
+    def live(self) -> List[int]:
+        return [pid for pid, p in self.procs.items() if _running(p)]
+
+    def send(self, sig: int, outcome: str) -> List[int]:
+        """Signal the live ones; return their pids."""
+        sent = []
+        for pid in self.live():
+            try:
+                self.plan.executor.execute(ProcessSignalOperation(pid, sig), self.plan.context)
+            except ProcessLookupError:
+                self.outcomes[pid] = "exited"
+                continue
+            except PermissionError as e:
+                self.outcomes[pid] = f"refused: {e}"
+                del self.procs[pid]
+                continue
+            self.outcomes[pid] = outcome
+            sent.append(pid)
+        for pid in self.procs:
+            if self.outcomes[pid] == "left running":
+                self.outcomes[pid] = "exited"
+        return sent
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _must_end(plan: _Plan, survey: _Survey, timed_out: bool) -> bool:
+    return timed_out or (plan.kill_leftovers and bool(survey.found))
+
+
+def _ending(plan: _Plan, group: ProcessGroup, survey: _Survey,
+            timed_out: bool) -> Generator[Tuple[Optional[List[int]], float], Any, Dict[int, str]]:
+    """The steps of ending the tree, for a sync or an async driver: it
+    yields (None, grace) for "terminate the group, send me the report" and
+    (pids, deadline) for "wait until these have exited"; it returns each
+    pid's outcome. With nothing to end it releases the group handle (this
+    reaps the leader) and returns {}."""
+    if not _must_end(plan, survey, timed_out):
+        group.detach()
+        group.close()
+        return {}
+    outsiders = _Outsiders(survey.outside, plan)
+    outsiders.send(SIGTERM, "terminated")
+    grace_end = time.monotonic() + plan.grace
+    report = yield None, plan.grace
+    if outsiders.live():
+        yield outsiders.live(), grace_end
+        if outsiders.send(SIGKILL, "killed"):
+            yield outsiders.live(), time.monotonic() + plan.grace
+    return {**outsiders.outcomes, **{m.pid: m.outcome for m in report.members}}
+
+
+def _end_tree(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool) -> Dict[int, str]:
+    steps = _ending(plan, group, survey, timed_out)
+    try:
+        pids, limit = next(steps)
+        while True:
+            if pids is None:
+                pids, limit = steps.send(group.terminate(limit))
+            else:
+                backend.wait_exits(pids, limit)
+                pids, limit = steps.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+async def _end_tree_async(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool) -> Dict[int, str]:
+    steps = _ending(plan, group, survey, timed_out)
+    try:
+        pids, limit = next(steps)
+        while True:
+            if pids is None:
+                pids, limit = steps.send(await group.terminate_async(limit))
+            else:
+                await backend.wait_exits_async(pids, limit)
+                pids, limit = steps.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+# --------------------------------------------------------------------------
+# run()
+
+
+class _DrainClock:
+    """read_pipes' stop_when: true once the leader has exited and the pipes
+    have had `drain` seconds (or until the run's deadline) to reach EOF."""
+
+    def __init__(self, proc: Process, drain: float, deadline: Optional[float]):
+        self.proc = proc
+        self.drain = drain
+        self.deadline = deadline
+        self.exited_at: Optional[float] = None
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self.exited_at is None:
+            if self.proc.poll() is None:
+                return False
+            self.exited_at = now
+        return now - self.exited_at >= self.drain or (self.deadline is not None and now >= self.deadline)
+
+
+def _communicate(proc: Process, plan: _Plan) -> int:
+    """Feed and read the pipes until EOF or the drain limit, then wait for
+    the leader. Raises subprocess.TimeoutExpired at the deadline."""
+    deadline = plan.deadline
+    if proc.stdin is not None or proc.stdout is not None or proc.stderr is not None:
+        wake = backend.open_exit_fd(proc.pid)  # the leader's exit ends the no-polling phase
+        try:
+            read_pipes(proc, plan.input, plan.timeout, stop_when=_DrainClock(proc, plan.drain, deadline),
+                       wake_fd=wake)
+        finally:
+            if wake is not None:
+                os.close(wake)
+    return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def _tail(proc: Process, drain: float) -> None:
+    """After the tree was ended the pipes reach EOF: read what is left,
+    for at most `drain` seconds, then close them."""
+    if read_so_far(proc)[2]:
+        stop_at = time.monotonic() + drain
+        read_pipes(proc, None, None, stop_when=lambda: time.monotonic() >= stop_at)
+    proc.close_pipes()
+
+
+def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: Any = None, input: Any = None,
+        stdout: Any = None, stderr: Any = None, capture_output: bool = False, shell: bool = False,
+        cwd: Any = None, timeout: Optional[float] = None, check: bool = False, encoding: Optional[str] = None,
+        errors: Optional[str] = None, text: Optional[bool] = None, env: Optional[Mapping[Any, Any]] = None,
+        universal_newlines: Optional[bool] = None, start_new_session: bool = False,
+        grace: float = DEFAULT_GRACE, pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN,
+        kill_leftovers: bool = True, executor: Optional[ProcessExecutor] = None,
+        context: Optional[ExecutionContext] = None) -> CompletedRun:
+    """Run `args` as the leader of a new process group and wait for it, as
+    subprocess.run() does, ending the whole tree on timeout and what it
+    leaves behind when it exits (see the module docstring).
+
+    The extra keywords: `grace` (seconds between SIGTERM and SIGKILL),
+    `pipe_drain_timeout` (how long pipes may stay open after the command
+    exited), `kill_leftovers`, and the `executor`/`context` whose policy
+    and audit log the spawn and the signals go through."""
+    plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
+                 errors, text, env, universal_newlines, start_new_session, grace, pipe_drain_timeout,
+                 kill_leftovers, executor, context)
+    proc, group = plan.spawned(plan.executor.execute(plan.op, plan.context))
+    try:
+        try:
+            plan.give_terminal(group)
+            try:
+                rc = _communicate(proc, plan)
+            finally:
+                had_terminal = plan.take_terminal()
+        except subprocess.TimeoutExpired:
+            survey = _Survey(proc, group, read_so_far(proc)[2])
+            outcomes = _end_tree(plan, group, survey, timed_out=True)
+            _tail(proc, plan.drain)
+            out, err, _ = read_so_far(proc)
+            raise plan.timeout_error(out, err, group.pgid, survey.leftovers(outcomes, "exited")) from None
+        survey = _Survey(proc, group, read_so_far(proc)[2])
+        outcomes = _end_tree(plan, group, survey, timed_out=False)
+        if outcomes:
+            _tail(proc, plan.drain)
+    finally:
+        # After a normal run both are no-ops; after an exception (Ctrl-C,
+        # say) this kills the whole group and waits for it.
+        proc.close_pipes()
+        group.close()
+    out, err, _ = read_so_far(proc)
+    return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes, "left running"), had_terminal)
+
+
+# --------------------------------------------------------------------------
+# run_async()
+
+
+class _AsyncPipes:
+    """read_pipes for an event loop: the loop watches the pipe fds
+    (add_reader/add_writer), so no thread is needed per child."""
+
+    def __init__(self, proc: Process, input: Optional[memoryview]):
+        self.proc = proc
+        self.input = memoryview(input if input is not None else b"")
+        self.offset = 0
+        self.stdin = proc.stdin
+        self.open = [f for f in (proc.stdout, proc.stderr) if f is not None]
+        self.chunks: Dict[Any, List[bytes]] = {f: [] for f in self.open}
+        self.loop = asyncio.get_running_loop()
+        self.eof = self.loop.create_future()
+        if self.stdin is not None and not len(self.input):
+            self.stdin.close()
+            self.stdin = None
+        if self.stdin is not None:
+            os.set_blocking(self.stdin.fileno(), False)
+            self.loop.add_writer(self.stdin.fileno(), self._write)
+        for f in self.open:
+            os.set_blocking(f.fileno(), False)
+            self.loop.add_reader(f.fileno(), self._read, f)
+        self._check()
+
+    def _read(self, f: IO[bytes]) -> None:
+        try:
+            data = os.read(f.fileno(), 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self.chunks[f].append(data)
+            return
+        self.loop.remove_reader(f.fileno())
+        f.close()
+        self.open.remove(f)
+        self._check()
+
+    def _write(self) -> None:
+        assert self.stdin is not None
+        try:
+            self.offset += os.write(self.stdin.fileno(), self.input[self.offset:self.offset + 65536])
+        except (BlockingIOError, InterruptedError):
+            return
+        except BrokenPipeError:
+            self.offset = len(self.input)
+        if self.offset >= len(self.input):
+            self.loop.remove_writer(self.stdin.fileno())
+            self.stdin.close()
+            self.stdin = None
+            self._check()
+
+    def _check(self) -> None:
+        if not self.open and self.stdin is None and not self.eof.done():
+            self.eof.set_result(None)
+
+    async def wait_eof(self, timeout: Optional[float]) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(self.eof), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def output(self) -> Tuple[Optional[bytes], Optional[bytes]]:
+        p = self.proc
+        return (b"".join(self.chunks[p.stdout]) if p.stdout is not None else None,
+                b"".join(self.chunks[p.stderr]) if p.stderr is not None else None)
+
+    def close(self) -> None:
+        if self.stdin is not None:
+            self.loop.remove_writer(self.stdin.fileno())
+            self.stdin.close()
+            self.stdin = None
+        for f in self.open:
+            self.loop.remove_reader(f.fileno())
+            f.close()
+        self.open = []
+        self.proc.close_pipes()
+
+
+async def _communicate_async(proc: Process, pipes: _AsyncPipes, plan: _Plan) -> int:
+    deadline = plan.deadline
+    try:
+        rc = await asyncio.wait_for(proc.wait_async(), plan.timeout)
+    except asyncio.TimeoutError:
+        raise subprocess.TimeoutExpired(plan.args, plan.timeout) from None
+    drain = plan.drain if deadline is None else min(plan.drain, max(0.0, deadline - time.monotonic()))
+    await pipes.wait_eof(drain)
+    return rc
+
+
+async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: Any = None,
+                    input: Any = None, stdout: Any = None, stderr: Any = None, capture_output: bool = False,
+                    shell: bool = False, cwd: Any = None, timeout: Optional[float] = None, check: bool = False,
+                    encoding: Optional[str] = None, errors: Optional[str] = None, text: Optional[bool] = None,
+                    env: Optional[Mapping[Any, Any]] = None, universal_newlines: Optional[bool] = None,
+                    start_new_session: bool = False, grace: float = DEFAULT_GRACE,
+                    pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
+                    executor: Optional[ProcessExecutor] = None,
+                    context: Optional[ExecutionContext] = None) -> CompletedRun:
+    """run() for asyncio: the loop watches the leader's pidfd and the pipes
+    (no thread per child). Cancelling the task kills the whole group."""
+    plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
+                 errors, text, env, universal_newlines, start_new_session, grace, pipe_drain_timeout,
+                 kill_leftovers, executor, context)
+    proc, group = plan.spawned(await plan.executor.execute_async(plan.op, plan.context))
+    pipes: Optional[_AsyncPipes] = None
+    try:
+        pipes = _AsyncPipes(proc, plan.input)
+        try:
+            plan.give_terminal(group)
+            try:
+                rc = await _communicate_async(proc, pipes, plan)
+            finally:
+                had_terminal = plan.take_terminal()
+        except subprocess.TimeoutExpired:
+            survey = _Survey(proc, group, pipes.open)
+            outcomes = await _end_tree_async(plan, group, survey, timed_out=True)
+            await pipes.wait_eof(plan.drain)
+            pipes.close()
+            out, err = pipes.output()
+            raise plan.timeout_error(out, err, group.pgid, survey.leftovers(outcomes, "exited")) from None
+        survey = _Survey(proc, group, pipes.open)
+        outcomes = await _end_tree_async(plan, group, survey, timed_out=False)
+        if outcomes:
+            await pipes.wait_eof(plan.drain)
+    finally:
+        # No-ops after a normal run; after an exception or a cancellation
+        # this kills the whole group (SIGKILL) and waits for it.
+        if pipes is not None:
+            pipes.close()
+        proc.close_pipes()
+        group.close()
+    out, err = pipes.output()
+    return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes, "left running"), had_terminal)

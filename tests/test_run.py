@@ -1,0 +1,380 @@
+"""osl_pg.run() / run_async(): subprocess.run() semantics, whole-tree
+timeouts, pipes held by descendants, leftovers, terminal handoff."""
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import osl_pg
+from osl_pg import AllowListPolicy, LeftoverProcessWarning, Permission, ProcessExecutor
+from conftest import alive, pgid_of, py, wait_for
+
+SH = "/bin/sh"
+
+
+def run_sync(*args, **kwargs):
+    return osl_pg.run(*args, **kwargs)
+
+
+def run_async(*args, **kwargs):
+    return asyncio.run(osl_pg.run_async(*args, **kwargs))
+
+
+RUNNERS = [pytest.param(run_sync, id="run"), pytest.param(run_async, id="run_async")]
+
+
+def gone(pids):
+    return not any(alive(p) for p in pids)
+
+
+# --------------------------------------------------------------------------
+# the same command through subprocess.run and osl_pg.run: same answer
+
+CRLF = [SH, "-c", r"printf 'a\r\nb\rc\n'; printf 'e\r\n' >&2; exit 3"]
+LATIN = py("import sys; sys.stdout.buffer.write(b'caf\\xe9\\n')")
+BAD_UTF8 = py("import sys; sys.stdout.buffer.write(b'ok \\xff\\n'); sys.stderr.buffer.write(b'\\xfe')")
+BIG_OUT = py("import sys; sys.stdout.write('x' * 3000000); sys.stderr.write('y' * 200000)")
+ENV_ECHO = [SH, "-c", 'echo "A=${A-unset} HOME=${HOME-unset} PATH=${PATH-unset}"']
+
+SAME_AS_SUBPROCESS = [
+    ("binary", CRLF, dict(capture_output=True)),
+    ("text", CRLF, dict(capture_output=True, text=True)),
+    ("universal_newlines", CRLF, dict(capture_output=True, universal_newlines=True)),
+    ("encoding", LATIN, dict(capture_output=True, encoding="latin-1")),
+    ("errors implies text", BAD_UTF8, dict(capture_output=True, errors="replace")),
+    ("encoding+errors", BAD_UTF8, dict(capture_output=True, encoding="ascii", errors="backslashreplace")),
+    ("input bytes", ["cat"], dict(input=b"x\0y\r\n", capture_output=True)),
+    ("input text", ["cat"], dict(input="h\u00e9llo\r\nworld", capture_output=True, text=True)),
+    ("input utf-16", ["cat"], dict(input="h\u00e9", stdout=subprocess.PIPE, encoding="utf-16")),
+    ("input empty", ["cat"], dict(input=b"", capture_output=True)),
+    ("input large", ["cat"], dict(input=b"0123456789" * 300000, capture_output=True)),
+    ("output large", BIG_OUT, dict(capture_output=True)),
+    ("stdin devnull", ["cat"], dict(stdin=subprocess.DEVNULL, capture_output=True)),
+    ("stderr to stdout", [SH, "-c", "echo out; echo err >&2"], dict(stdout=subprocess.PIPE,
+                                                                    stderr=subprocess.STDOUT)),
+    ("only stderr", [SH, "-c", "echo out; echo err >&2"], dict(stdout=subprocess.DEVNULL,
+                                                               stderr=subprocess.PIPE, text=True)),
+    ("nothing captured", [SH, "-c", "exit 7"], dict()),
+    ("env replaces", ENV_ECHO, dict(env={"A": "1"}, capture_output=True, text=True)),
+    ("env empty", ENV_ECHO, dict(env={}, capture_output=True, text=True)),
+    ("cwd", ["pwd"], dict(cwd="/", capture_output=True)),
+    ("shell string", "echo $((6 * 7)); exit 2", dict(shell=True, capture_output=True, text=True)),
+    ("shell list", ["echo \"$0-$1\"", "a", "b"], dict(shell=True, capture_output=True)),
+    ("program as string", "pwd", dict(capture_output=True, cwd="/")),
+    ("check passes", [SH, "-c", "echo fine"], dict(capture_output=True, check=True)),
+    ("signal death", [SH, "-c", "kill -TERM $$"], dict(capture_output=True)),
+]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("name,args,kwargs", SAME_AS_SUBPROCESS, ids=[c[0] for c in SAME_AS_SUBPROCESS])
+def test_same_result_as_subprocess_run(runner, name, args, kwargs):
+    expected = subprocess.run(args, **kwargs)
+    got = runner(args, **kwargs)
+    assert isinstance(got, subprocess.CompletedProcess)
+    assert (got.args, got.returncode) == (expected.args, expected.returncode)
+    assert type(got.stdout) is type(expected.stdout) and got.stdout == expected.stdout
+    assert type(got.stderr) is type(expected.stderr) and got.stderr == expected.stderr
+    assert got.leftovers == []
+
+
+def raised_by(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except BaseException as e:  # noqa: B902 - the type is what is compared
+        return e
+    pytest.fail(f"{fn.__name__} raised nothing")
+
+
+SAME_ERRORS = [
+    ("input and stdin", ["cat"], dict(input=b"x", stdin=subprocess.DEVNULL)),
+    ("capture_output and stdout", ["true"], dict(capture_output=True, stdout=subprocess.DEVNULL)),
+    ("capture_output and stderr", ["true"], dict(capture_output=True, stderr=subprocess.DEVNULL)),
+    ("text vs universal_newlines", ["true"], dict(text=True, universal_newlines=False)),
+    ("str input in binary mode", ["cat"], dict(input="text")),
+    ("missing command", ["osl-pg-no-such-command"], dict()),
+    ("missing cwd", ["true"], dict(cwd="/osl-pg/no/such/dir")),
+    ("check fails", [SH, "-c", "echo out; echo err >&2; exit 4"], dict(capture_output=True, check=True)),
+    ("check fails text", [SH, "-c", "echo out; exit 4"], dict(stdout=subprocess.PIPE, check=True, text=True)),
+]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("name,args,kwargs", SAME_ERRORS, ids=[c[0] for c in SAME_ERRORS])
+def test_same_error_as_subprocess_run(runner, name, args, kwargs):
+    expected = raised_by(subprocess.run, args, **kwargs)
+    got = raised_by(runner, args, **kwargs)
+    assert isinstance(got, type(expected)), (got, expected)
+    if isinstance(expected, subprocess.CalledProcessError):
+        assert type(got) is subprocess.CalledProcessError  # the stdlib's own type
+        assert (got.returncode, got.cmd, got.output, got.stderr) == (
+            expected.returncode, expected.cmd, expected.output, expected.stderr)
+
+
+def test_timeout_exception_matches_subprocess():
+    cmd = [SH, "-c", "echo partial; exec sleep 300"]
+    expected = raised_by(subprocess.run, cmd, capture_output=True, text=True, timeout=1)
+    got = raised_by(osl_pg.run, cmd, capture_output=True, text=True, timeout=1)
+    assert type(got) is subprocess.TimeoutExpired and type(expected) is subprocess.TimeoutExpired
+    assert (got.cmd, got.timeout) == (expected.cmd, expected.timeout)
+    # bytes even in text mode (as subprocess); None for a stream with nothing
+    assert got.stdout == expected.stdout == b"partial\n"
+    assert got.stderr is None and expected.stderr is None
+
+
+# --------------------------------------------------------------------------
+# the tree
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_runs_as_leader_of_a_new_group(runner):
+    r = runner(py("import os; print(os.getpid(), os.getpgid(0), os.getsid(0))"), capture_output=True, text=True)
+    pid, pgid, sid = map(int, r.stdout.split())
+    assert pid == pgid == r.pgid
+    assert pgid != os.getpgrp() and sid == os.getsid(0)
+
+
+def test_start_new_session_leads_a_session():
+    r = osl_pg.run(py("import os; print(os.getpid(), os.getpgid(0), os.getsid(0))"), capture_output=True,
+                   text=True, start_new_session=True)
+    pid, pgid, sid = map(int, r.stdout.split())
+    assert pid == pgid == sid
+
+
+TREE = [SH, "-c", "sleep 300 & sleep 300 & sleep 300 & echo started; wait"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_timeout_ends_the_whole_tree(runner):
+    start = time.monotonic()
+    e = raised_by(runner, [SH, "-c", "sleep 300 & sleep 300 & sleep 300"], timeout=1)
+    assert type(e) is subprocess.TimeoutExpired
+    assert time.monotonic() - start < 30
+    assert not [p for p in psutil.process_iter() if pgid_of(p.pid) == e.pgid and alive(p.pid)]
+    ended = [x.pid for x in e.leftovers]
+    assert len(ended) >= 2 and gone(ended)  # dash execs the last sleep: it is the leader
+    assert all(x.outcome in ("terminated", "killed") for x in e.leftovers)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_timeout_with_pipes_returns_partial_output_and_ends_tree(runner):
+    e = raised_by(runner, TREE, capture_output=True, timeout=1)
+    assert type(e) is subprocess.TimeoutExpired
+    assert e.stdout == b"started\n"
+    assert len(e.leftovers) == 3 and gone([x.pid for x in e.leftovers])
+
+
+def test_timeout_escalates_to_sigkill_after_grace():
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
+           "time.sleep(300)"
+    e = raised_by(osl_pg.run, [SH, "-c", f"{sys.executable} -c \"{code}\" & wait"], capture_output=True,
+                  timeout=2, grace=0.5)
+    assert type(e) is subprocess.TimeoutExpired
+    [stubborn] = [x for x in e.leftovers if x.name.startswith("python")]
+    assert stubborn.outcome == "killed" and not alive(stubborn.pid)
+
+
+HOLDER = [SH, "-c", "(sleep 300 &) ; echo hi"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_pipe_held_by_orphan_does_not_hang_and_holder_is_named_and_killed(runner):
+    start = time.monotonic()
+    with pytest.warns(LeftoverProcessWarning, match=r"sleep 300"):
+        r = runner(HOLDER, capture_output=True, text=True, pipe_drain_timeout=0.5)
+    assert time.monotonic() - start < 30
+    assert r.stdout == "hi\n" and r.returncode == 0
+    [holder] = r.leftovers
+    assert holder.cmdline == ("sleep", "300") and holder.in_group and holder.pgid == r.pgid
+    assert set(holder.holds) == {"stdout", "stderr"}
+    assert holder.outcome == "terminated"
+    assert not alive(holder.pid)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_pipe_holder_that_left_the_group_is_found_by_its_pipe(runner):
+    # setsid: the sleep leads its own session, where no group signal reaches
+    with pytest.warns(LeftoverProcessWarning, match="left the group"):
+        r = runner([SH, "-c", "setsid sleep 300 & echo hi"], stdout=subprocess.PIPE, pipe_drain_timeout=0.5)
+    assert r.stdout == b"hi\n"
+    [holder] = r.leftovers
+    assert not holder.in_group and holder.pgid == holder.pid != r.pgid
+    assert holder.holds == ("stdout",) and holder.outcome == "terminated"
+    assert not alive(holder.pid)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_escaped_child_of_a_leftover_is_ended_too(runner):
+    inner = "setsid sleep 300 </dev/null >/dev/null 2>&1 & wait"
+    with pytest.warns(LeftoverProcessWarning):
+        r = runner([SH, "-c", f"sh -c '{inner}' </dev/null >/dev/null 2>&1 & sleep 0.5"])
+    by_cmd = {x.cmdline[0]: x for x in r.leftovers}
+    assert by_cmd["sh"].in_group and not by_cmd["sleep"].in_group
+    assert gone([x.pid for x in r.leftovers])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_leftovers_without_pipes_are_ended(runner):
+    with pytest.warns(LeftoverProcessWarning):
+        r = runner([SH, "-c", "sleep 300 >/dev/null 2>&1 & sleep 300 >/dev/null 2>&1 & echo done"], capture_output=True)
+    assert r.stdout == b"done\n"
+    assert len(r.leftovers) == 2 and all(x.holds == () for x in r.leftovers)
+    assert gone([x.pid for x in r.leftovers])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_kill_leftovers_false_names_them_and_leaves_them(runner):
+    with pytest.warns(LeftoverProcessWarning):
+        r = runner(HOLDER, capture_output=True, pipe_drain_timeout=0.3, kill_leftovers=False)
+    try:
+        assert r.stdout == b"hi\n"
+        [holder] = r.leftovers
+        assert holder.outcome == "left running" and alive(holder.pid)
+    finally:
+        for x in r.leftovers:
+            os.kill(x.pid, signal.SIGKILL)
+        wait_for(lambda: gone([x.pid for x in r.leftovers]))
+
+
+def test_check_failure_carries_output_and_leftovers():
+    with pytest.warns(LeftoverProcessWarning):
+        e = raised_by(osl_pg.run, [SH, "-c", "(sleep 300 &); echo out; exit 5"], capture_output=True, text=True,
+                      check=True, pipe_drain_timeout=0.3)
+    assert type(e) is subprocess.CalledProcessError
+    assert (e.returncode, e.output, e.stderr) == (5, "out\n", "")
+    assert len(e.leftovers) == 1 and not alive(e.leftovers[0].pid)
+
+
+def test_nothing_left_means_no_warning(recwarn):
+    r = osl_pg.run([SH, "-c", "sleep 0.1 & wait; echo ok"], capture_output=True)
+    assert r.stdout == b"ok\n" and r.leftovers == []
+    assert not [w for w in recwarn if issubclass(w.category, LeftoverProcessWarning)]
+
+
+def test_group_is_released_and_leader_reaped():
+    r = osl_pg.run(["true"])
+    assert not psutil.pid_exists(r.pgid) or psutil.Process(r.pgid).ppid() != os.getpid()
+    assert osl_pg.group.owned_group(r.pgid) is None
+
+
+def test_policy_and_audit_apply(caplog):
+    denied = ProcessExecutor("no-spawn", policies=[AllowListPolicy(deny={"*": [Permission.PROCESS_SPAWN]})])
+    before = set(psutil.Process().children())
+    with pytest.raises(PermissionError):
+        osl_pg.run(["true"], executor=denied)
+    assert set(psutil.Process().children()) == before
+    with caplog.at_level("INFO", logger="osl_pg.audit"):
+        r = osl_pg.run(["true"], executor=ProcessExecutor("audited"))
+    spawns = [rec.audit for rec in caplog.records if getattr(rec, "audit", None)
+              and rec.audit["executor"] == "audited" and rec.audit["operation_type"] == "process_spawn"]
+    assert [s["target_pid"] for s in spawns] == [r.pgid]
+
+
+def test_cancelled_run_async_kills_the_group():
+    async def main():
+        task = asyncio.ensure_future(osl_pg.run_async(TREE, capture_output=True))
+        found = []
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            kids = psutil.Process().children()
+            found = [p for p in kids if p.cmdline()[:2] == [SH, "-c"]]
+            if found and len(_members(found[0].pid)) == 4:
+                break
+        members = _members(found[0].pid)
+        assert len(members) == 4
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return members
+
+    members = asyncio.run(main())
+    assert gone(members)
+
+
+def _members(pgid):
+    return [p.pid for p in psutil.process_iter() if pgid_of(p.pid) == pgid and alive(p.pid)]
+
+
+# --------------------------------------------------------------------------
+# a terminal: the child's group gets it while it runs
+
+TTY_CHILD = r"""
+import fcntl, os, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)   # the pty becomes our controlling terminal
+import osl_pg
+# Children that say "armed" only once their group has the terminal, so a
+# Ctrl-C sent after that cannot reach us before the handoff.
+ARMED = "import os, signal, sys, time\n" \
+        "while os.tcgetpgrp(0) != os.getpgrp(): time.sleep(0.01)\n" \
+        "signal.signal(signal.SIGINT, {handler})\n" \
+        "print('armed', flush=True)\n" \
+        "time.sleep(300)\n"
+GRACEFUL = "lambda *a: (print('child-got-int', flush=True), os._exit(130))"
+
+r = osl_pg.run(["sh", "-c", "read line; echo got:$line"])
+print("rc", r.returncode, flush=True)
+print("py read:", input(), flush=True)  # the terminal came back to us
+r = osl_pg.run([sys.executable, "-c", ARMED.format(handler=GRACEFUL)])
+print("rc", r.returncode, flush=True)
+try:
+    osl_pg.run([sys.executable, "-c", ARMED.format(handler="signal.SIG_DFL")])
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
+
+
+class Pty:
+    def __init__(self, code):
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(py(code), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text, timeout=20):
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.master], [], [], left)[0]:
+                raise AssertionError(f"never saw {text!r}; output so far: {self.seen!r}")
+            try:
+                self.seen += os.read(self.master, 4096)
+            except OSError:  # EIO: the other side is closed
+                raise AssertionError(f"never saw {text!r}; output: {self.seen!r}") from None
+
+    def send(self, data):
+        os.write(self.master, data)
+
+    def close(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        os.close(self.master)
+
+
+def test_terminal_goes_to_the_child_group_and_comes_back():
+    tty = Pty(TTY_CHILD)
+    try:
+        tty.send(b"hello\n")
+        tty.expect("got:hello")  # a background group would have been stopped by SIGTTIN
+        tty.expect("rc 0")
+        tty.send(b"again\n")
+        tty.expect("py read: again")
+        tty.expect("armed")
+        tty.send(b"\x03")  # Ctrl-C: to the child's group, not to the Python parent
+        tty.expect("child-got-int")
+        tty.expect("rc 130")  # run() returned: the parent itself got no SIGINT
+        tty.seen = b""
+        tty.expect("armed")
+        tty.send(b"\x03")
+        tty.expect("KeyboardInterrupt")  # the child died of SIGINT: run() raises it, as a shell would
+        assert tty.proc.wait(20) == 0
+    finally:
+        tty.close()
