@@ -19,7 +19,8 @@ concerned:
   that left the group but still hold run()'s pipes or descend from a live
   member (ProcessGroup.escaped()). They are named in a LeftoverProcessWarning and in the
   ``leftovers`` attribute of the result (or of the CalledProcessError).
-  With ``kill_leftovers=False`` they are named and left running.
+  With ``kill_leftovers=False`` they are named and left running (run()'s
+  pipes are closed all the same: their next write gets EPIPE/SIGPIPE).
 - If the child inherits a terminal stdin that this process has in the
   foreground, the child's group gets the terminal while it runs (as a shell
   does), so it can read it and gets Ctrl-C itself. If Ctrl-C kills it, run()
