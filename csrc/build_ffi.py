@@ -13,27 +13,35 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXTRA_CFLAGS = shlex.split(os.environ.get("OSL_PG_CFLAGS", ""))
 
-if sys.platform == "win32":
-    SOURCE, CDEF, LIBRARIES = "osl_pg_win.c", "cdef_windows.h", []
-else:
-    SOURCE, CDEF = "osl_pg_posix.c", "cdef_posix.h"
-    # dlsym() lives in libdl before glibc 2.34; musl and newer glibc ship an
-    # empty libdl, so linking it is harmless there. macOS has it in libSystem.
-    LIBRARIES = ["dl"] if sys.platform.startswith("linux") else []
 
-ffibuilder = FFI()
-with open(os.path.join(HERE, CDEF)) as f:
-    ffibuilder.cdef(f.read())
+def make_ffibuilder(platform: str = sys.platform) -> FFI:
+    """The FFI for `platform` (a sys.platform value). Taking it as an
+    argument lets .ci/wine-py-tests.sh emit the Windows module's C on Linux."""
+    if platform == "win32":
+        source, cdef, libraries = "osl_pg_win.c", "cdef_windows.h", []
+    else:
+        source, cdef = "osl_pg_posix.c", "cdef_posix.h"
+        # dlsym() lives in libdl before glibc 2.34; musl and newer glibc ship an
+        # empty libdl, so linking it is harmless there. macOS has it in libSystem.
+        libraries = ["dl"] if platform.startswith("linux") else []
 
-ffibuilder.set_source(
-    "osl_pg._native",
-    '#include "osl_pg.h"',
-    sources=[os.path.relpath(os.path.join(HERE, SOURCE))],
-    include_dirs=[os.path.relpath(HERE)],
-    libraries=LIBRARIES,
-    extra_compile_args=EXTRA_CFLAGS,
-    extra_link_args=[f for f in EXTRA_CFLAGS if f.startswith("-fsanitize")],
-)
+    builder = FFI()
+    with open(os.path.join(HERE, cdef)) as f:
+        builder.cdef(f.read())
+
+    builder.set_source(
+        "osl_pg._native",
+        '#include "osl_pg.h"',
+        sources=[os.path.relpath(os.path.join(HERE, source))],
+        include_dirs=[os.path.relpath(HERE)],
+        libraries=libraries,
+        extra_compile_args=EXTRA_CFLAGS,
+        extra_link_args=[f for f in EXTRA_CFLAGS if f.startswith("-fsanitize")],
+    )
+    return builder
+
+
+ffibuilder = make_ffibuilder()
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

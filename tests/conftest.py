@@ -28,6 +28,17 @@ def marked_processes(value_prefix):
     return found
 
 
+def _name(p):
+    """p.name(), or the command line's first word where psutil's name()
+    fails with a bare OSError (under Wine)."""
+    try:
+        return p.name()
+    except psutil.Error:
+        return "?"
+    except OSError:
+        return (p.cmdline() or ["?"])[0]
+
+
 def _kill_all(procs):
     for p in procs:
         try:
@@ -53,7 +64,7 @@ def no_process_leaks(request):
         time.sleep(0.02)
         leaked = marked_processes(tag)
     if leaked:
-        desc = [(p.pid, p.name()) for p in leaked if p.is_running()]
+        desc = [(p.pid, _name(p)) for p in leaked if p.is_running()]
         _kill_all(leaked)
         if desc:
             pytest.fail(f"test left processes running: {desc}")
@@ -113,7 +124,7 @@ def _close_open_groups():
 def pytest_sessionfinish(session, exitstatus):
     leaked = marked_processes(SESSION)
     if leaked:
-        desc = [(p.pid, p.name()) for p in leaked]
+        desc = [(p.pid, _name(p)) for p in leaked]
         _kill_all(leaked)
         print(f"\nFAIL: processes started by the tests survived the run: {desc}", file=sys.stderr)
         session.exitstatus = 1

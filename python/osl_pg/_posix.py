@@ -6,10 +6,10 @@ the C layer's errno results to typed exceptions.
 import errno
 import os
 import signal
-import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._native import ffi, lib
+from ._spawned import PipeEnds, Spawned, devnull
 from .errors import CommandNotFound, OslPermissionError, ProcessNotFound, Unsupported, from_errno
 from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation
 
@@ -21,20 +21,6 @@ HAS_PIDFD = hasattr(os, "pidfd_open")
 _FD_INHERIT = lib.OSL_FD_INHERIT
 _NOHANG = lib.OSL_WAIT_NOHANG
 _NOWAIT = lib.OSL_WAIT_NOWAIT
-
-_devnull_fd = -1
-_devnull_lock = threading.Lock()
-
-
-def _devnull() -> int:
-    """One shared O_CLOEXEC fd on /dev/null, opened on first use: saves an
-    open/close pair per spawn."""
-    global _devnull_fd
-    if _devnull_fd < 0:
-        with _devnull_lock:
-            if _devnull_fd < 0:
-                _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    return _devnull_fd
 
 
 # --------------------------------------------------------------------------
@@ -102,29 +88,22 @@ def _encode_env(op: ProcessSpawnOperation) -> Optional[List[bytes]]:
 # stdio
 
 
-class _Stdio:
+class _Stdio(PipeEnds):
     """The fds the child gets, the parent's ends of pipes, and what to close
     after the spawn."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.child = [_FD_INHERIT, _FD_INHERIT, _FD_INHERIT]
-        self.parent: List[Optional[int]] = [None, None, None]
-        self.close_after: List[int] = []
 
     def setup(self, op: ProcessSpawnOperation) -> None:
         for i, spec in enumerate((op.stdin, op.stdout, op.stderr)):
             if spec is None:
                 continue
             if spec == PIPE:
-                r, w = os.pipe()  # both O_CLOEXEC (PEP 446)
-                if i == 0:
-                    self.child[0], self.parent[0] = r, w
-                    self.close_after.append(r)
-                else:
-                    self.child[i], self.parent[i] = w, r
-                    self.close_after.append(w)
+                self.child[i] = self.pipe(i)  # both ends O_CLOEXEC
             elif spec == DEVNULL:
-                self.child[i] = _devnull()
+                self.child[i] = devnull()
             elif spec == STDOUT:
                 self.child[2] = self.child[1] if self.child[1] != _FD_INHERIT else 1
             else:
@@ -141,30 +120,9 @@ class _Stdio:
                 self.close_after.append(moved)
                 self.child[i] = moved
 
-    def close_child_ends(self) -> None:
-        for fd in self.close_after:
-            os.close(fd)
-        self.close_after = []
-
-    def close_parent_ends(self) -> None:
-        for fd in self.parent:
-            if fd is not None:
-                os.close(fd)
-        self.parent = [None, None, None]
-
 
 # --------------------------------------------------------------------------
 # spawn
-
-
-class Spawned:
-    __slots__ = ("pid", "pgid", "stdin", "stdout", "stderr", "used_vfork")
-
-    def __init__(self, pid: int, pgid: Optional[int], pipes: List[Optional[int]], used_vfork: bool):
-        self.pid = pid
-        self.pgid = pgid
-        self.stdin, self.stdout, self.stderr = pipes
-        self.used_vfork = used_vfork
 
 
 # The encoded path and argv per command line: an operation spawned again (or

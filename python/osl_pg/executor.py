@@ -151,7 +151,8 @@ class ProcessExecutor:
         sweep_abandoned()
         # The cgroups (containment, limits) exist before the child does: it
         # joins them before it executes (osl_pg.cgroup).
-        cgroups = cgroup.prepare(op.containment, op.limits)
+        # A backend with LIMITS_IN_SPAWN (Windows: the job) applies op.limits itself.
+        cgroups = cgroup.prepare(op.containment, None if getattr(backend, "LIMITS_IN_SPAWN", False) else op.limits)
         try:
             spawned = backend.spawn(op, cgroups.open_join_fds()) if cgroups is not None else backend.spawn(op)
         except BaseException:
@@ -168,7 +169,7 @@ class ProcessExecutor:
         if op.makes_group:
             group = ProcessGroup(pgid, proc, owner=self.name, strategy=make_tier(
                 pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None))
-            if op.kill_on_parent_death:
+            if op.kill_on_parent_death and not getattr(backend, "GROUPS_DIE_WITH_PARENT", False):
                 group._kill_with_parent()
         record["target_pid"] = spawned.pid
         record["target_pgid"] = pgid

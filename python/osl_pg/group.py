@@ -102,13 +102,24 @@ def _describe_all(pids: Iterable[int]) -> List[Member]:
         try:
             p = psutil.Process(pid)
             with p.oneshot():
-                members.append(Member(pid, p.ppid(), p.name(), p.status() == psutil.STATUS_ZOMBIE,
+                members.append(Member(pid, p.ppid(), _name(p), p.status() == psutil.STATUS_ZOMBIE,
                                       _uid(p)))
         except psutil.NoSuchProcess:
             continue
         except psutil.AccessDenied:
             members.append(Member(pid, None, "?", False))
     return members
+
+
+def _name(p: psutil.Process) -> str:
+    """p.name(); under Wine psutil's name() fails with a bare OSError (the
+    NtQuerySystemInformation class it uses is not implemented), so fall
+    back to the command line's first word."""
+    try:
+        return p.name()
+    except OSError:  # psutil's own errors are not OSErrors: they propagate
+        cmdline = p.cmdline()
+        return os.path.basename(cmdline[0]) if cmdline else "?"
 
 
 def _uid(p: psutil.Process) -> Optional[int]:

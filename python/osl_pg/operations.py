@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
-from .errors import InvalidOperation
+from .errors import InvalidOperation, Unsupported
 
 PID_MAX = 2**31 - 1
 
@@ -75,13 +75,18 @@ def signal_name(sig: int) -> str:
     try:
         return _signal.Signals(sig).name
     except ValueError:
+        if sig == SIGKILL:
+            return "SIGKILL"
         rtmin = getattr(_signal, "SIGRTMIN", None)
         if rtmin is not None and sig >= rtmin:
             return f"SIGRTMIN+{sig - rtmin}"
         return f"SIG{sig}"
 
 
-_VALID_SIGNALS = frozenset(int(s) for s in _signal.valid_signals())
+# Windows has no SIGKILL; osl_pg takes 9 there too and terminates (see
+# osl_pg._windows for how each signal maps to Windows).
+SIGKILL = int(getattr(_signal, "SIGKILL", 9))
+_VALID_SIGNALS = frozenset(int(s) for s in _signal.valid_signals()) | {SIGKILL}
 
 
 def _check_text(value: Any, what: str) -> str:
@@ -459,11 +464,13 @@ class ProcessSignalOperation(_Operation):
 
     @classmethod
     def kill(cls, pid: int) -> "ProcessSignalOperation":
-        return cls(pid, int(_signal.SIGKILL))
+        return cls(pid, SIGKILL)
 
     @classmethod
     def hangup(cls, pid: int) -> "ProcessSignalOperation":
-        return cls(pid, int(getattr(_signal, "SIGHUP", 1)))
+        if not hasattr(_signal, "SIGHUP"):
+            raise Unsupported("Windows has no SIGHUP (a console's close event cannot be sent)")
+        return cls(pid, int(_signal.SIGHUP))
 
     def with_allow_own_group(self) -> "ProcessSignalOperation":
         """Permit signalling the caller's own group or session (which would

@@ -12,6 +12,7 @@ import io
 import os
 import selectors
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -19,6 +20,8 @@ from typing import IO, Any, List, Optional, Sequence, Set, Tuple
 
 from ._backend import backend
 from .errors import OslError, ProcessNotFound
+
+_THREADED_PIPES = sys.platform == "win32"
 
 
 class WaitTimeout(subprocess.TimeoutExpired, OslError):
@@ -260,7 +263,12 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
     returns true reading stops early (used to stop draining pipes a
     descendant holds). With `wake_fd` (the leader's pidfd, say) polling
     starts only once that fd is readable, so a long run costs no wake-ups.
-    State is kept on the process so a timed-out call can be resumed."""
+    State is kept on the process so a timed-out call can be resumed.
+    On Windows, where select() takes only sockets, threads read the pipes
+    (osl_pg._pipe_threads)."""
+    if _THREADED_PIPES:
+        from ._pipe_threads import read_pipes_threaded
+        return read_pipes_threaded(proc, input, timeout, stop_when)
     st = getattr(proc, "_comm", None)
     if st is None:
         st = proc._comm = {"out": [], "err": [], "input": memoryview(input or b""), "off": 0,  # type: ignore[attr-defined]

@@ -1,0 +1,98 @@
+"""read_pipes for Windows: one thread per pipe, as subprocess does there.
+
+select() takes only sockets on Windows, so the selector loop of
+process.read_pipes cannot watch pipes. Each pipe gets a daemon thread that
+reads it to EOF (or writes `input` and closes stdin); the caller joins them
+within its timeout. The state lives on the process in the same shape as
+read_pipes' ("out", "err", "open"), so a timed-out call resumes where it
+stopped and process.read_so_far works unchanged. Threads left running when
+a call returns early (timeout, stop_when) keep reading into that state.
+"""
+import os
+import threading
+import time
+from typing import IO, Any, List, Optional, Tuple
+
+
+def read_pipes_threaded(proc: Any, input: Optional[bytes], timeout: Optional[float],
+                        stop_when: Optional[Any] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
+    from .process import WaitTimeout  # process imports this module
+    st = getattr(proc, "_comm", None)
+    if st is None:
+        st = proc._comm = {"out": [], "err": [], "open": [f for f in (proc.stdout, proc.stderr) if f is not None],
+                           "stdin": None, "threads": []}
+        for f, chunks in ((proc.stdout, st["out"]), (proc.stderr, st["err"])):
+            if f is not None:
+                _start(st, _drain, f, chunks, st["open"])
+        if proc.stdin is not None:
+            if input:
+                _start(st, _feed, proc.stdin, bytes(input))
+            else:
+                _close_quietly(proc.stdin)
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+
+    def timed_out() -> WaitTimeout:
+        proc._comm_elapsed = time.monotonic() - start
+        return WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
+
+    for t in st["threads"]:
+        while t.is_alive():
+            wait_for = None if deadline is None else deadline - time.monotonic()
+            if stop_when is not None:
+                wait_for = 0.01 if wait_for is None else min(wait_for, 0.01)
+            elif wait_for is not None and wait_for <= 0:
+                raise timed_out()
+            t.join(max(wait_for, 0) if wait_for is not None else None)
+            if not t.is_alive():
+                break
+            if stop_when is not None and stop_when():
+                return _result(proc, st, start)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise timed_out()
+    return _result(proc, st, start)
+
+
+def _result(proc: Any, st: dict, start: float) -> Tuple[Optional[bytes], Optional[bytes]]:
+    proc._comm_elapsed = time.monotonic() - start
+    return (b"".join(st["out"]) if proc.stdout is not None else None,
+            b"".join(st["err"]) if proc.stderr is not None else None)
+
+
+def _start(st: dict, target: Any, *args: Any) -> None:
+    t = threading.Thread(target=target, args=args, daemon=True, name=f"osl_pg-{target.__name__[1:]}")
+    t.start()
+    st["threads"].append(t)
+
+
+def _drain(f: IO[bytes], chunks: List[bytes], still_open: List[IO[bytes]]) -> None:
+    fd = f.fileno()
+    try:
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    except OSError:
+        pass  # closed under us: what was read is kept
+    finally:
+        if f in still_open:
+            still_open.remove(f)
+        _close_quietly(f)
+
+
+def _feed(f: IO[bytes], data: bytes) -> None:
+    try:
+        f.write(data)
+        f.flush()
+    except OSError:
+        pass  # the child closed its stdin (BrokenPipeError, EINVAL on Windows)
+    finally:
+        _close_quietly(f)
+
+
+def _close_quietly(f: IO[bytes]) -> None:
+    try:
+        f.close()
+    except OSError:
+        pass

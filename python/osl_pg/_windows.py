@@ -1,0 +1,676 @@
+"""Windows backend: the only Python code that touches the C module there.
+
+A "process group" on Windows is a Job Object (csrc/osl_pg_win.c). The group
+id is its leader's pid, as DESIGN.md says; this module keeps the map from
+that id to the job, so groups are known only to the process that made them
+(a job is reached through a handle, not a number). Every job is created with
+KILL_ON_JOB_CLOSE: when this process exits, however it exits, the kernel
+closes the handle and kills the whole tree.
+
+Process handles play the part of POSIX's unreaped zombies: the handle of
+every child is kept, in a pid -> handle map, until the child is "reaped"
+(wait without nowait closes it). Windows does not give a pid to a new
+process while any handle to the old one is open, so a kept handle pins the
+pid exactly as a zombie does on POSIX; a ProcessGroup pins its leader's
+handle, and so its id, until the group is released.
+
+Signals are mapped, not emulated: SIGTERM and SIGKILL end the job (or the
+process) with TerminateJobObject/TerminateProcess and the signal number as
+exit code (os.kill's convention; Windows has nothing a process could catch),
+SIGINT and SIGBREAK become console control events for the leader's console
+process group, signal 0 probes; any other signal is Unsupported.
+"""
+import asyncio
+import errno
+import msvcrt
+import os
+import signal as _signal
+import subprocess
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import _winapi
+
+from ._native import ffi, lib
+from ._spawned import PipeEnds, Spawned, devnull
+from .errors import (CommandNotFound, LimitUnavailable, OslOSError, OslPermissionError, ProcessNotFound,
+                     Unsupported)
+from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation, signal_name
+
+NAME = "windows"
+# A job with KILL_ON_JOB_CLOSE dies with this process: no watchdog needed.
+GROUPS_DIE_WITH_PARENT = True
+# spawn() applies op.limits to the job (no cgroups here).
+LIMITS_IN_SPAWN = True
+
+SIGTERM = int(_signal.SIGTERM)
+SIGKILL = 9  # not in Windows' signal module; osl_pg accepts it there
+SIGINT = int(_signal.SIGINT)
+SIGBREAK = int(getattr(_signal, "SIGBREAK", 21))
+CTRL_BREAK_EVENT = int(getattr(_signal, "CTRL_BREAK_EVENT", 1))
+
+_WAIT_SLICE_MS = 100  # blocking waits wake this often so Ctrl-C is seen
+
+# Windows error codes this module names (winerror.h).
+ERROR_FILE_NOT_FOUND = 2
+ERROR_PATH_NOT_FOUND = 3
+ERROR_ACCESS_DENIED = 5
+ERROR_INVALID_PARAMETER = 87
+ERROR_BAD_EXE_FORMAT = 193
+ERROR_DIRECTORY = 267
+
+
+class _Ref:
+    """A process HANDLE or an osl_job * with the number of calls using it
+    outside _lock. Retiring it closes it once no call uses it: closing a
+    handle another thread waits on is undefined behaviour on Windows (the
+    value may even name a new object by the time the wait starts)."""
+
+    __slots__ = ("ptr", "users", "retired", "_close")
+
+    def __init__(self, ptr: Any, close: Any):
+        self.ptr = ptr
+        self.users = 0
+        self.retired = False
+        self._close = close
+
+    def retire(self) -> None:  # with _lock held
+        self.retired = True
+        if self.users == 0:
+            self._close(self.ptr)
+
+
+_lock = threading.RLock()
+_handles: Dict[int, _Ref] = {}  # pid -> process HANDLE, until reaped
+_jobs: Dict[int, _Ref] = {}  # pgid (the leader's pid) -> osl_job *
+# Jobs that must stay open while they have members (closing would kill
+# them): those of detached or dropped groups, and the private jobs of
+# Inherit children spawned with kill_on_parent_death. Each spawn closes the
+# ones that have emptied.
+_kept_jobs: List[Any] = []
+_limits: Dict[int, Dict[str, str]] = {}  # pgid -> each limit set on its job -> "job"
+
+
+def _borrow(table: Dict[int, _Ref], key: Optional[int]) -> Optional[_Ref]:
+    with _lock:
+        ref = table.get(key) if key is not None else None
+        if ref is not None:
+            ref.users += 1
+        return ref
+
+
+def _give_back(ref: _Ref) -> None:
+    with _lock:
+        ref.users -= 1
+        if ref.retired and ref.users == 0:
+            ref._close(ref.ptr)
+
+
+def _winerror(code: int, what: str, filename: Optional[str] = None) -> OSError:
+    """An OSError subclass for a GetLastError() code; its errno is the one
+    CPython maps the code to, and `winerror` is kept."""
+    mapped = OSError(0, "", None, code).errno or errno.EINVAL
+    if code in (ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND, ERROR_DIRECTORY):
+        cls: type = CommandNotFound
+    elif code == ERROR_ACCESS_DENIED:
+        cls = OslPermissionError
+    elif code == ERROR_INVALID_PARAMETER and what.startswith(("kill", "signal")):
+        cls = ProcessNotFound
+    else:
+        cls = OslOSError
+    # str() adds "[WinError N]" in front (and the filename after).
+    return cls(mapped, f"{what}: {os.strerror(mapped)}", filename, code)
+
+
+# --------------------------------------------------------------------------
+# command lookup
+
+_which_cache: Dict[Tuple[str, Optional[str], str], str] = {}
+
+
+def _child_env_value(op: ProcessSpawnOperation, key: str) -> Optional[str]:
+    """A variable as the child will see it (keys are case-insensitive)."""
+    for k, value in reversed(op.env_overrides):
+        if k.upper() == key:
+            return value
+    if not op.inherit_env:
+        return None
+    return os.environ.get(key)
+
+
+def _candidates(name: str, pathext: List[str]) -> List[str]:
+    """`name` as given if it has an extension, then with each PATHEXT one
+    (CreateProcess itself only ever adds .exe)."""
+    ext = os.path.splitext(name)[1]
+    names = [name] if ext else []
+    return names + [name + e for e in pathext]
+
+
+def resolve_command(op: ProcessSpawnOperation) -> str:
+    """The executable's path: a command with a directory part is used as
+    given (trying PATHEXT extensions if it has none), a bare name is looked
+    up in the child's PATH with PATHEXT, like cmd.exe and shutil.which."""
+    command = op.command
+    pathext = [e for e in (_child_env_value(op, "PATHEXT") or ".COM;.EXE;.BAT;.CMD").split(";") if e]
+    if os.path.dirname(command):
+        for candidate in _candidates(command, pathext):
+            if os.path.isfile(candidate):
+                return candidate
+        raise CommandNotFound(errno.ENOENT, f"command not found: {command!r}", command)
+    path = _child_env_value(op, "PATH") or ""
+    key = (command, path, ";".join(pathext))
+    hit = _which_cache.get(key)
+    if hit is not None:
+        return hit
+    for d in path.split(os.pathsep):
+        if not d:
+            continue
+        for candidate in _candidates(os.path.join(d.strip('"'), command), pathext):
+            if os.path.isfile(candidate):
+                if len(_which_cache) > 256:
+                    _which_cache.clear()
+                _which_cache[key] = candidate
+                return candidate
+    raise CommandNotFound(errno.ENOENT, f"command not found: {command!r} (searched PATH={path})", command)
+
+
+# --------------------------------------------------------------------------
+# environment
+
+
+def _env_block(op: ProcessSpawnOperation) -> Optional[str]:
+    """The UTF-16 environment block's text ("K=V\\0...\\0\\0"), or None for
+    the parent's environment unchanged. Keys compare case-insensitively, as
+    Windows does; the block is sorted, as CreateProcess documents."""
+    if op.inherit_env and not op.env_overrides:
+        return None
+    env: Dict[str, Tuple[str, str]] = {}
+    if op.inherit_env:
+        env = {k.upper(): (k, v) for k, v in os.environ.items()}
+    for key, value in op.env_overrides:
+        if value is None:
+            env.pop(key.upper(), None)
+        else:
+            env[key.upper()] = (key, value)
+    entries = [f"{k}={v}" for _, (k, v) in sorted(env.items())]
+    return "\0".join(entries) + "\0\0" if entries else "\0\0"
+
+
+# --------------------------------------------------------------------------
+# stdio
+
+def _std_handle(slot: int) -> Any:
+    """This process's own std handle (what the C layer gives for NULL)."""
+    which = (_winapi.STD_INPUT_HANDLE, _winapi.STD_OUTPUT_HANDLE, _winapi.STD_ERROR_HANDLE)[slot]
+    return ffi.cast("void *", _winapi.GetStdHandle(which) or 0)
+
+
+class _Stdio(PipeEnds):
+    """The HANDLEs the child gets (NULL: ours), the parent's ends of pipes
+    as fds, and the child's ends to close after the spawn. The C layer
+    duplicates what it is given, so nothing here needs to be inheritable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.child: List[Any] = [ffi.NULL, ffi.NULL, ffi.NULL]
+
+    def setup(self, op: ProcessSpawnOperation) -> None:
+        for i, spec in enumerate((op.stdin, op.stdout, op.stderr)):
+            if spec is None:
+                continue
+            if spec == PIPE:
+                self.child[i] = _fd_handle(self.pipe(i))
+            elif spec == DEVNULL:
+                self.child[i] = _fd_handle(devnull())
+            elif spec == STDOUT:
+                self.child[2] = self.child[1] if self.child[1] != ffi.NULL else _std_handle(1)
+            else:
+                self.child[i] = _fd_handle(spec if isinstance(spec, int) else spec.fileno())
+
+
+def _fd_handle(fd: int) -> Any:
+    return ffi.cast("void *", msvcrt.get_osfhandle(fd))
+
+
+# --------------------------------------------------------------------------
+# jobs
+
+
+def _new_job() -> Any:
+    out = ffi.new("osl_job **")
+    err = lib.osl_job_create(lib.OSL_JOB_KILL_ON_CLOSE, out)
+    if err:
+        raise _winerror(err, "CreateJobObject")
+    return out[0]
+
+
+def _apply_limits(job: Any, op: ProcessSpawnOperation) -> Dict[str, str]:
+    """Set op.limits on the job before the child runs; returns what was set."""
+    limits = getattr(op, "limits", None)
+    if limits is None:
+        return {}
+    if limits.cpu_quota is not None:
+        raise LimitUnavailable("cpu_quota has no Job Object implementation in osl_pg yet "
+                               "(JOBOBJECT_CPU_RATE_CONTROL_INFORMATION is not wired)")
+    err = lib.osl_job_set_limits(job, limits.max_processes or 0, limits.max_memory or 0)
+    if err:
+        raise _winerror(err, "SetInformationJobObject(limits)")
+    return {name: "job" for name in limits.requested()}
+
+
+def limits_applied(pgid: int) -> Dict[str, str]:
+    """Each limit set on group `pgid`'s job, e.g. {"max_processes": "job"}."""
+    return dict(_limits.get(pgid, {}))
+
+
+def _job_for(pgid: int) -> Any:
+    """The job of group `pgid`; call with _lock held."""
+    ref = _jobs.get(pgid)
+    if ref is None:
+        raise ProcessNotFound(errno.ESRCH, f"process group {pgid} is not a job this process created "
+                                           "(or it was released)")
+    return ref.ptr
+
+
+def group_pids(pgid: int) -> List[int]:
+    """The pids in group `pgid`'s job now; [] for a group we do not know."""
+    with _lock:
+        ref = _jobs.get(pgid)
+        return _job_pids(ref.ptr) if ref is not None else []
+
+
+def _job_pids(job: Any) -> List[int]:
+    capacity = 64
+    while True:
+        pids = ffi.new("unsigned long[]", capacity)
+        count = ffi.new("unsigned long *")
+        err = lib.osl_job_pids(job, pids, capacity, count)
+        if err == lib.OSL_WIN_MORE_DATA:
+            capacity = count[0] + 16  # the job may grow meanwhile
+            continue
+        if err:
+            raise _winerror(err, "QueryInformationJobObject(process ids)")
+        return [int(pids[i]) for i in range(count[0])]
+
+
+def job_accounting(pgid: int) -> Tuple[int, int, int]:
+    """(active, total ever, terminated) process counts of group `pgid`'s
+    job. Wine 8 leaves the third at 0."""
+    with _lock:
+        return _accounting(_job_for(pgid))
+
+
+def _accounting(job: Any) -> Tuple[int, int, int]:
+    out = ffi.new("unsigned long[3]")
+    err = lib.osl_job_accounting(job, out, out + 1, out + 2)
+    if err:
+        raise _winerror(err, "QueryInformationJobObject(accounting)")
+    return int(out[0]), int(out[1]), int(out[2])
+
+
+def job_handle(pgid: int) -> int:
+    """The HANDLE of group `pgid`'s Job Object, as an int for ctypes or
+    _winapi. Owned by osl_pg and valid while the group is open: do not
+    close it."""
+    out = ffi.new("void **")
+    with _lock:
+        lib.osl_job_handle(_job_for(pgid), out)
+    return int(ffi.cast("uintptr_t", out[0]))
+
+
+def _active(job: Any) -> int:
+    return _accounting(job)[0]
+
+
+def release_group(pgid: int) -> None:
+    """The group's handle is released: forget its id. An empty job is
+    closed; one with members left (a detached group, a dropped handle) is
+    kept open, so they live on, until this process exits (KILL_ON_JOB_CLOSE
+    then ends them: on Windows no group outlives the process that made it)."""
+    with _lock:
+        ref = _jobs.pop(pgid, None)
+        _limits.pop(pgid, None)
+        if ref is None:
+            return
+        if ref.users == 0 and _active(ref.ptr) == 0:
+            ref.retire()
+        else:
+            _kept_jobs.append(ref.ptr)
+
+
+def _close_emptied_jobs() -> None:
+    with _lock:
+        for job in [j for j in _kept_jobs if _active(j) == 0]:
+            _kept_jobs.remove(job)
+            lib.osl_job_close(job)
+
+
+# --------------------------------------------------------------------------
+# spawn
+
+
+def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Spawned:
+    """CreateProcessW for a validated operation. A new group (or a detached
+    child) gets a new job, which it is in before it runs; JoinGroup puts
+    the child in that group's job."""
+    if cgroup_procs_fds:
+        raise Unsupported("cgroups are Linux-only")
+    _close_emptied_jobs()
+    path = resolve_command(op)
+    keep = []  # cffi buffers that must outlive the call
+    attr = ffi.new("struct osl_win_spawn_attr *")
+    attr.application = _wstr(path, keep)
+    attr.command_line = _wstr(subprocess.list2cmdline([op.command, *op.args]), keep)
+    block = _env_block(op)
+    attr.environment = _wstr(block, keep) if block is not None else ffi.NULL
+    attr.cwd = _wstr(op.cwd, keep) if op.cwd is not None else ffi.NULL
+    group = op.process_group
+    leads = op.detach_from_terminal or isinstance(group, NewGroup)
+    flags = 0
+    if leads:
+        flags |= lib.OSL_WIN_NEW_GROUP  # a console process group: ctrl events can target it
+    if op.detach_from_terminal:
+        flags |= lib.OSL_WIN_DETACHED
+    attr.flags = flags
+    new_job = None
+    stdio = _Stdio()
+    out_pid = ffi.new("unsigned long *")
+    out_handle = ffi.new("void **")
+    out_fallback = ffi.new("int *")
+    joined = None
+    applied: Dict[str, str] = {}
+    try:
+        if leads or op.kill_on_parent_death and not isinstance(group, JoinGroup):
+            new_job = _new_job()
+            applied = _apply_limits(new_job, op)
+            attr.job = new_job
+        elif isinstance(group, JoinGroup):
+            joined = _borrow(_jobs, group.pgid)
+            if joined is None:
+                raise join_error(group.pgid)
+            attr.job = joined.ptr
+        stdio.setup(op)
+        for i in range(3):
+            attr.std_handles[i] = stdio.child[i]
+        err = lib.osl_win_spawn(attr, out_pid, out_handle, out_fallback)
+        if err:
+            raise _spawn_error(err, op, path)
+        stdio.close_child_ends()
+    except BaseException:
+        stdio.close_child_ends()
+        stdio.close_parent_ends()
+        if new_job is not None:
+            lib.osl_job_close(new_job)
+        raise
+    finally:
+        if joined is not None:
+            _give_back(joined)
+    pid = int(out_pid[0])
+    with _lock:
+        _handles[pid] = _Ref(out_handle[0], lib.osl_win_close_handle)
+        if new_job is not None:
+            if leads:
+                _jobs[pid] = _Ref(new_job, lib.osl_job_close)
+                if applied:
+                    _limits[pid] = applied
+            else:
+                _kept_jobs.append(new_job)  # Inherit + kill_on_parent_death
+    if leads:
+        pgid: Optional[int] = pid
+    elif isinstance(group, JoinGroup):
+        pgid = group.pgid
+    else:
+        pgid = None
+    return Spawned(pid, pgid, stdio.parent, bool(out_fallback[0]))
+
+
+def _wstr(text: str, keep: List[Any]) -> Any:
+    """A NUL-terminated wchar_t (UTF-16) copy of `text`, which may itself
+    hold NULs (an environment block)."""
+    buf = ffi.new("wchar_t[]", text)
+    keep.append(buf)
+    return buf
+
+
+def _spawn_error(err: int, op: ProcessSpawnOperation, path: str) -> OSError:
+    """Name what failed; CreateProcess reports one code for every input,
+    so the cause is found by looking at them (on this error path only)."""
+    if op.cwd is not None and (err == ERROR_DIRECTORY or not os.path.isdir(op.cwd)):
+        code = ERROR_PATH_NOT_FOUND if not os.path.exists(op.cwd) else err
+        return _winerror(code, f'cannot use working directory "{op.cwd}"', op.cwd)
+    if err in (ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND):
+        return _winerror(err, f'command not found: "{op.command}" ({path})', op.command)
+    if err in (ERROR_ACCESS_DENIED, ERROR_BAD_EXE_FORMAT):
+        return _winerror(err, f'cannot execute "{op.command}" ({path})', op.command)
+    return _winerror(err, f"spawning {op.command!r} failed")
+
+
+def join_error(pgid: int) -> OSError:
+    return ProcessNotFound(errno.ESRCH, f"cannot join process group {pgid}: it is not a job this process "
+                                        "created (or it was released)")
+
+
+# --------------------------------------------------------------------------
+# signals and ids
+
+
+def _exited(handle: Any) -> bool:
+    code = ffi.new("unsigned long *")
+    err = lib.osl_win_exit_code(handle, code)
+    if err:
+        raise _winerror(err, "GetExitCodeProcess")
+    return code[0] != lib.OSL_WIN_STILL_ACTIVE
+
+
+def _unsupported(sig: int, what: str) -> Unsupported:
+    return Unsupported(f"{signal_name(sig)} ({sig}) has no Windows equivalent for {what}: use SIGTERM or "
+                       "SIGKILL (terminate), SIGINT or SIGBREAK (console control events)")
+
+
+def kill(pid: int, sig: int) -> None:
+    """Signal one process. A child of ours is reached through its handle;
+    any other pid through os.kill. Never os.kill(pid, 0): on Windows that
+    is TerminateProcess with exit code 0."""
+    with _lock:
+        ref = _handles.get(pid)
+        handle = ref.ptr if ref is not None else None
+        if sig == 0:
+            if handle is not None:
+                if _exited(handle):
+                    raise ProcessNotFound(errno.ESRCH, f"process {pid} has exited")
+                return
+            import psutil
+            if not psutil.pid_exists(pid):
+                raise ProcessNotFound(errno.ESRCH, f"process {pid} does not exist")
+            return
+        if sig in (SIGTERM, SIGKILL):
+            if handle is not None:
+                if _exited(handle):
+                    return  # like kill() on a zombie: nothing to do, no error
+                try:
+                    _winapi.TerminateProcess(int(ffi.cast("uintptr_t", handle)), sig)
+                except OSError as e:
+                    # Access denied is what TerminateProcess says when the
+                    # process has just exited; anything else is real.
+                    if not _exited(handle):
+                        raise _winerror(e.winerror or ERROR_ACCESS_DENIED, f"kill({pid}, {sig})") from None
+                return
+            _os_kill(pid, sig)
+            return
+    if sig == SIGINT:
+        _ctrl_event(0, pid)  # CTRL_C_EVENT
+    elif sig in (SIGBREAK, CTRL_BREAK_EVENT):
+        _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pid)
+    else:
+        raise _unsupported(sig, "a process")
+
+
+def _os_kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)  # OpenProcess + TerminateProcess(exit code sig)
+    except OSError as e:
+        raise _winerror(e.winerror or ERROR_INVALID_PARAMETER, f"kill({pid}, {sig})") from None
+
+
+def _ctrl_event(event: int, pgid: int) -> None:
+    err = lib.osl_win_ctrl_event(event, pgid)
+    if err:
+        raise _winerror(err, f"signal: GenerateConsoleCtrlEvent({event}, {pgid})")
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """SIGTERM/SIGKILL end every process in the job at once; SIGINT and
+    SIGBREAK go to the leader's console process group (the leader and the
+    descendants that did not start groups of their own, if they share our
+    console); 0 probes. ProcessNotFound when the job has no process left."""
+    with _lock:
+        job = _job_for(pgid)
+        if sig in (0, SIGTERM, SIGKILL) and _active(job) == 0:
+            raise ProcessNotFound(errno.ESRCH, f"process group {pgid} has no process left")
+        if sig == 0:
+            return
+        if sig in (SIGTERM, SIGKILL):
+            err = lib.osl_job_terminate(job, sig)
+            if err:
+                raise _winerror(err, f"signal: TerminateJobObject(group {pgid})")
+            return
+    if sig == SIGINT:
+        _ctrl_event(0, pgid)
+    elif sig in (SIGBREAK, CTRL_BREAK_EVENT):
+        _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pgid)
+    else:
+        raise _unsupported(sig, "a job")
+
+
+def killpg(pgid: int, sig: int, check: bool = True) -> int:
+    try:
+        signal_group(pgid, sig)
+    except ProcessNotFound:
+        if check:
+            raise
+        return errno.ESRCH
+    return 0
+
+
+def pgid_or_none(pid: int) -> Optional[int]:
+    """The id of the group (job of ours) that `pid` is in, or None."""
+    with _lock:
+        for pgid, ref in _jobs.items():
+            if pid in _job_pids(ref.ptr):
+                return pgid
+    return None
+
+
+def getpgid(pid: int) -> int:
+    pgid = pgid_or_none(pid)
+    if pgid is None:
+        raise ProcessNotFound(errno.ESRCH, f"process {pid} is in no job this process created")
+    return pgid
+
+
+def getsid(pid: int) -> int:
+    raise Unsupported("Windows has no sessions in the POSIX sense")
+
+
+def set_child_subreaper(on: bool) -> None:
+    raise Unsupported("PR_SET_CHILD_SUBREAPER is Linux-only; on Windows a job already holds every descendant")
+
+
+def own_pgid() -> int:
+    """What an Inherit child reports as its group: this process's pid (this
+    process leads no job; the child shares its console process group)."""
+    return os.getpid()
+
+
+def list_pids() -> List[int]:
+    import psutil
+    return psutil.pids()
+
+
+# --------------------------------------------------------------------------
+# waiting
+
+
+def wait(pid: int, nohang: bool, nowait: bool) -> Optional[int]:
+    """The exit code of child `pid`, or None if `nohang` and it still runs.
+    Without `nowait` the handle is closed ("reaped"): from then on the pid
+    may be reused and this module no longer knows it."""
+    ref = _borrow(_handles, pid)
+    if ref is None:
+        raise ProcessNotFound(errno.ECHILD, f"process {pid} is not an unreaped child of this process")
+    try:
+        while True:
+            err = lib.osl_win_wait(ref.ptr, 0 if nohang else _WAIT_SLICE_MS)
+            if err == 0:
+                break
+            if err != lib.OSL_WIN_WAIT_TIMEOUT:
+                raise _winerror(err, f"WaitForSingleObject(process {pid})")
+            if nohang:
+                return None
+        code = ffi.new("unsigned long *")
+        err = lib.osl_win_exit_code(ref.ptr, code)
+        if err:
+            raise _winerror(err, f"GetExitCodeProcess({pid})")
+        if not nowait:
+            with _lock:
+                if _handles.get(pid) is ref:
+                    del _handles[pid]
+                    ref.retire()
+        return int(code[0])
+    finally:
+        _give_back(ref)
+
+
+def open_exit_fd(pid: int) -> None:
+    """Windows has no fd for a process exit; callers poll."""
+    return None
+
+
+def _wait_job(pgid: Optional[int], deadline: Optional[float]) -> bool:
+    """Sleep in osl_job_wait_empty for at most one slice; True if the job
+    was found (the caller rescans either way)."""
+    ref = _borrow(_jobs, pgid)
+    if ref is None:
+        return False
+    try:
+        slice_ms = _WAIT_SLICE_MS
+        if deadline is not None:
+            slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000) + 1))
+        err = lib.osl_job_wait_empty(ref.ptr, slice_ms)
+        if err and err != lib.OSL_WIN_WAIT_TIMEOUT:
+            raise _winerror(err, "waiting for the job to empty")
+        return True
+    finally:
+        _give_back(ref)
+
+
+def wait_exits(pids: List[int], deadline: Optional[float], pgid: Optional[int] = None) -> None:
+    """Return when the group's job may have changed: it emptied, a slice
+    passed, or `deadline` came. The caller rescans, so an early return is
+    only a wasted scan. Without a job (pids of no group of ours) it sleeps
+    a short step."""
+    if _wait_job(pgid, deadline):
+        return
+    step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
+    time.sleep(step)
+
+
+async def wait_exits_async(pids: List[int], deadline: Optional[float], pgid: Optional[int] = None) -> None:
+    """wait_exits for asyncio: polls the job's active count with a growing
+    sleep (no thread: a cancelled wait leaves nothing behind)."""
+    step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
+    ref = _borrow(_jobs, pgid)
+    if ref is None:
+        await asyncio.sleep(step)
+        return
+    try:
+        delay = 0.001
+        while _active(ref.ptr):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            await asyncio.sleep(delay if deadline is None else min(delay, deadline - now))
+            delay = min(delay * 2, 0.05)
+    finally:
+        _give_back(ref)

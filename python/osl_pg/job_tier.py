@@ -1,0 +1,50 @@
+"""The Windows tier: a ProcessGroup whose members are a Job Object's.
+
+A child is in its job before it runs an instruction and every process it
+starts is in it too; without JOB_OBJECT_LIMIT_BREAKAWAY_OK (osl_pg never
+sets it) no member can leave. So, unlike a process group, nothing escapes:
+``escaped()`` is always empty. All calls go through the backend
+(osl_pg._windows), which owns the job.
+"""
+from typing import Dict, List, Optional
+
+from ._backend import backend
+from .tiers import ProcInfo, Tier
+
+
+class JobTier(Tier):
+    name = "job"
+
+    def __init__(self, pgid: int, limits: Optional[Dict[str, str]] = None):
+        super().__init__(pgid, None)
+        self._limits = dict(limits or {})
+
+    def pids(self) -> List[int]:
+        return backend.group_pids(self.pgid)
+
+    def is_member(self, pid: int, info: ProcInfo) -> bool:
+        return pid in backend.group_pids(self.pgid)
+
+    def escaped(self) -> List:  # type: ignore[type-arg]
+        return []
+
+    def signal(self, sig: int) -> None:
+        backend.signal_group(self.pgid, sig)
+
+    def wait_exits(self, live: List[int], deadline: Optional[float]) -> None:
+        backend.wait_exits(live, deadline, pgid=self.pgid)
+
+    async def wait_exits_async(self, live: List[int], deadline: Optional[float]) -> None:
+        await backend.wait_exits_async(live, deadline, pgid=self.pgid)
+
+    @property
+    def limits_applied(self) -> Dict[str, str]:
+        return dict(self._limits)
+
+    def limit_events(self) -> Dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        """Forget the job; it is closed (freed) once empty, else kept open
+        so its members live on (a detached or dropped group)."""
+        backend.release_group(self.pgid)
