@@ -35,6 +35,22 @@
 
 extern char **environ;
 
+/* Built on glibc >= 2.34, dlsym would bind to dlsym@GLIBC_2.34 (it moved
+ * from libdl into libc) and pthread_sigmask to @GLIBC_2.32 (moved from
+ * libpthread): a wheel built there would not load on manylinux_2_28's glibc.
+ * Every glibc still exports the original versions, so bind to those; the
+ * build links libdl without --as-needed so it is loaded where dlsym still
+ * lives there (csrc/build_ffi.py). */
+#if defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
+#ifdef __x86_64__
+#define OSL_GLIBC_BASE "GLIBC_2.2.5"
+#else
+#define OSL_GLIBC_BASE "GLIBC_2.17"
+#endif
+__asm__(".symver dlsym,dlsym@" OSL_GLIBC_BASE);
+__asm__(".symver pthread_sigmask,pthread_sigmask@" OSL_GLIBC_BASE);
+#endif
+
 /* posix_spawn_file_actions_addchdir_np (glibc 2.29, macOS 10.15, musl 1.1.24)
  * and ..._addclosefrom_np (glibc 2.34) are newer than manylinux_2_28's glibc,
  * so they are looked up at run time: a wheel that linked them directly would
