@@ -332,6 +332,11 @@ def list_pids() -> List[int]:
     return psutil.pids()
 
 
+def group_pids(pgid: int) -> List[int]:
+    """Every process whose pgid is `pgid` now."""
+    return [pid for pid in list_pids() if pgid_or_none(pid) == pgid]
+
+
 def signal_group(pgid: int, sig: int) -> None:
     # The C call directly: beside the syscall this is ProcessGroup.signal's
     # whole cost, so one Python frame less shows (osl-pg bench).

@@ -90,9 +90,10 @@ def owned_group(pgid: int) -> Optional["ProcessGroup"]:
 
 
 def _scan(pgid: int) -> List[Member]:
-    """Current members of group `pgid` (psutil for the process list and
-    states, getpgid for membership)."""
-    return _describe_all(pid for pid in backend.list_pids() if backend.pgid_or_none(pid) == pgid)
+    """Current members of group `pgid`: the backend says who (getpgid over
+    the process list on POSIX, the job's pid list on Windows), psutil
+    describes them."""
+    return _describe_all(backend.group_pids(pgid))
 
 
 def _describe_all(pids: Iterable[int]) -> List[Member]:
