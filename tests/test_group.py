@@ -318,3 +318,31 @@ def test_cancelled_wait_leaves_nothing_behind(executor):
     r, pids = asyncio.run(main())
     assert not [p for p in pids if alive(p)]
     assert r.process.reaped and r.pid not in [c.pid for c in psutil.Process().children()]
+
+
+def test_huge_groups_do_not_use_up_fds(executor, monkeypatch):
+    """Past ExitWatch.MAX_PIDFDS members, liveness falls back to psutil:
+    the wait still ends when the last member dies."""
+    from osl_pg.tiers import ExitWatch
+    monkeypatch.setattr(ExitWatch, "MAX_PIDFDS", 3)
+    r = spawn_group(executor, "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 300 & done; wait")
+    assert wait_for(lambda: len(live_members(r.group)) == 13)
+    pids = [m.pid for m in r.group.members()]
+    fds_before = len(os.listdir("/proc/self/fd"))
+    r.group.signal(signal.SIGTERM)
+    peak = []
+    import threading as _t
+    stop = _t.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak.append(len(os.listdir("/proc/self/fd")))
+    sampler = _t.Thread(target=sample)
+    sampler.start()
+    try:
+        r.group.wait(30)
+    finally:
+        stop.set()
+        sampler.join()
+    assert not [p for p in pids if alive(p)]
+    assert max(peak, default=fds_before) <= fds_before + 3 + 2  # the pidfds, a poll fd, listdir's own

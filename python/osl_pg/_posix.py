@@ -333,8 +333,19 @@ def list_pids() -> List[int]:
 
 
 def group_pids(pgid: int) -> List[int]:
-    """Every process whose pgid is `pgid` now."""
-    return [pid for pid in list_pids() if pgid_or_none(pid) == pgid]
+    """Every process whose pgid is `pgid` now (zombies included): the
+    process list from psutil, membership from getpgid(). os.getpgid rather
+    than the C wrapper: no cffi out-parameter to allocate per process, and
+    this runs for every process on the machine at every group scan."""
+    getpgid = os.getpgid
+    members = []
+    for pid in list_pids():
+        try:
+            if getpgid(pid) == pgid:
+                members.append(pid)
+        except OSError:  # exited since the listing
+            continue
+    return members
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -343,88 +354,6 @@ def signal_group(pgid: int, sig: int) -> None:
     err = lib.osl_killpg(pgid, sig)
     if err:
         raise _killpg_error(err, pgid, sig)
-
-
-def _open_exit_fds(pids: List[int]) -> Optional[List[int]]:
-    """pidfds for `pids` (an exited one is skipped), or None without pidfd."""
-    fds: List[int] = []
-    for pid in pids:
-        try:
-            fd = open_exit_fd(pid)
-        except ProcessNotFound:
-            continue
-        if fd is None:
-            for f in fds:
-                os.close(f)
-            return None
-        fds.append(fd)
-    return fds
-
-
-def wait_exits(pids: List[int], deadline: Optional[float]) -> None:
-    """Return when every pid in `pids` has exited (zombie or reaped), or at
-    `deadline`. With pidfds this sleeps in poll(); without, it sleeps a
-    short step and lets the caller rescan."""
-    import select
-    import time
-    fds = _open_exit_fds(pids)
-    if fds is None:
-        step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
-        time.sleep(step)
-        return
-    try:
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        pending = set(fds)
-        while pending:
-            if deadline is None:
-                timeout_ms = None
-            else:
-                timeout_ms = int((deadline - time.monotonic()) * 1000) + 1
-                if timeout_ms <= 0:
-                    return
-            for fd, _ in poller.poll(timeout_ms):
-                pending.discard(fd)
-                poller.unregister(fd)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-async def wait_exits_async(pids: List[int], deadline: Optional[float]) -> None:
-    """wait_exits for asyncio: the loop watches the pidfds (no thread)."""
-    import asyncio
-    import time
-    fds = _open_exit_fds(pids)
-    if fds is None:
-        step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
-        await asyncio.sleep(step)
-        return
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    pending = set(fds)
-
-    def ready(fd: int) -> None:
-        loop.remove_reader(fd)
-        pending.discard(fd)
-        if not pending and not done.done():
-            done.set_result(None)
-
-    try:
-        for fd in fds:
-            loop.add_reader(fd, ready, fd)
-        if not pending:
-            return
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            await asyncio.wait_for(asyncio.shield(done), timeout)
-        except asyncio.TimeoutError:
-            pass
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-            os.close(fd)
 
 
 def own_pgid() -> int:

@@ -13,7 +13,7 @@ from .group import DEFAULT_GRACE, ProcessGroup, scan_group
 from .operations import ProcessSignalOperation, ProcessSpawnOperation, signal_name
 from .process import WaitTimeout
 from .terminal import ForegroundTerminal
-from .tiers import PgidTier
+from .tiers import ExitWatch, PgidTier
 
 EXIT_TIMEOUT = 124  # as coreutils timeout
 EXIT_CANNOT_RUN = 126
@@ -184,13 +184,17 @@ def _wait_empty(pgid: int, timeout: float) -> bool:
     some, rescanning for members forked meanwhile."""
     import time
     deadline = time.monotonic() + timeout
-    while True:
-        live = [m.pid for m in scan_group(pgid) if not m.zombie]
-        if not live:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        backend.wait_exits(live, deadline)
+    exits = ExitWatch()
+    try:
+        while True:
+            live = exits.live(backend.group_pids(pgid))
+            if not live:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            exits.wait(live, deadline)
+    finally:
+        exits.close()
 
 
 def _wait_gone_or_kill(executor: ProcessExecutor, pgid: int, grace: float) -> str:

@@ -82,6 +82,17 @@ class TerminateReport:
 _owned: Dict[int, "weakref.ref[ProcessGroup]"] = {}
 _owned_lock = threading.Lock()
 
+# Set by set_child_subreaper(): only then are orphans of our groups that
+# were reparented to us ours to reap.
+_adopting = False
+
+
+def _forget(pgid: int, ref: "weakref.ref[ProcessGroup]") -> None:
+    """A dropped handle's registry entry goes with it."""
+    with _owned_lock:
+        if _owned.get(pgid) is ref:
+            del _owned[pgid]
+
 
 def owned_group(pgid: int) -> Optional["ProcessGroup"]:
     ref = _owned.get(pgid)
@@ -123,6 +134,14 @@ def _name(p: psutil.Process) -> str:
         return os.path.basename(cmdline[0]) if cmdline else "?"
 
 
+def _member_name(pid: int) -> str:
+    """The process name for reports, or "?" once it is gone."""
+    try:
+        return _name(psutil.Process(pid))
+    except (psutil.Error, OSError):
+        return "?"
+
+
 def _uid(p: psutil.Process) -> Optional[int]:
     try:
         return p.uids().real
@@ -153,6 +172,7 @@ class ProcessGroup:
         self.detached = False
         self._released = False
         self._seen: Dict[int, MemberOutcome] = {}
+        self._sigkilled = False  # SIGKILL sent: nothing can leave any more
         self._kill_on_parent_death = False
         if leader is not None:
             leader._pin()
@@ -163,7 +183,7 @@ class ProcessGroup:
         # still in them are moved out, not killed).
         weakref.finalize(self, self._strategy.close)
         with _owned_lock:
-            _owned[pgid] = weakref.ref(self)
+            _owned[pgid] = weakref.ref(self, lambda ref, pgid=pgid: _forget(pgid, ref))
 
     @classmethod
     def for_pgid(cls, pgid: int) -> "ProcessGroup":
@@ -191,6 +211,7 @@ class ProcessGroup:
         tier); zombies are marked."""
         if self._released:
             return []
+        self._strategy.observe_now_and_then()
         return _describe_all(self._strategy.pids())
 
     def escaped(self) -> List[Escapee]:
@@ -240,48 +261,62 @@ class ProcessGroup:
         module docstring): raises ProcessLookupError once released."""
         self._check_open()
         self._strategy.signal(sig)
+        self._sigkilled = self._sigkilled or sig == SIGKILL
 
     def kill(self) -> None:
         self.signal(SIGKILL)
 
     # -- waiting --------------------------------------------------------------------------
-    def _until_empty(self, deadline: Optional[float], phase: str) -> Generator[List[int], None, bool]:
+    def _until_empty(self, deadline: Optional[float], phase: str, names: bool = False,
+                     observe: bool = True) -> Generator[List[int], None, bool]:
         """Scan, record who died in this phase, yield the live pids for the
-        driver to wait on; return True once no member is running."""
+        driver to wait on; return True once no member is running.
+
+        A scan is the tier's member list (getpgid over the process list, or
+        cgroup.procs) and one liveness check for all of them (pidfds on
+        Linux): no per-member file is read unless `names` are wanted for a
+        report. `observe` keeps the escape tracker fed (at most every
+        100 ms, and only while members run); it is off once SIGKILL went
+        out, when speed is all."""
         while True:
-            live = []
-            me = os.getpid()
-            for m in _describe_all(self._strategy.pids()):
-                seen = self._seen.get(m.pid)
-                if seen is None:
-                    seen = self._seen[m.pid] = MemberOutcome(m.pid, m.name, outcome="running")
-                if m.zombie:
-                    self._reap_adopted(m, me)
-                else:
-                    live.append(m.pid)
+            pids = self._strategy.pids()
+            for pid in pids:
+                if pid not in self._seen:
+                    self._seen[pid] = MemberOutcome(pid, _member_name(pid) if names else "", outcome="running")
+            live = self._strategy.live(pids)
+            if _adopting and len(live) < len(pids):
+                live_set = set(live)
+                for pid in pids:
+                    if pid not in live_set:
+                        self._reap_adopted(pid)
             live_set = set(live)
             for pid, seen in self._seen.items():
                 if seen.outcome == "running" and pid not in live_set:
                     seen.outcome = phase
             if not live:
                 return True
+            if observe and not self._sigkilled:  # only while members could still escape
+                self._strategy.observe_now_and_then()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             yield live
 
-    def _reap_adopted(self, m: Member, me: int) -> None:
-        """Under a subreaper, reap orphans of this group that were
-        reparented to us. Never a child with a Process handle (the leader,
-        or anything spawned elsewhere in this program via osl_pg), and
-        never a child outside this group (a subprocess.Popen child, say)."""
-        if m.ppid != me or child_by_pid(m.pid) is not None:
+    def _reap_adopted(self, pid: int) -> None:
+        """Under our subreaper (set_child_subreaper), reap orphans of this
+        group that were reparented to us. Never a child with a Process
+        handle (the leader, or anything spawned elsewhere in this program
+        via osl_pg), and never a child outside this group (a
+        subprocess.Popen child, say)."""
+        if child_by_pid(pid) is not None:
             return
         try:
-            code = backend.wait(m.pid, nohang=True, nowait=False)
+            # A member that is not our child gives ECHILD: no need to read
+            # its parent first.
+            code = backend.wait(pid, nohang=True, nowait=False)
         except OSError:
             return
         if code is not None:
-            self._seen[m.pid].returncode = code
+            self._seen[pid].returncode = code
 
     def _drive(self, gen: Generator[List[int], None, bool], deadline: Optional[float]) -> bool:
         try:
@@ -361,6 +396,7 @@ class ProcessGroup:
         return True
 
     def _kill_quietly(self) -> None:
+        self._sigkilled = True
         try:
             self._strategy.kill()
         except ProcessLookupError:
@@ -368,6 +404,9 @@ class ProcessGroup:
 
     def _report(self, start: float, escalated: bool) -> TerminateReport:
         self._finish()
+        for seen in self._seen.values():
+            if not seen.name:
+                seen.name = "?"
         return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid), escalated,
                                time.monotonic() - start)
 
@@ -378,28 +417,28 @@ class ProcessGroup:
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
-        self._drive(self._until_empty(start, "exited"), start)  # snapshot who is there
+        self._drive(self._until_empty(start, "exited", names=True), start)  # snapshot who is there
         escalated = False
         if self._term_signals():
             deadline = time.monotonic() + grace
-            if not self._drive(self._until_empty(deadline, "terminated"), deadline):
+            if not self._drive(self._until_empty(deadline, "terminated", names=True), deadline):
                 escalated = True
                 self._kill_quietly()
-                self._drive(self._until_empty(None, "killed"), None)
+                self._drive(self._until_empty(None, "killed", names=True, observe=False), None)
         return self._report(start, escalated)
 
     async def terminate_async(self, grace: float = DEFAULT_GRACE) -> TerminateReport:
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
-        await self._drive_async(self._until_empty(start, "exited"), start)
+        await self._drive_async(self._until_empty(start, "exited", names=True), start)
         escalated = False
         if self._term_signals():
             deadline = time.monotonic() + grace
-            if not await self._drive_async(self._until_empty(deadline, "terminated"), deadline):
+            if not await self._drive_async(self._until_empty(deadline, "terminated", names=True), deadline):
                 escalated = True
                 self._kill_quietly()
-                await self._drive_async(self._until_empty(None, "killed"), None)
+                await self._drive_async(self._until_empty(None, "killed", names=True, observe=False), None)
         return self._report(start, escalated)
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -415,7 +454,7 @@ class ProcessGroup:
             return
         if not self.detached:
             self._kill_quietly()
-            self._drive(self._until_empty(None, "killed"), None)
+            self._drive(self._until_empty(None, "killed", observe=False), None)
             self._finish()
         else:
             if self.leader is not None:
@@ -452,4 +491,6 @@ def set_child_subreaper(enabled: bool = True) -> None:
     stay zombies until something calls wait for them. Code that calls
     os.wait() (any child) may steal children osl_pg would have reaped.
     """
+    global _adopting
     backend.set_child_subreaper(enabled)
+    _adopting = bool(enabled)

@@ -49,6 +49,7 @@ from .operations import PIPE, ProcessSignalOperation, ProcessSpawnOperation
 from .pipe_holders import pipe_writers
 from .process import Process, read_pipes, read_so_far
 from .terminal import ForegroundTerminal
+from .tiers import ExitWatch
 
 DEFAULT_PIPE_DRAIN = 1.0
 SIGTERM = int(getattr(signal, "SIGTERM", 15))
@@ -374,30 +375,36 @@ def _ending(plan: _Plan, group: ProcessGroup, survey: _Survey,
 
 def _end_tree(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool) -> Dict[int, str]:
     steps = _ending(plan, group, survey, timed_out)
+    exits = ExitWatch()
     try:
         pids, limit = next(steps)
         while True:
             if pids is None:
                 pids, limit = steps.send(group.terminate(limit))
             else:
-                backend.wait_exits(pids, limit)
+                exits.wait(pids, limit)
                 pids, limit = steps.send(None)
     except StopIteration as done:
         return done.value
+    finally:
+        exits.close()
 
 
 async def _end_tree_async(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool) -> Dict[int, str]:
     steps = _ending(plan, group, survey, timed_out)
+    exits = ExitWatch()
     try:
         pids, limit = next(steps)
         while True:
             if pids is None:
                 pids, limit = steps.send(await group.terminate_async(limit))
             else:
-                await backend.wait_exits_async(pids, limit)
+                await exits.wait_async(pids, limit)
                 pids, limit = steps.send(None)
     except StopIteration as done:
         return done.value
+    finally:
+        exits.close()
 
 
 # --------------------------------------------------------------------------

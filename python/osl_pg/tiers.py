@@ -16,7 +16,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import psutil
 
@@ -26,7 +26,6 @@ from .errors import Unsupported
 
 SIGKILL = 9
 SIGCONT = int(getattr(signal, "SIGCONT", 18))
-_HAS_PGID = hasattr(os, "getpgid")
 
 
 # --------------------------------------------------------------------------
@@ -44,11 +43,10 @@ class ProcInfo:
 
 
 def proc_table() -> Dict[int, ProcInfo]:
-    """Every process with its parent, group, session and start time. On
-    Linux one read of /proc/PID/stat each (about 12 us per process here);
-    elsewhere psutil."""
-    if os.path.isdir("/proc/self/task"):
-        return _proc_table_linux()
+    """Every process with its parent, group, session and start time: psutil
+    for the process table, getpgid/getsid for group and session. About
+    40 us a process, so it is read for escape tracking only, never in the
+    loops that wait for a group to die."""
     table = {}
     for p in psutil.process_iter(["ppid", "create_time", "status", "name"]):
         try:
@@ -56,29 +54,6 @@ def proc_table() -> Dict[int, ProcInfo]:
                                     p.info["create_time"] or 0.0, p.info["status"] == psutil.STATUS_ZOMBIE,
                                     p.info["name"] or "?")
         except OSError:
-            continue
-    return table
-
-
-def _proc_table_linux() -> Dict[int, ProcInfo]:
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        # "pid (comm) state ppid pgrp session ... starttime(22nd)": comm may
-        # hold spaces and parentheses, so split after the last ")".
-        close = data.rfind(b")")
-        fields = data[close + 2:].split()
-        try:
-            table[int(entry)] = ProcInfo(int(fields[1]), int(fields[2]), int(fields[3]), float(fields[19]),
-                                         fields[0] in (b"Z", b"X"),
-                                         data[data.find(b"(") + 1:close].decode(errors="replace"))
-        except (IndexError, ValueError):
             continue
     return table
 
@@ -147,6 +122,170 @@ class DescendantTracker:
 
 
 # --------------------------------------------------------------------------
+# who is still running
+
+
+class ExitWatch:
+    """Tells which processes have exited, and sleeps until they do.
+
+    On Linux each process gets one pidfd, opened the first time it is asked
+    about and kept until it fires: a pidfd becomes readable when its process
+    exits, whether or not anyone reaps it, so a dead member counts as gone
+    even while a slow init keeps it a zombie, and no per-process file has to
+    be read to find out. Where there is no pidfd (other systems, or no fd
+    left) the process's state is read through psutil and waiting is a short
+    sleep before the caller rescans."""
+
+    _POLL_STEP = 0.002
+    # At most this many pidfds open at once: a huge group must not use up
+    # the process's fd limit (other threads would get EMFILE). Past it,
+    # members are checked through psutil, with short sleeps.
+    MAX_PIDFDS = 256
+
+    def __init__(self) -> None:
+        self._fds: Dict[int, Optional[int]] = {}  # pid -> pidfd (None: no pidfd)
+        self._dead: Set[int] = set()
+        self._open = 0
+
+    def _fd(self, pid: int) -> Optional[int]:
+        fd = self._fds.get(pid)
+        if fd is None and pid not in self._dead and self._open < self.MAX_PIDFDS:
+            try:
+                fd = backend.open_exit_fd(pid)
+            except ProcessLookupError:  # reaped already
+                self._dead.add(pid)
+            if fd is not None:
+                self._open += 1
+            self._fds[pid] = fd
+        return fd
+
+    def _mark_dead(self, pid: int) -> None:
+        self._dead.add(pid)
+        fd = self._fds.get(pid)
+        if fd is not None:
+            os.close(fd)
+            self._open -= 1
+            self._fds[pid] = None
+
+    def live(self, pids: List[int]) -> List[int]:
+        """Which of `pids` (a group's whole member list) still run."""
+        # A dead pid no longer listed was reaped: forget it, in case the
+        # number comes back as a new member.
+        listed = set(pids)
+        for pid in [p for p in self._fds if p not in listed]:
+            self._mark_dead(pid)
+            del self._fds[pid]
+        self._dead &= listed
+        polled = {}
+        unknown = []
+        for pid in pids:
+            if pid in self._dead:
+                continue
+            fd = self._fd(pid)
+            if fd is not None:
+                polled[fd] = pid
+            elif pid not in self._dead:
+                unknown.append(pid)
+        if polled:
+            poller = select.poll()
+            for fd in polled:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(0):
+                self._mark_dead(polled[fd])
+        for pid in unknown:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    self._dead.add(pid)
+            except psutil.NoSuchProcess:
+                self._dead.add(pid)
+            except psutil.Error:
+                pass
+        return [pid for pid in pids if pid not in self._dead]
+
+    def pidfds(self, pids: List[int]) -> Tuple[Dict[int, int], bool]:
+        """{pidfd: pid} for those of `pids` not known to have exited, and
+        whether that covers them all (False when some have no pidfd)."""
+        by_fd: Dict[int, int] = {}
+        complete = True
+        for pid in pids:
+            if pid in self._dead:
+                continue
+            fd = self._fd(pid)
+            if fd is not None:
+                by_fd[fd] = pid
+            elif pid not in self._dead:
+                complete = False
+        return by_fd, complete
+
+    def fired(self, pid: int) -> None:
+        """Its pidfd became readable: it has exited. Unregister the fd from
+        any poller first: this closes it."""
+        self._mark_dead(pid)
+
+    def wait(self, pids: List[int], deadline: Optional[float]) -> None:
+        """Until every one of `pids` has exited, or `deadline`. Some without
+        a pidfd: one short sleep, then the caller rescans."""
+        by_fd, complete = self.pidfds(pids)
+        if not complete:
+            time.sleep(self._step(deadline))
+            return
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        while by_fd:
+            timeout = None if deadline is None else int((deadline - time.monotonic()) * 1000) + 1
+            if timeout is not None and timeout <= 0:
+                return
+            for fd, _ in poller.poll(timeout):
+                poller.unregister(fd)
+                self._mark_dead(by_fd.pop(fd))
+
+    async def wait_async(self, pids: List[int], deadline: Optional[float]) -> None:
+        """wait() for asyncio: the event loop watches the pidfds."""
+        import asyncio
+        by_fd, complete = self.pidfds(pids)
+        if not complete:
+            await asyncio.sleep(self._step(deadline))
+            return
+        if not by_fd:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def ready(fd: int) -> None:
+            loop.remove_reader(fd)
+            self._mark_dead(by_fd.pop(fd))
+            if not by_fd and not done.done():
+                done.set_result(None)
+
+        watched = list(by_fd)
+        try:
+            for fd in watched:
+                loop.add_reader(fd, ready, fd)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            for fd in watched:
+                if fd in by_fd:
+                    loop.remove_reader(fd)
+
+    def _step(self, deadline: Optional[float]) -> float:
+        if deadline is None:
+            return self._POLL_STEP
+        return max(0.0, min(self._POLL_STEP, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)
+        self._fds.clear()
+        self._open = 0
+
+
+# --------------------------------------------------------------------------
 # the strategies
 
 
@@ -164,17 +303,45 @@ class Tier:
 
     # membership
     def pids(self) -> List[int]:
-        """Member pids now (scans also feed the escape tracker)."""
+        """Member pids now, zombies included. Cheap: called in wait loops."""
         raise NotImplementedError
 
     def is_member(self, pid: int, info: ProcInfo) -> bool:
         raise NotImplementedError
 
-    def escaped(self) -> List[Escapee]:
+    def observe(self) -> Dict[int, ProcInfo]:
+        """Read the process table and remember the group's descendants for
+        escaped() (see DescendantTracker); returns the table."""
         table = proc_table()
+        self._prepare_membership()
         members = [pid for pid, info in table.items() if self.is_member(pid, info)]
         self.tracker.observe(members, table)
+        self._observed_at = time.monotonic()
+        return table
+
+    def observe_now_and_then(self, every: float = 0.1) -> None:
+        """observe(), at most once per `every` seconds: wait loops call it so
+        a long wait keeps tracking descendants at bounded cost."""
+        if time.monotonic() - getattr(self, "_observed_at", 0.0) >= every:
+            self.observe()
+
+    def _prepare_membership(self) -> None:
+        """Hook: refresh what is_member() needs before a table pass."""
+
+    def escaped(self) -> List[Escapee]:
+        table = self.observe()
         return self.tracker.escaped(self.is_member, table)
+
+    def live(self, pids: List[int]) -> List[int]:
+        """Which of `pids` are still running (not exited, zombie or not)."""
+        return self.exits.live(pids)
+
+    @property
+    def exits(self) -> "ExitWatch":
+        watch = getattr(self, "_exits", None)
+        if watch is None:
+            watch = self._exits = ExitWatch()
+        return watch
 
     # signals
     def signal(self, sig: int) -> None:
@@ -192,10 +359,10 @@ class Tier:
 
     # waiting
     def wait_exits(self, live: List[int], deadline: Optional[float]) -> None:
-        backend.wait_exits(live, deadline)
+        self.exits.wait(live, deadline)
 
     async def wait_exits_async(self, live: List[int], deadline: Optional[float]) -> None:
-        await backend.wait_exits_async(live, deadline)
+        await self.exits.wait_async(live, deadline)
 
     # limits and lifetime
     @property
@@ -208,6 +375,8 @@ class Tier:
     def close(self) -> None:
         """Remove the cgroup directories; processes still in them (a
         detached group, escapees in a limit cgroup) are moved out first."""
+        if getattr(self, "_exits", None) is not None:
+            self._exits.close()
         if self.cgroups is not None:
             self.cgroups.remove()
 
@@ -223,12 +392,7 @@ class PgidTier(Tier):
         return info.pgid == self.pgid
 
     def pids(self) -> List[int]:
-        if not _HAS_PGID:  # Windows: the backend knows who is in the job
-            return [pid for pid in backend.list_pids() if backend.pgid_or_none(pid) == self.pgid]
-        table = proc_table()
-        members = [pid for pid, info in table.items() if info.pgid == self.pgid]
-        self.tracker.observe(members, table)
-        return members
+        return backend.group_pids(self.pgid)
 
     def signal(self, sig: int) -> None:
         backend.signal_group(self.pgid, sig)
@@ -253,9 +417,8 @@ class CgroupTier(Tier):
     def pids(self) -> List[int]:
         return self.cg.pids()
 
-    def escaped(self) -> List[Escapee]:
+    def _prepare_membership(self) -> None:
         self._members_now = set(self.cg.pids())
-        return super().escaped()
 
     def signal(self, sig: int) -> None:
         if sig == SIGKILL:
@@ -339,34 +502,38 @@ class CgroupTier(Tier):
     # members we know about are watched too, through pidfds, which fire at
     # once; the caller rescans cgroup.procs after either.
     def wait_exits(self, live: List[int], deadline: Optional[float]) -> None:
-        with _cg.EventsWatch(self.cg) as watch, _ExitFds(live) as exits:
+        by_fd, complete = self.exits.pidfds(live)
+        with _cg.EventsWatch(self.cg) as watch:
             poller = select.poll()
             poller.register(watch.fd, select.POLLPRI)
-            for fd in exits.pending:
+            for fd in by_fd:
                 poller.register(fd, select.POLLIN)
-            while watch.read().get("populated") and not exits.all_done:
+            while watch.read().get("populated") and not (complete and not by_fd):
                 timeout = None if deadline is None else int((deadline - time.monotonic()) * 1000) + 1
                 if timeout is not None and timeout <= 0:
                     return
                 for fd, _ in poller.poll(timeout):
                     if fd != watch.fd:
-                        exits.done(fd)
                         poller.unregister(fd)
+                        self.exits.fired(by_fd.pop(fd))
 
     async def wait_exits_async(self, live: List[int], deadline: Optional[float]) -> None:
         import asyncio
         loop = asyncio.get_running_loop()
-        with _cg.EventsWatch(self.cg) as watch, _ExitFds(live) as exits:
-            while watch.read().get("populated") and not exits.all_done:
+        by_fd, complete = self.exits.pidfds(live)
+        with _cg.EventsWatch(self.cg) as watch:
+            events_fd = watch.epoll.fileno()
+            while watch.read().get("populated") and not (complete and not by_fd):
                 woke = loop.create_future()
 
                 def wake(fd: int) -> None:
-                    if fd != watch.epoll.fileno():
-                        exits.done(fd)
+                    if fd != events_fd:
+                        loop.remove_reader(fd)
+                        self.exits.fired(by_fd.pop(fd))
                     if not woke.done():
                         woke.set_result(None)
 
-                watched = [watch.epoll.fileno(), *exits.pending]
+                watched = [events_fd, *by_fd]
                 for fd in watched:
                     loop.add_reader(fd, wake, fd)
                 try:
@@ -379,41 +546,8 @@ class CgroupTier(Tier):
                         return
                 finally:
                     for fd in watched:
-                        loop.remove_reader(fd)
-
-
-class _ExitFds:
-    """pidfds of `pids` (Linux 5.3+); `all_done` once each has fired. With
-    no pidfd support it is empty and never done: cgroup.events decides."""
-
-    def __init__(self, pids: List[int]):
-        self.pending: Set[int] = set()
-        self._all: List[int] = []
-        self._supported = True
-        for pid in pids:
-            try:
-                fd = backend.open_exit_fd(pid)
-            except ProcessLookupError:
-                continue  # exited already
-            if fd is None:
-                self._supported = False
-                continue
-            self._all.append(fd)
-            self.pending.add(fd)
-
-    @property
-    def all_done(self) -> bool:
-        return self._supported and not self.pending
-
-    def done(self, fd: int) -> None:
-        self.pending.discard(fd)
-
-    def __enter__(self) -> "_ExitFds":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for fd in self._all:
-            os.close(fd)
+                        if fd == events_fd or fd in by_fd:
+                            loop.remove_reader(fd)
 
 
 def make_tier(pgid: int, session: bool, cgroups: Optional[_cg.CgroupSet], contained: bool) -> Tier:
