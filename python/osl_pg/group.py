@@ -176,14 +176,25 @@ class ProcessGroup:
         self._kill_on_parent_death = False
         if leader is not None:
             leader._pin()
-            # If the handle is dropped without close(), stop pinning so the
-            # leader is reaped: never a zombie left, never a process killed.
-            weakref.finalize(self, leader._release)
-        # Dropped without close(): its cgroup directories go too (processes
-        # still in them are moved out, not killed).
-        weakref.finalize(self, self._strategy.close)
         with _owned_lock:
             _owned[pgid] = weakref.ref(self, lambda ref, pgid=pgid: _forget(pgid, ref))
+
+    def __del__(self) -> None:
+        # Dropped without close(): stop pinning the leader so it is reaped
+        # (never a zombie left, never a process killed), remove the cgroup
+        # directories (processes still in them are moved out, not killed),
+        # and take the group off the watchdog's list. __del__ rather than
+        # weakref.finalize: it costs nothing per spawn.
+        if getattr(self, "_released", True):
+            return
+        try:
+            if self.leader is not None:
+                self.leader._release()
+            self._strategy.close()
+            if self._kill_on_parent_death:
+                watchdog.unregister(self.pgid)
+        except Exception:  # at interpreter shutdown modules may be gone
+            pass
 
     @classmethod
     def for_pgid(cls, pgid: int) -> "ProcessGroup":
@@ -352,7 +363,6 @@ class ProcessGroup:
         """Have the watchdog kill this whole group if this process dies."""
         watchdog.register(self.pgid)
         self._kill_on_parent_death = True
-        weakref.finalize(self, watchdog.unregister, self.pgid)
 
     def _release(self) -> None:
         self._released = True

@@ -94,8 +94,17 @@ class Process:
         self.stderr: Optional[IO[bytes]] = io.open(stderr, "rb") if stderr is not None else None
         self._state = _ChildState(pid)
         self._pinned = False
-        weakref.finalize(self, _abandon, self._state)
         _children[pid] = self
+
+    def __del__(self) -> None:
+        # A dropped handle whose child was not reaped yet: hand the child to
+        # the sweep, which reaps it (without blocking) once it has exited.
+        state = getattr(self, "_state", None)
+        if state is not None and not state.reaped:
+            try:
+                _abandon(state)
+            except Exception:  # at interpreter shutdown modules may be gone
+                pass
 
     def __repr__(self) -> str:
         return f"<Process pid={self.pid} returncode={self.returncode}>"
