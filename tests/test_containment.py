@@ -327,3 +327,43 @@ def test_caller_without_privileges_gets_a_permission_error_or_the_fallback():
     first, second = out.stdout.splitlines()
     assert first.startswith(CgroupPermissionError.__name__) and "delegated" in first
     assert second == "tier session session"
+
+
+PARENT_OF_CONTAINED = textwrap.dedent("""
+    import sys
+    from osl_pg import PIPE, ProcessExecutor, ProcessSpawnOperation
+    r = ProcessExecutor("parent").execute(
+        ProcessSpawnOperation(sys.executable).with_args(["-c", sys.argv[1]]).with_new_process_group()
+        .with_containment("cgroup").with_kill_on_parent_death().with_stdin(PIPE).with_stdout(PIPE))
+    daemon = r.process.stdout.readline().decode().strip()
+    print(daemon, r.group.cgroup_path, flush=True)
+    sys.stdin.read()          # until the test kills us
+""")
+
+
+@needs_cgroup2
+def test_parent_death_ends_setsid_escapees_in_the_cgroup_tier():
+    parent = subprocess.Popen(py(PARENT_OF_CONTAINED) + [DOUBLE_FORK], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    daemon, path = None, None
+    try:
+        daemon, path = parent.stdout.readline().split()
+        daemon = int(daemon)
+        assert os.getsid(daemon) not in (os.getsid(0), os.getsid(parent.pid))  # it left the session
+        assert cgroup_dir(daemon) == path
+        parent.kill()  # SIGKILL: no cleanup code of the parent runs
+        parent.wait()
+        assert wait_for(lambda: not alive(daemon), timeout=10), "the watchdog's cgroup.kill must end it"
+    finally:
+        parent.kill()
+        parent.wait()
+        if daemon is not None:
+            kill_and_reap(daemon)
+        if path is not None and os.path.isdir(path):
+            assert wait_for(lambda: not open(os.path.join(path, "cgroup.procs")).read().strip())
+            os.rmdir(path)  # its owner died: nobody else removes it
+            parent_dir = os.path.dirname(path)
+            try:
+                os.rmdir(parent_dir)  # the dead parent's osl_pg/<pid>-... subtree, if it has one
+            except OSError:
+                pass

@@ -361,7 +361,11 @@ class ProcessGroup:
 
     def _kill_with_parent(self) -> None:
         """Have the watchdog kill this whole group if this process dies."""
-        watchdog.register(self.pgid)
+        kill_file = None
+        if self._strategy.cgroup_path is not None:
+            candidate = os.path.join(self._strategy.cgroup_path, "cgroup.kill")
+            kill_file = candidate if os.path.exists(candidate) else None
+        watchdog.register(self.pgid, kill_file)
         self._kill_on_parent_death = True
 
     def _release(self) -> None:

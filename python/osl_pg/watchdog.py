@@ -19,9 +19,12 @@ import threading
 from typing import Optional, Set
 
 # Runs in the watchdog (python -I -S: no site, no user paths: a fast start).
+# Lines: "+PGID" or "+PGID CGROUP_KILL_FILE" registers, "-PGID" forgets. A
+# group in the cgroup tier is ended through its cgroup.kill file as well,
+# which also reaches members that left the process group (setsid).
 _WATCHDOG_CODE = r"""
 import os, signal
-groups = set()
+groups = {}
 f = os.fdopen(0, "rb", buffering=0)
 buf = b""
 while True:
@@ -32,10 +35,17 @@ while True:
     *lines, buf = buf.split(b"\n")
     for line in lines:
         if line[:1] == b"+":
-            groups.add(int(line[1:]))
+            pgid, _, kill_file = line[1:].partition(b" ")
+            groups[int(pgid)] = kill_file
         elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-for pgid in groups:
+            groups.pop(int(line[1:]), None)
+for pgid, kill_file in groups.items():
+    if kill_file:
+        try:
+            with open(kill_file, "wb") as k:
+                k.write(b"1")
+        except OSError:
+            pass
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
@@ -48,14 +58,20 @@ _proc = None  # the watchdog's Process handle
 _pipe: Optional[int] = None
 
 
-def register(pgid: int) -> None:
-    """Kill group `pgid` when this process dies."""
+def register(pgid: int, cgroup_kill_file: Optional[str] = None) -> None:
+    """Kill group `pgid` (and everything in `cgroup_kill_file`'s cgroup)
+    when this process dies."""
     global _proc, _pipe
+    if cgroup_kill_file is not None and (" " in cgroup_kill_file or "\n" in cgroup_kill_file):
+        raise ValueError(f"cgroup path not usable by the watchdog: {cgroup_kill_file!r}")
     with _lock:
         if _pipe is None:
             _proc, _pipe = _start()
         _groups.add(pgid)
-        os.write(_pipe, b"+%d\n" % pgid)
+        line = b"+%d" % pgid
+        if cgroup_kill_file:
+            line += b" " + os.fsencode(cgroup_kill_file)
+        os.write(_pipe, line + b"\n")
 
 
 def unregister(pgid: int) -> None:
