@@ -200,3 +200,18 @@ def test_kill_errors_are_one_clear_line(args, message):
 def test_help_of_each_command_shows_examples(command):
     out = osl_pg(command, "--help")
     assert out.returncode == 0 and "examples:" in out.stdout and f"osl-pg {command} " in out.stdout
+
+
+def test_run_names_descendants_that_escaped_the_group():
+    # The leader starts a child that leaves for a session of its own and
+    # lingers; the leader waits long enough for a scan to see it first.
+    out = osl_pg("run", "--grace", "1", "--", "sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & sleep 0.5")
+    try:
+        assert out.returncode == 0, out.stderr
+        assert "left group" in out.stderr and "(sleep, now group" in out.stderr
+    finally:
+        for pid in [int(p) for p in re.findall(r"(\d+) \(sleep, now group", out.stderr)]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass

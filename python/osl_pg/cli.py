@@ -2,14 +2,15 @@
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ._backend import backend
 from .errors import OslError
 from .executor import ProcessExecutor
-from .group import DEFAULT_GRACE, ProcessGroup, scan_group
+from .group import DEFAULT_GRACE, ProcessGroup, scan_group, set_child_subreaper
 from .operations import ProcessSignalOperation, ProcessSpawnOperation, signal_name
 from .process import WaitTimeout
 from .terminal import ForegroundTerminal
@@ -58,6 +59,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     op = ProcessSpawnOperation(command[0]).with_args(command[1:]).with_new_process_group()
     try:
+        # Orphans of the tree come to us rather than to init: they are
+        # reaped and counted with the group, and escapees can be named.
+        set_child_subreaper(True)
+    except NotImplementedError:
+        pass
+    try:
         result = ProcessExecutor("osl-pg-run").execute(op)
     except FileNotFoundError as e:
         _say(str(e))
@@ -93,7 +100,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if leftovers:
             _say(f"command exited; killing {len(leftovers)} leftover member(s) of group {group.pgid}: "
                  f"{_describe(leftovers)}")
+        escaped = _escapees(group)
         group.terminate(args.grace)
+        if escaped:
+            # Out of reach of the group's signals: named, not hunted down.
+            _say(f"{len(escaped)} descendant(s) left group {group.pgid} (setsid/setpgid) and keep running: "
+                 + ", ".join(f"{pid} ({name}, now group {pgid})" for pid, (name, pgid) in sorted(escaped.items())))
     finally:
         terminal.restore()
         for s, h in previous.items():
@@ -102,6 +114,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if timed_out:
         return EXIT_TIMEOUT
     return rc if rc >= 0 else 128 - rc
+
+
+def _escapees(group: ProcessGroup) -> Dict[int, Tuple[str, int]]:
+    """Descendants that left the group: those the group's tracker saw, and,
+    as this process is their subreaper, every live descendant of ours that
+    is not in the group (orphans come to us, whatever session they made)."""
+    import psutil
+    found = {e.pid: (e.name, e.pgid) for e in group.escaped()}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            pgid = os.getpgid(child.pid)
+            if pgid != group.pgid and child.pid not in found and child.status() != psutil.STATUS_ZOMBIE:
+                found[child.pid] = (child.name(), pgid)
+        except (OSError, psutil.Error):
+            continue
+    return found
 
 
 def _ps_row(pid: int, ppid: Optional[int], name: str) -> dict:
