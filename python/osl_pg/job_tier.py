@@ -28,6 +28,10 @@ class JobTier(Tier):
     def escaped(self) -> List:  # type: ignore[type-arg]
         return []
 
+    def observe(self) -> Dict[int, ProcInfo]:
+        """Nothing to track: no member can leave a job."""
+        return {}
+
     def signal(self, sig: int) -> None:
         backend.signal_group(self.pgid, sig)
 

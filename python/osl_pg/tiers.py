@@ -198,7 +198,7 @@ class ExitWatch:
                     self._dead.add(pid)
             except psutil.NoSuchProcess:
                 self._dead.add(pid)
-            except psutil.Error:
+            except (psutil.Error, OSError):  # Wine: psutil fails with bare OSErrors
                 pass
         return [pid for pid in pids if pid not in self._dead]
 
