@@ -19,7 +19,7 @@ from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSign
 from .policy import Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, child_by_pid, sweep_abandoned
 from .result import ExecutionResult
-from .tiers import make_tier
+from .tiers import ExitWatch, make_tier
 
 SIGKILL = 9
 
@@ -54,6 +54,23 @@ class TargetFacts:
         if self._members is None:
             self._members = scan_group(self.pgid) if self.pgid is not None else []
         return self._members
+
+    def running_members(self) -> int:
+        """How many members run now (zombies not counted). From the member
+        records when a policy already read them; else membership by getpgid
+        and liveness by pidfd, without reading each member's /proc files."""
+        if self._members is not None:
+            return sum(1 for m in self._members if not m.zombie)
+        if self.pgid is None:
+            return 0
+        group = owned_group(self.pgid)
+        if group is not None:
+            return group.running_count()
+        exits = ExitWatch()
+        try:
+            return len(exits.live(backend.group_pids(self.pgid)))
+        finally:
+            exits.close()
 
     def foreign_members(self, uid: int) -> List[Member]:
         return [m for m in self.members if m.uid is not None and m.uid != uid]
@@ -199,7 +216,7 @@ class ProcessExecutor:
         if op.target_group:
             # Best effort: the members running when the signal was sent;
             # a member forked in between is signalled but not counted.
-            affected = sum(1 for m in facts.members if not m.zombie)
+            affected = facts.running_members()
             group = owned_group(op.pid)
             if group is not None:
                 group.signal(op.signal)  # refuses a released (reusable) pgid

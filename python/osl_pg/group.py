@@ -257,6 +257,13 @@ class ProcessGroup:
         self._check_open()
         self._strategy.thaw()
 
+    def running_count(self) -> int:
+        """How many members run now, by the tier's own membership (pgid or
+        cgroup) and its pidfds: no per-member /proc reads."""
+        if self._released:
+            return 0
+        return len(self._strategy.live(self._strategy.pids()))
+
     @property
     def alive(self) -> bool:
         """True while any member is running (zombies do not count)."""
