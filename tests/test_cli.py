@@ -40,12 +40,11 @@ def test_run_example_kills_and_names_leftovers():
 
 
 def test_run_timeout_ends_whole_tree_with_124():
-    start = time.monotonic()
+    # No clock: 124 and the message show the timeout path ran; osl_pg()'s own
+    # subprocess timeout fails the test if the sleeps were waited out instead.
     out = osl_pg("run", "--timeout", "1", "--grace", "1", "--", "sh", "-c", "sleep 300 & sleep 300 & sleep 300")
-    took = time.monotonic() - start
     assert out.returncode == 124, out.stderr
     assert "timeout" in out.stderr
-    assert took < 30
     # Only this run's group: other test runs on the machine may have sleeps of their own.
     pgid = int(re.search(r"terminating process group (\d+)", out.stderr).group(1))
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if pgid_of(p.pid) == pgid

@@ -10,8 +10,7 @@ import psutil
 import pytest
 
 from conftest import py
-from osl_pg import (DEVNULL, PIPE, STDOUT, ExecutionContext, ProcessExecutor, ProcessSpawnOperation,
-                    SecurityContext)
+from osl_pg import DEVNULL, PIPE, STDOUT, ExecutionContext, ProcessSpawnOperation, SecurityContext
 
 
 def finish(result):

@@ -17,7 +17,6 @@ or non-reaping init keeps it a zombie. On Linux the handle waits on a pidfd
 per live member, so ``wait()`` and ``terminate()`` return within
 milliseconds of the last death; elsewhere it polls with a short backoff.
 """
-import asyncio
 import errno
 import os
 import signal as _signal
@@ -25,7 +24,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Generator, Iterable, List, Optional, Set
+from typing import Dict, Generator, Iterable, List, Optional
 
 import psutil
 
