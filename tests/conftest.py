@@ -130,6 +130,11 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
+# Tests of Linux facilities (/proc, pidfd, prctl, pid namespaces, setpriv,
+# strace): skipped on other systems, where the wheels' test run also goes.
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses Linux-only facilities")
+
+
 def py(code):
     """argv running Python code in a child: portable, no shell needed."""
     return [sys.executable, "-c", code]

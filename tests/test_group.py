@@ -11,7 +11,7 @@ import threading
 import psutil
 import pytest
 
-from conftest import alive, py, wait_for
+from conftest import alive, py, wait_for, linux_only
 from osl_pg import ProcessGroup, ProcessSpawnOperation
 
 TREE_3_LEVEL = (  # 1 leader + 10 children + 100 grandchildren = 111 processes
@@ -50,6 +50,7 @@ def test_terminate_three_level_tree_of_111(executor):
 TRAPS_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"
 
 
+@linux_only
 def test_member_that_traps_sigterm_is_killed_after_grace(executor):
     r = executor.execute(ProcessSpawnOperation("sh").with_args(
         ["-c", f"sleep 300 & {sys.executable} -c \"{TRAPS_TERM}\" & wait"]).with_new_process_group())
@@ -119,6 +120,7 @@ OSL_USER = textwrap.dedent("""
 """)
 
 
+@linux_only
 def test_wait_returns_while_dead_members_are_unreaped_zombies():
     out = subprocess.run(py(NON_REAPING_INIT) + [OSL_USER], capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr
@@ -144,6 +146,7 @@ SUBREAPER = textwrap.dedent("""
 """)
 
 
+@linux_only
 def test_subreaper_reaps_adopted_orphans_of_the_group_only():
     out = subprocess.run(py(SUBREAPER), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -192,6 +195,7 @@ PID_REUSE = textwrap.dedent("""
 """)
 
 
+@linux_only
 def test_pgid_is_not_reused_while_the_handle_is_open_and_refused_after():
     if os.geteuid() != 0:
         pytest.skip("needs root for a pid namespace")
@@ -248,6 +252,7 @@ PARENT = textwrap.dedent("""
 """)
 
 
+@linux_only
 def test_tree_dies_with_its_parent():
     parent = subprocess.Popen(py(PARENT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -320,6 +325,7 @@ def test_cancelled_wait_leaves_nothing_behind(executor):
     assert r.process.reaped and r.pid not in [c.pid for c in psutil.Process().children()]
 
 
+@linux_only
 def test_huge_groups_do_not_use_up_fds(executor, monkeypatch):
     """Past ExitWatch.MAX_PIDFDS members, liveness falls back to psutil:
     the wait still ends when the last member dies."""

@@ -12,7 +12,7 @@ import subprocess
 import psutil
 import pytest
 
-from conftest import alive, wait_for
+from conftest import alive, wait_for, linux_only
 from osl_pg import (AllowListPolicy, Decision, DefaultPolicy, ExecutionContext, OslError, Permission,
                     ProcessExecutor, ProcessKillOperation, ProcessSignalOperation, ProcessSpawnOperation,
                     SecurityContext, SecurityViolation, write_audit_log)
@@ -83,6 +83,7 @@ def _end(popen):
 
 
 @needs_root
+@linux_only
 def test_group_with_another_users_process_is_refused_and_not_signalled(executor, audit):
     p = foreign_group(extra_own_member=True)
     try:
@@ -104,6 +105,7 @@ def test_group_with_another_users_process_is_refused_and_not_signalled(executor,
 
 
 @needs_root
+@linux_only
 def test_join_group_of_another_user_is_refused(executor):
     p = foreign_group()
     try:
@@ -115,6 +117,7 @@ def test_join_group_of_another_user_is_refused(executor):
 
 
 @needs_root
+@linux_only
 def test_kill_of_another_users_process_is_refused(executor):
     p = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "300"])
     try:
