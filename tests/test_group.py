@@ -292,13 +292,18 @@ def test_async_spawns_use_no_threads(executor):
     assert before == after
 
 
+async def two_sleepers_async(executor):
+    """A leader and two sleeping children, spawned and awaited in the loop."""
+    r = await executor.execute_async(ProcessSpawnOperation("sh").with_args(
+        ["-c", "sleep 300 & sleep 300 & wait"]).with_new_process_group())
+    while len(live_members(r.group)) < 3:
+        await asyncio.sleep(0.01)
+    return r, [m.pid for m in r.group.members()]
+
+
 def test_async_terminate_and_context_manager(executor):
     async def main():
-        r = await executor.execute_async(ProcessSpawnOperation("sh").with_args(
-            ["-c", "sleep 300 & sleep 300 & wait"]).with_new_process_group())
-        while len(live_members(r.group)) < 3:
-            await asyncio.sleep(0.01)
-        pids = [m.pid for m in r.group.members()]
+        r, pids = await two_sleepers_async(executor)
         report = await r.group.terminate_async(grace=5)
         return pids, report
     pids, report = asyncio.run(main())
@@ -308,11 +313,7 @@ def test_async_terminate_and_context_manager(executor):
 
 def test_cancelled_wait_leaves_nothing_behind(executor):
     async def main():
-        r = await executor.execute_async(ProcessSpawnOperation("sh").with_args(
-            ["-c", "sleep 300 & sleep 300 & wait"]).with_new_process_group())
-        while len(live_members(r.group)) < 3:
-            await asyncio.sleep(0.01)
-        pids = [m.pid for m in r.group.members()]
+        r, pids = await two_sleepers_async(executor)
         async with r.group:
             task = asyncio.ensure_future(r.group.wait_async())
             await asyncio.sleep(0.05)
