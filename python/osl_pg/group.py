@@ -167,6 +167,7 @@ class ProcessGroup:
         # `tier` names it: process_group, session or cgroup.
         self._strategy = strategy if strategy is not None else PgidTier(pgid, tier)
         self.tier = self._strategy.name
+        self._signal = self._strategy.signal  # bound once: signal() is the hot path
         self.owner = owner
         self.detached = False
         self._released = False
@@ -276,9 +277,11 @@ class ProcessGroup:
     def signal(self, sig: int) -> None:
         """Send `sig` to every member. Safe against pgid reuse (see the
         module docstring): raises ProcessLookupError once released."""
-        self._check_open()
-        self._strategy.signal(sig)
-        self._sigkilled = self._sigkilled or sig == SIGKILL
+        if self._released:  # inline _check_open(): this is the hot path
+            self._check_open()
+        self._signal(sig)
+        if sig == SIGKILL:
+            self._sigkilled = True
 
     def kill(self) -> None:
         self.signal(SIGKILL)

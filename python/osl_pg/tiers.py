@@ -11,6 +11,7 @@ its members. The handle delegates to one of these strategies:
 
 Both may carry a CgroupSet for per-group limits (osl_pg.cgroup).
 """
+import functools
 import os
 import select
 import signal
@@ -387,6 +388,9 @@ class PgidTier(Tier):
     def __init__(self, pgid: int, name: str, cgroups: Optional[_cg.CgroupSet] = None):
         super().__init__(pgid, cgroups)
         self.name = name
+        # signal(sig) is killpg(pgid, sig): a C-level partial saves a Python
+        # frame on ProcessGroup.signal's path (osl-pg bench measures it).
+        self.signal = functools.partial(backend.signal_group, pgid)  # type: ignore[method-assign]
 
     def is_member(self, pid: int, info: ProcInfo) -> bool:
         return info.pgid == self.pgid
