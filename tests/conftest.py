@@ -135,6 +135,19 @@ def pytest_sessionfinish(session, exitstatus):
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses Linux-only facilities")
 
 
+def in_new_pid_namespace(code, timeout=120):
+    """Run Python `code` as pid 1 of a new pid namespace (with its own
+    /proc), where pids can be steered and recycled without touching the
+    host's. Needs root."""
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a pid namespace")
+    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc"] + py(code),
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def py(code):
     """argv running Python code in a child: portable, no shell needed."""
     return [sys.executable, "-c", code]

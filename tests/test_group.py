@@ -11,7 +11,7 @@ import threading
 import psutil
 import pytest
 
-from conftest import alive, py, wait_for, linux_only
+from conftest import alive, in_new_pid_namespace, linux_only, py, wait_for
 from osl_pg import ProcessGroup, ProcessSpawnOperation
 
 TREE_3_LEVEL = (  # 1 leader + 10 children + 100 grandchildren = 111 processes
@@ -197,12 +197,7 @@ PID_REUSE = textwrap.dedent("""
 
 @linux_only
 def test_pgid_is_not_reused_while_the_handle_is_open_and_refused_after():
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a pid namespace")
-    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc"] + py(PID_REUSE),
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = in_new_pid_namespace(PID_REUSE).stdout.splitlines()
     pinned, refused = lines[0].split(), lines[1].split()
     assert pinned[:2] == ["pinned-reused", "False"] and int(pinned[3]) >= 90  # the whole range cycled
     assert refused == ["refused", "True"]

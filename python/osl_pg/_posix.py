@@ -4,6 +4,7 @@ It turns a validated ProcessSpawnOperation into one osl_spawn() call and maps
 the C layer's errno results to typed exceptions.
 """
 import errno
+import fcntl
 import os
 import signal
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -111,12 +112,15 @@ class _Stdio(PipeEnds):
                 self.child[i] = fd
         for i in range(3):
             fd = self.child[i]
-            if fd == i:
-                # Already in place: dup2() onto itself would be a no-op.
+            if fd == i and os.get_inheritable(fd):
+                # Already in place and inherited as it is.
                 self.child[i] = _FD_INHERIT
             elif 0 <= fd < 3:
-                # An earlier dup2 may overwrite a low source fd: move it up.
-                moved = os.dup(fd)
+                # fd == i but close-on-exec (a pipe or /dev/null that landed
+                # on a free fd 0-2): dup2() onto itself would not clear the
+                # flag. fd != i: an earlier dup2 may overwrite it. Either
+                # way, move it above 2 and let the child dup2 it down.
+                moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
                 self.close_after.append(moved)
                 self.child[i] = moved
 
@@ -130,7 +134,11 @@ class _Stdio(PipeEnds):
 _argv_cache: Dict[Tuple[str, str, Tuple[str, ...]], Tuple[Any, Any, List[Any]]] = {}
 
 
-def _native_argv(path: str, op: ProcessSpawnOperation) -> Tuple[Any, Any]:
+def _native_argv(path: str, op: ProcessSpawnOperation) -> Tuple[Any, Any, List[Any]]:
+    """(path, argv, the argv strings). The caller must hold the whole tuple
+    until the C call returns: the char* array does not keep its strings
+    alive, and another thread may evict the cache entry meanwhile (the call
+    releases the GIL)."""
     key = (path, op.command, op.args)
     hit = _argv_cache.get(key)
     if hit is None:
@@ -139,7 +147,7 @@ def _native_argv(path: str, op: ProcessSpawnOperation) -> Tuple[Any, Any]:
         if len(_argv_cache) >= 64:
             _argv_cache.clear()
         _argv_cache[key] = hit
-    return hit[0], hit[1]
+    return hit
 
 
 def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Spawned:
@@ -151,7 +159,7 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
     if op.kill_on_parent_death and not HAS_PDEATHSIG:
         raise Unsupported("kill on parent death needs Linux's PR_SET_PDEATHSIG")
     path = resolve_command(op)
-    path_c, argv = _native_argv(path, op)
+    path_c, argv, argv_strings = _native_argv(path, op)  # all three live until osl_spawn returns
     env = _encode_env(op)
     if env is None:
         envp = ffi.NULL
@@ -182,6 +190,7 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
             attr.cgroup_procs_fds[i] = fd
         out = ffi.new("int[3]")  # pid, step, used_vfork
         err = lib.osl_spawn(attr, out, out + 1, out + 2)
+        del argv_strings  # kept alive across the GIL-free call above
         if err:
             stdio.close_parent_ends()
             if err == errno.ENOENT or err == errno.ENOEXEC:

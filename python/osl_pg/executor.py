@@ -2,6 +2,7 @@
 in that order, with the audit record written in ``finally``. No flag skips a
 step; the audit logger's level decides what is written, never what runs.
 """
+import errno
 import os
 import shlex
 import time
@@ -12,8 +13,8 @@ import psutil
 from . import audit, cgroup
 from ._backend import backend
 from .context import ExecutionContext, resolve_context
-from .errors import InvalidOperation, SecurityViolation
-from .group import Member, ProcessGroup, owned_group, scan_group
+from .errors import InvalidOperation, ProcessNotFound, SecurityViolation
+from .group import Member, ProcessGroup, owned_group, released_and_reused, scan_group
 from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSignalOperation,
                          ProcessSpawnOperation, signal_name)
 from .policy import Decision, DefaultPolicy, SecurityPolicy
@@ -183,11 +184,17 @@ class ProcessExecutor:
         proc = Process(spawned.pid, argv, spawned.stdin, spawned.stdout, spawned.stderr)
         pgid = spawned.pgid if spawned.pgid is not None else backend.own_pgid()
         group = None
-        if op.makes_group:
-            group = ProcessGroup(pgid, proc, owner=self.name, strategy=make_tier(
-                pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None))
-            if op.kill_on_parent_death and not getattr(backend, "GROUPS_DIE_WITH_PARENT", False):
-                group._kill_with_parent()
+        try:
+            if op.makes_group:
+                group = ProcessGroup(pgid, proc, owner=self.name, strategy=make_tier(
+                    pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None))
+                if op.kill_on_parent_death and not getattr(backend, "GROUPS_DIE_WITH_PARENT", False):
+                    group._kill_with_parent()
+        except BaseException:
+            # The child exists but the caller gets no handle for it: end it
+            # rather than leave it running unowned.
+            _end_unowned(proc, group, cgroups)
+            raise
         record["target_pid"] = spawned.pid
         record["target_pgid"] = pgid
         return ExecutionResult(op.operation_id, op.operation_type.value, {
@@ -220,6 +227,9 @@ class ProcessExecutor:
             group = owned_group(op.pid)
             if group is not None:
                 group.signal(op.signal)  # refuses a released (reusable) pgid
+            elif released_and_reused(op.pid):
+                raise ProcessNotFound(errno.ESRCH, f"process group {op.pid} was released by this program and "
+                                                   "its number now belongs to another process: not signalled")
             else:
                 backend.signal_group(op.pid, op.signal)
             meta["target_pgid"] = str(op.pid)
@@ -257,6 +267,22 @@ def _containment_metadata(group: Optional[ProcessGroup]) -> Dict[str, str]:
     if group.limits_applied:
         meta["limits"] = ",".join(f"{k}={v}" for k, v in sorted(group.limits_applied.items()))
     return meta
+
+
+def _end_unowned(proc: Process, group: Optional[ProcessGroup], cgroups: Any) -> None:
+    try:
+        if group is not None:
+            group.close()  # kills and waits for the whole group
+            return
+        try:
+            proc.kill()
+        except OSError:
+            pass
+        proc.wait()
+        if cgroups is not None:
+            cgroups.remove()
+    except Exception:  # keep the original error
+        pass
 
 
 def _signal_one(pid: int, sig: int) -> None:

@@ -86,6 +86,28 @@ _owned_lock = threading.Lock()
 _adopting = False
 
 
+# pgids of groups this program released after reaping their leader. The
+# number may now name someone else's group: a process whose pid is that
+# number was born after our leader died (see released_and_reused()).
+_released_reaped: Dict[int, bool] = {}
+
+
+def released_and_reused(pgid: int) -> bool:
+    """True when this program released group `pgid` after reaping its
+    leader and a process has the leader's pid again: the number names an
+    unrelated group, which the executor must not signal. (POSIX only: on
+    Windows os.kill(pid, 0) would terminate, and the job registry decides.)"""
+    if os.name == "nt" or not _released_reaped.get(pgid):
+        return False
+    try:
+        os.kill(pgid, 0)
+    except ProcessLookupError:
+        return False  # nobody has the number: only our old members can be left
+    except PermissionError:
+        pass  # someone else's process has it
+    return True
+
+
 def _forget(pgid: int, ref: "weakref.ref[ProcessGroup]") -> None:
     """A dropped handle's registry entry goes with it."""
     with _owned_lock:
@@ -178,6 +200,7 @@ class ProcessGroup:
             leader._pin()
         with _owned_lock:
             _owned[pgid] = weakref.ref(self, lambda ref, pgid=pgid: _forget(pgid, ref))
+            _released_reaped.pop(pgid, None)
 
     def __del__(self) -> None:
         # Dropped without close(): stop pinning the leader so it is reaped
@@ -379,6 +402,10 @@ class ProcessGroup:
 
     def _release(self) -> None:
         self._released = True
+        if self.leader is not None and self.leader.reaped:
+            if len(_released_reaped) >= 4096:
+                _released_reaped.pop(next(iter(_released_reaped)))
+            _released_reaped[self.pgid] = True
         self._strategy.close()
         if self._kill_on_parent_death:
             watchdog.unregister(self.pgid)
@@ -488,17 +515,24 @@ class ProcessGroup:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.detached and not self._released:
-            self.terminate()
-        self.close()
+        # close() even when terminate() is interrupted (Ctrl-C in the grace):
+        # it kills what is left, so the block never leaks the group.
+        try:
+            if not self.detached and not self._released:
+                self.terminate()
+        finally:
+            self.close()
 
     async def __aenter__(self) -> "ProcessGroup":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if not self.detached and not self._released:
-            await self.terminate_async()
-        self.close()
+        # As __exit__: a cancellation during the grace still ends the group.
+        try:
+            if not self.detached and not self._released:
+                await self.terminate_async()
+        finally:
+            self.close()
 
 
 def set_child_subreaper(enabled: bool = True) -> None:

@@ -423,7 +423,11 @@ def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> No
     if "command" in values:
         object.__setattr__(op, "command", _check_text(values["command"], "command") if values["command"] != "" else "")
     if "args" in values:
+        if isinstance(values["args"], (str, bytes)):
+            raise InvalidOperation("args takes a list of arguments, not one string")
         object.__setattr__(op, "args", tuple(_check_text(a, "argument") for a in values["args"]))
+    if "env_overrides" in values:  # immutable, and checked, like .env() makes it
+        object.__setattr__(op, "env_overrides", tuple(_env_pair(k, v) for k, v in values["env_overrides"]))
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ WNOWAIT and the zombie is kept (holding the pid, and so the pgid, against
 reuse) until the group is released.
 """
 import asyncio
+import collections
 import errno
 import io
 import os
@@ -40,9 +41,12 @@ class _ChildState:
 
 
 # Children whose handles were dropped before they were reaped: swept (without
-# blocking) at every spawn, like subprocess's _active list.
-_unreaped: Set[_ChildState] = set()
-_unreaped_lock = threading.Lock()
+# blocking) at every spawn, like subprocess's _active list. __del__ only
+# appends to the deque (atomic, no lock): it can run from the garbage
+# collector at any allocation, including inside a sweep on the same thread.
+_abandoned: "collections.deque[_ChildState]" = collections.deque()
+_unreaped: Set[_ChildState] = set()  # only touched with _sweep_lock held
+_sweep_lock = threading.Lock()
 
 
 # Live handles by pid: lets a group tell its own children from adopted
@@ -56,17 +60,24 @@ def child_by_pid(pid: int) -> Optional["Process"]:
 
 def _abandon(state: _ChildState) -> None:
     if not state.reaped:
-        with _unreaped_lock:
-            _unreaped.add(state)
-        sweep_abandoned()
+        _abandoned.append(state)
 
 
 def sweep_abandoned() -> None:
-    if not _unreaped:
+    """Reap abandoned children that have exited. Never blocks: if another
+    thread is sweeping (or this one is, and the garbage collector re-entered
+    through __del__), the next spawn sweeps instead."""
+    if not _abandoned and not _unreaped:
         return
-    with _unreaped_lock:
+    if not _sweep_lock.acquire(blocking=False):
+        return
+    try:
+        while _abandoned:
+            _unreaped.add(_abandoned.popleft())
         for state in list(_unreaped):
-            with state.lock:
+            if not state.lock.acquire(blocking=False):
+                continue  # a wait() holds it right now
+            try:
                 try:
                     done = state.reaped or backend.wait(state.pid, nohang=True, nowait=False) is not None
                 except OSError:
@@ -74,6 +85,10 @@ def sweep_abandoned() -> None:
                 if done:
                     state.reaped = True
                     _unreaped.discard(state)
+            finally:
+                state.lock.release()
+    finally:
+        _sweep_lock.release()
 
 
 class Process:
@@ -280,6 +295,11 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
         return read_pipes_threaded(proc, input, timeout, stop_when)
     st = getattr(proc, "_comm", None)
     if st is None:
+        if proc.stdin is not None:
+            try:
+                proc.stdin.flush()  # what the caller wrote before comes first
+            except BrokenPipeError:
+                pass
         st = proc._comm = {"out": [], "err": [], "input": memoryview(input or b""), "off": 0,  # type: ignore[attr-defined]
                            "open": [f for f in (proc.stdout, proc.stderr) if f is not None],
                            "stdin": proc.stdin}

@@ -16,7 +16,7 @@ closes the pipe with an empty list, which the watchdog takes as "done".
 import os
 import sys
 import threading
-from typing import Optional, Set
+from typing import Dict, Optional
 
 # Runs in the watchdog (python -I -S: no site, no user paths: a fast start).
 # Lines: "+PGID" or "+PGID CGROUP_KILL_FILE" registers, "-PGID" forgets. A
@@ -53,7 +53,7 @@ for pgid, kill_file in groups.items():
 """
 
 _lock = threading.Lock()
-_groups: Set[int] = set()
+_groups: Dict[int, Optional[str]] = {}  # pgid -> cgroup.kill file
 _proc = None  # the watchdog's Process handle
 _pipe: Optional[int] = None
 
@@ -65,31 +65,70 @@ def register(pgid: int, cgroup_kill_file: Optional[str] = None) -> None:
     if cgroup_kill_file is not None and (" " in cgroup_kill_file or "\n" in cgroup_kill_file):
         raise ValueError(f"cgroup path not usable by the watchdog: {cgroup_kill_file!r}")
     with _lock:
-        if _pipe is None:
+        _groups[pgid] = cgroup_kill_file
+        try:
+            if _pipe is None:
+                _proc, _pipe = _start()
+            os.write(_pipe, _line(pgid, cgroup_kill_file))
+        except BrokenPipeError:
+            # The watchdog died (OOM killer, a stray kill): start another
+            # and give it every group, this one included.
+            _discard_watchdog()
             _proc, _pipe = _start()
-        _groups.add(pgid)
-        line = b"+%d" % pgid
-        if cgroup_kill_file:
-            line += b" " + os.fsencode(cgroup_kill_file)
-        os.write(_pipe, line + b"\n")
+            os.write(_pipe, b"".join(_line(p, k) for p, k in _groups.items()))
+
+
+def _line(pgid: int, cgroup_kill_file: Optional[str]) -> bytes:
+    line = b"+%d" % pgid
+    if cgroup_kill_file:
+        line += b" " + os.fsencode(cgroup_kill_file)
+    return line + b"\n"
+
+
+def _discard_watchdog() -> None:
+    """Forget a dead watchdog: close our end, reap it."""
+    global _proc, _pipe
+    if _pipe is not None:
+        os.close(_pipe)
+        _pipe = None
+    proc, _proc = _proc, None
+    if proc is not None:
+        proc.wait()
 
 
 def unregister(pgid: int) -> None:
-    global _proc, _pipe
     with _lock:
         if pgid not in _groups:
             return
-        _groups.discard(pgid)
+        del _groups[pgid]
         if _pipe is None:
             return
-        os.write(_pipe, b"-%d\n" % pgid)
+        try:
+            os.write(_pipe, b"-%d\n" % pgid)
+        except BrokenPipeError:
+            _discard_watchdog()  # dead already: the next register() starts one
+            return
         if not _groups:
             # EOF with an empty list: the watchdog exits without killing.
+            _discard_watchdog()
+
+
+def _forget_in_child() -> None:
+    """After os.fork(): the child owns none of the parent's groups, and must
+    not hold the pipe open (the watchdog would never see the parent die)."""
+    global _proc, _pipe, _lock
+    if _pipe is not None:
+        try:
             os.close(_pipe)
-            _pipe = None
-            proc, _proc = _proc, None
-            if proc is not None:
-                proc.wait()
+        except OSError:
+            pass
+    _proc, _pipe = None, None
+    _groups.clear()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _start():
