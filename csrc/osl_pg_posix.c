@@ -291,7 +291,9 @@ vfork_child(const struct osl_spawn_attr *a, pid_t parent,
     /* The parent may have died before prctl() took effect; the signal would
      * then never come. Our parent changed if so: deliver it ourselves. */
     if (a->pdeathsig && getppid() != parent) {
-        raise(a->pdeathsig);
+        /* kill(getpid()), not raise(): in a vfork child some libcs (musl)
+         * take raise()'s target tid from the parent thread's TLS. */
+        kill(getpid(), a->pdeathsig);
         _exit(128 + a->pdeathsig);
     }
 #else

@@ -56,9 +56,10 @@ def resolve_command(op: ProcessSpawnOperation) -> str:
         candidate = os.path.join(d or ".", command)
         if os.path.isfile(candidate):
             if os.access(candidate, os.X_OK):
-                if len(_which_cache) > 256:
-                    _which_cache.clear()
-                _which_cache[key] = candidate
+                if os.path.isabs(candidate):  # a relative PATH entry depends on the cwd: not cached
+                    if len(_which_cache) > 256:
+                        _which_cache.clear()
+                    _which_cache[key] = candidate
                 return candidate
             not_executable = not_executable or candidate
     if not_executable:

@@ -212,8 +212,7 @@ def _wait_empty(pgid: int, timeout: float) -> bool:
     some, rescanning for members forked meanwhile."""
     import time
     deadline = time.monotonic() + timeout
-    exits = ExitWatch()
-    try:
+    with ExitWatch() as exits:
         while True:
             live = exits.live(backend.group_pids(pgid))
             if not live:
@@ -221,8 +220,6 @@ def _wait_empty(pgid: int, timeout: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             exits.wait(live, deadline)
-    finally:
-        exits.close()
 
 
 def _wait_gone_or_kill(executor: ProcessExecutor, pgid: int, grace: float) -> str:

@@ -67,11 +67,8 @@ class TargetFacts:
         group = owned_group(self.pgid)
         if group is not None:
             return group.running_count()
-        exits = ExitWatch()
-        try:
+        with ExitWatch() as exits:
             return len(exits.live(backend.group_pids(self.pgid)))
-        finally:
-            exits.close()
 
     def foreign_members(self, uid: int) -> List[Member]:
         return [m for m in self.members if m.uid is not None and m.uid != uid]

@@ -31,7 +31,7 @@ import psutil
 from . import watchdog
 from ._backend import backend
 from .errors import ProcessNotFound
-from .tiers import Escapee, PgidTier, Tier
+from .tiers import Escapee, ExitWatch, PgidTier, Tier
 from .process import Process, WaitTimeout, child_by_pid
 
 DEFAULT_GRACE = 5.0
@@ -285,7 +285,8 @@ class ProcessGroup:
         cgroup) and its pidfds: no per-member /proc reads."""
         if self._released:
             return 0
-        return len(self._strategy.live(self._strategy.pids()))
+        with ExitWatch() as exits:
+            return len(self._strategy.live(self._strategy.pids(), exits))
 
     @property
     def alive(self) -> bool:
@@ -310,7 +311,7 @@ class ProcessGroup:
         self.signal(SIGKILL)
 
     # -- waiting --------------------------------------------------------------------------
-    def _until_empty(self, deadline: Optional[float], phase: str, names: bool = False,
+    def _until_empty(self, deadline: Optional[float], phase: str, exits: ExitWatch, names: bool = False,
                      observe: bool = True) -> Generator[List[int], None, bool]:
         """Scan, record who died in this phase, yield the live pids for the
         driver to wait on; return True once no member is running.
@@ -326,7 +327,7 @@ class ProcessGroup:
             for pid in pids:
                 if pid not in self._seen:
                     self._seen[pid] = MemberOutcome(pid, _member_name(pid) if names else "", outcome="running")
-            live = self._strategy.live(pids)
+            live = self._strategy.live(pids, exits)
             if _adopting and len(live) < len(pids):
                 live_set = set(live)
                 for pid in pids:
@@ -361,20 +362,23 @@ class ProcessGroup:
         if code is not None:
             self._seen[pid].returncode = code
 
-    def _drive(self, gen: Generator[List[int], None, bool], deadline: Optional[float]) -> bool:
+    def _watch(self, deadline: Optional[float], phase: str, exits: ExitWatch, **scan: bool) -> bool:
+        """Wait (sleeping on exits) until the group is empty or `deadline`."""
+        gen = self._until_empty(deadline, phase, exits, **scan)
         try:
             live = next(gen)
             while True:
-                self._strategy.wait_exits(live, deadline)
+                self._strategy.wait_exits(live, deadline, exits)
                 live = gen.send(None)  # type: ignore[arg-type]
         except StopIteration as stop:
             return bool(stop.value)
 
-    async def _drive_async(self, gen: Generator[List[int], None, bool], deadline: Optional[float]) -> bool:
+    async def _watch_async(self, deadline: Optional[float], phase: str, exits: ExitWatch, **scan: bool) -> bool:
+        gen = self._until_empty(deadline, phase, exits, **scan)
         try:
             live = next(gen)
             while True:
-                await self._strategy.wait_exits_async(live, deadline)
+                await self._strategy.wait_exits_async(live, deadline, exits)
                 live = gen.send(None)  # type: ignore[arg-type]
         except StopIteration as stop:
             return bool(stop.value)
@@ -421,16 +425,20 @@ class ProcessGroup:
         if self._released:
             return self.leader.returncode if self.leader is not None else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._drive(self._until_empty(deadline, "exited"), deadline):
-            raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)
+        # One ExitWatch per call: its pidfds are never shared with another
+        # thread's wait (closing one under a poller could hit a reused fd).
+        with ExitWatch() as exits:
+            if not self._watch(deadline, "exited", exits):
+                raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)
         return self._finish()
 
     async def wait_async(self, timeout: Optional[float] = None) -> Optional[int]:
         if self._released:
             return self.leader.returncode if self.leader is not None else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not await self._drive_async(self._until_empty(deadline, "exited"), deadline):
-            raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)
+        with ExitWatch() as exits:
+            if not await self._watch_async(deadline, "exited", exits):
+                raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)
         return self._finish()
 
     # -- terminate --------------------------------------------------------------------
@@ -467,28 +475,30 @@ class ProcessGroup:
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
-        self._drive(self._until_empty(start, "exited", names=True), start)  # snapshot who is there
         escalated = False
-        if self._term_signals():
-            deadline = time.monotonic() + grace
-            if not self._drive(self._until_empty(deadline, "terminated", names=True), deadline):
-                escalated = True
-                self._kill_quietly()
-                self._drive(self._until_empty(None, "killed", names=True, observe=False), None)
+        with ExitWatch() as exits:
+            self._watch(start, "exited", exits, names=True)  # snapshot who is there
+            if self._term_signals():
+                deadline = time.monotonic() + grace
+                if not self._watch(deadline, "terminated", exits, names=True):
+                    escalated = True
+                    self._kill_quietly()
+                    self._watch(None, "killed", exits, names=True, observe=False)
         return self._report(start, escalated)
 
     async def terminate_async(self, grace: float = DEFAULT_GRACE) -> TerminateReport:
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
-        await self._drive_async(self._until_empty(start, "exited", names=True), start)
         escalated = False
-        if self._term_signals():
-            deadline = time.monotonic() + grace
-            if not await self._drive_async(self._until_empty(deadline, "terminated", names=True), deadline):
-                escalated = True
-                self._kill_quietly()
-                await self._drive_async(self._until_empty(None, "killed", names=True, observe=False), None)
+        with ExitWatch() as exits:
+            await self._watch_async(start, "exited", exits, names=True)
+            if self._term_signals():
+                deadline = time.monotonic() + grace
+                if not await self._watch_async(deadline, "terminated", exits, names=True):
+                    escalated = True
+                    self._kill_quietly()
+                    await self._watch_async(None, "killed", exits, names=True, observe=False)
         return self._report(start, escalated)
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -504,7 +514,8 @@ class ProcessGroup:
             return
         if not self.detached:
             self._kill_quietly()
-            self._drive(self._until_empty(None, "killed", observe=False), None)
+            with ExitWatch() as exits:
+                self._watch(None, "killed", exits, observe=False)
             self._finish()
         else:
             if self.leader is not None:

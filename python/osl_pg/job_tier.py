@@ -35,10 +35,10 @@ class JobTier(Tier):
     def signal(self, sig: int) -> None:
         backend.signal_group(self.pgid, sig)
 
-    def wait_exits(self, live: List[int], deadline: Optional[float]) -> None:
+    def wait_exits(self, live: List[int], deadline: Optional[float], exits: object = None) -> None:
         backend.wait_exits(live, deadline, pgid=self.pgid)
 
-    async def wait_exits_async(self, live: List[int], deadline: Optional[float]) -> None:
+    async def wait_exits_async(self, live: List[int], deadline: Optional[float], exits: object = None) -> None:
         await backend.wait_exits_async(live, deadline, pgid=self.pgid)
 
     @property

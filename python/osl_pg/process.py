@@ -176,7 +176,10 @@ class Process:
         rc = self._collect(block=False)
         if rc is not None:
             return rc
-        fd = backend.open_exit_fd(self.pid) if timeout > 0 else None
+        try:
+            fd = backend.open_exit_fd(self.pid) if timeout > 0 else None
+        except ProcessNotFound:
+            fd = None  # reaped elsewhere just now: _collect() below reports it
         try:
             delay = 0.0005
             while True:

@@ -375,36 +375,32 @@ def _ending(plan: _Plan, group: ProcessGroup, survey: _Survey,
 
 def _end_tree(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool) -> Dict[int, str]:
     steps = _ending(plan, group, survey, timed_out)
-    exits = ExitWatch()
-    try:
-        pids, limit = next(steps)
-        while True:
-            if pids is None:
-                pids, limit = steps.send(group.terminate(limit))
-            else:
-                exits.wait(pids, limit)
-                pids, limit = steps.send(None)
-    except StopIteration as done:
-        return done.value
-    finally:
-        exits.close()
+    with ExitWatch() as exits:
+        try:
+            pids, limit = next(steps)
+            while True:
+                if pids is None:
+                    pids, limit = steps.send(group.terminate(limit))
+                else:
+                    exits.wait(pids, limit)
+                    pids, limit = steps.send(None)
+        except StopIteration as done:
+            return done.value
 
 
 async def _end_tree_async(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool) -> Dict[int, str]:
     steps = _ending(plan, group, survey, timed_out)
-    exits = ExitWatch()
-    try:
-        pids, limit = next(steps)
-        while True:
-            if pids is None:
-                pids, limit = steps.send(await group.terminate_async(limit))
-            else:
-                await exits.wait_async(pids, limit)
-                pids, limit = steps.send(None)
-    except StopIteration as done:
-        return done.value
-    finally:
-        exits.close()
+    with ExitWatch() as exits:
+        try:
+            pids, limit = next(steps)
+            while True:
+                if pids is None:
+                    pids, limit = steps.send(await group.terminate_async(limit))
+                else:
+                    await exits.wait_async(pids, limit)
+                    pids, limit = steps.send(None)
+        except StopIteration as done:
+            return done.value
 
 
 # --------------------------------------------------------------------------

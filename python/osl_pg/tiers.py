@@ -285,6 +285,12 @@ class ExitWatch:
         self._fds.clear()
         self._open = 0
 
+    def __enter__(self) -> "ExitWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # --------------------------------------------------------------------------
 # the strategies
@@ -333,16 +339,9 @@ class Tier:
         table = self.observe()
         return self.tracker.escaped(self.is_member, table)
 
-    def live(self, pids: List[int]) -> List[int]:
+    def live(self, pids: List[int], exits: "ExitWatch") -> List[int]:
         """Which of `pids` are still running (not exited, zombie or not)."""
-        return self.exits.live(pids)
-
-    @property
-    def exits(self) -> "ExitWatch":
-        watch = getattr(self, "_exits", None)
-        if watch is None:
-            watch = self._exits = ExitWatch()
-        return watch
+        return exits.live(pids)
 
     # signals
     def signal(self, sig: int) -> None:
@@ -359,11 +358,11 @@ class Tier:
         self.freeze()
 
     # waiting
-    def wait_exits(self, live: List[int], deadline: Optional[float]) -> None:
-        self.exits.wait(live, deadline)
+    def wait_exits(self, live: List[int], deadline: Optional[float], exits: "ExitWatch") -> None:
+        exits.wait(live, deadline)
 
-    async def wait_exits_async(self, live: List[int], deadline: Optional[float]) -> None:
-        await self.exits.wait_async(live, deadline)
+    async def wait_exits_async(self, live: List[int], deadline: Optional[float], exits: "ExitWatch") -> None:
+        await exits.wait_async(live, deadline)
 
     # limits and lifetime
     @property
@@ -376,8 +375,6 @@ class Tier:
     def close(self) -> None:
         """Remove the cgroup directories; processes still in them (a
         detached group, escapees in a limit cgroup) are moved out first."""
-        if getattr(self, "_exits", None) is not None:
-            self._exits.close()
         if self.cgroups is not None:
             self.cgroups.remove()
 
@@ -505,8 +502,8 @@ class CgroupTier(Tier):
     # file per 10 ms (CGROUP_FILE_NOTIFY_MIN_INTV), so the exits of the
     # members we know about are watched too, through pidfds, which fire at
     # once; the caller rescans cgroup.procs after either.
-    def wait_exits(self, live: List[int], deadline: Optional[float]) -> None:
-        by_fd, complete = self.exits.pidfds(live)
+    def wait_exits(self, live: List[int], deadline: Optional[float], exits: ExitWatch) -> None:
+        by_fd, complete = exits.pidfds(live)
         with _cg.EventsWatch(self.cg) as watch:
             poller = select.poll()
             poller.register(watch.fd, select.POLLPRI)
@@ -519,12 +516,12 @@ class CgroupTier(Tier):
                 for fd, _ in poller.poll(timeout):
                     if fd != watch.fd:
                         poller.unregister(fd)
-                        self.exits.fired(by_fd.pop(fd))
+                        exits.fired(by_fd.pop(fd))
 
-    async def wait_exits_async(self, live: List[int], deadline: Optional[float]) -> None:
+    async def wait_exits_async(self, live: List[int], deadline: Optional[float], exits: ExitWatch) -> None:
         import asyncio
         loop = asyncio.get_running_loop()
-        by_fd, complete = self.exits.pidfds(live)
+        by_fd, complete = exits.pidfds(live)
         with _cg.EventsWatch(self.cg) as watch:
             events_fd = watch.epoll.fileno()
             while watch.read().get("populated") and not (complete and not by_fd):
@@ -533,7 +530,7 @@ class CgroupTier(Tier):
                 def wake(fd: int) -> None:
                     if fd != events_fd:
                         loop.remove_reader(fd)
-                        self.exits.fired(by_fd.pop(fd))
+                        exits.fired(by_fd.pop(fd))
                     if not woke.done():
                         woke.set_result(None)
 
