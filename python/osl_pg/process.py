@@ -234,9 +234,12 @@ class Process:
     def send_signal(self, sig: int) -> None:
         """Signal the child. After it has been reaped this raises
         ProcessLookupError rather than signalling whoever has the pid now."""
-        if self._state.reaped:
-            raise ProcessNotFound(errno.ESRCH, f"process {self.pid} has exited and was reaped")
-        backend.kill(self.pid, sig)
+        # Under the lock that reaping takes: no other thread can reap (and
+        # free the pid) between the check and the kill.
+        with self._state.lock:
+            if self._state.reaped:
+                raise ProcessNotFound(errno.ESRCH, f"process {self.pid} has exited and was reaped")
+            backend.kill(self.pid, sig)
 
     def terminate(self) -> None:
         import signal
