@@ -376,3 +376,17 @@ def test_terminal_goes_to_the_child_group_and_comes_back():
         assert tty.proc.wait(20) == 0
     finally:
         tty.close()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_close_fds_like_subprocess(runner):
+    r_fd, w_fd = os.pipe()
+    os.set_inheritable(w_fd, True)
+    try:
+        code = [sys.executable, "-c", f"import os\ntry:\n os.fstat({w_fd}); print('open')\nexcept OSError: print('closed')"]
+        for close_fds, want in ((True, "closed\n"), (False, "open\n")):
+            assert subprocess.run(code, capture_output=True, text=True, close_fds=close_fds).stdout == want
+            assert runner(code, capture_output=True, text=True, close_fds=close_fds).stdout == want
+    finally:
+        os.close(r_fd)
+        os.close(w_fd)

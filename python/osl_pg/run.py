@@ -139,7 +139,7 @@ class _Plan:
     def __init__(self, args: Any, stdin: Any, input: Any, stdout: Any, stderr: Any, capture_output: bool,
                  shell: bool, cwd: Any, timeout: Optional[float], check: bool, encoding: Optional[str],
                  errors: Optional[str], text: Optional[bool], env: Optional[Mapping[Any, Any]],
-                 universal_newlines: Optional[bool], start_new_session: bool, grace: float,
+                 universal_newlines: Optional[bool], start_new_session: bool, close_fds: bool, grace: float,
                  pipe_drain_timeout: float, kill_leftovers: bool, executor: Optional[ProcessExecutor],
                  context: Optional[ExecutionContext]):
         if input is not None:
@@ -177,6 +177,8 @@ class _Plan:
             raise ValueError("empty command")
         op = ProcessSpawnOperation(argv[0]).with_args(argv[1:])
         op = op.with_detach_from_terminal() if start_new_session else op.with_new_process_group()
+        if not close_fds:
+            op = op.with_close_fds(False)
         if cwd is not None:
             op = op.working_dir(cwd)
         if env is not None:
@@ -454,7 +456,7 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
         stdout: Any = None, stderr: Any = None, capture_output: bool = False, shell: bool = False,
         cwd: Any = None, timeout: Optional[float] = None, check: bool = False, encoding: Optional[str] = None,
         errors: Optional[str] = None, text: Optional[bool] = None, env: Optional[Mapping[Any, Any]] = None,
-        universal_newlines: Optional[bool] = None, start_new_session: bool = False,
+        universal_newlines: Optional[bool] = None, start_new_session: bool = False, close_fds: bool = True,
         grace: float = DEFAULT_GRACE, pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN,
         kill_leftovers: bool = True, executor: Optional[ProcessExecutor] = None,
         context: Optional[ExecutionContext] = None) -> CompletedRun:
@@ -462,12 +464,17 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
     subprocess.run() does, ending the whole tree on timeout and what it
     leaves behind when it exits (see the module docstring).
 
+    subprocess.run() keywords that are not here (`executable`, `pass_fds`,
+    `preexec_fn`, `user`/`group`, `process_group`...) raise TypeError: the
+    spawn never forks, so no Python runs in the child, and the group is
+    always a new one.
+
     The extra keywords: `grace` (seconds between SIGTERM and SIGKILL),
     `pipe_drain_timeout` (how long pipes may stay open after the command
     exited), `kill_leftovers`, and the `executor`/`context` whose policy
     and audit log the spawn and the signals go through."""
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
-                 errors, text, env, universal_newlines, start_new_session, grace, pipe_drain_timeout,
+                 errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
                  kill_leftovers, executor, context)
     proc, group = plan.spawned(plan.executor.execute(plan.op, plan.context))
     try:
@@ -595,14 +602,14 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
                     shell: bool = False, cwd: Any = None, timeout: Optional[float] = None, check: bool = False,
                     encoding: Optional[str] = None, errors: Optional[str] = None, text: Optional[bool] = None,
                     env: Optional[Mapping[Any, Any]] = None, universal_newlines: Optional[bool] = None,
-                    start_new_session: bool = False, grace: float = DEFAULT_GRACE,
+                    start_new_session: bool = False, close_fds: bool = True, grace: float = DEFAULT_GRACE,
                     pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
                     executor: Optional[ProcessExecutor] = None,
                     context: Optional[ExecutionContext] = None) -> CompletedRun:
     """run() for asyncio: the loop watches the leader's pidfd and the pipes
     (no thread per child). Cancelling the task kills the whole group."""
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
-                 errors, text, env, universal_newlines, start_new_session, grace, pipe_drain_timeout,
+                 errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
                  kill_leftovers, executor, context)
     proc, group = plan.spawned(await plan.executor.execute_async(plan.op, plan.context))
     pipes: Optional[_AsyncPipes] = None
