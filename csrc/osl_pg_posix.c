@@ -340,7 +340,10 @@ static int spawn_vfork(const struct osl_spawn_attr *a, pid_t *pid, int *step)
     report.step = OSL_STEP_NONE;
 
     /* Block signals so no handler of the parent runs in the child (which
-     * shares the parent's memory) before it has reset the dispositions. */
+     * shares the parent's memory) before it has reset the dispositions.
+     * glibc's pthread_sigmask silently keeps its two internal signals
+     * (cancellation, setxid) unblocked; their handlers only run when another
+     * thread cancels or changes ids during the spawn, which Python does not. */
     fill_all_signals(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     child = vfork();
