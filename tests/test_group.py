@@ -348,3 +348,19 @@ def test_huge_groups_do_not_use_up_fds(executor, monkeypatch):
         sampler.join()
     assert not [p for p in pids if alive(p)]
     assert max(peak, default=fds_before) <= fds_before + 3 + 2  # the pidfds, a poll fd, listdir's own
+
+
+def test_terminate_reports_members_that_survive_sigkill(executor, monkeypatch):
+    """A member stuck in the kernel outlives SIGKILL; terminate() must not
+    hang on it, nor release the pgid while it lives. Simulated by taking
+    SIGKILL away from the tier."""
+    r = executor.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", TRAPS_TERM])
+                         .with_new_process_group().with_stdout(-1))
+    assert r.process.stdout.readline() == b"ready\n"
+    monkeypatch.setattr(r.group._strategy, "kill", lambda: None)
+    report = r.group.terminate(grace=0.2, kill_timeout=0.2)
+    assert report.escalated and not report.all_gone
+    assert [(m.pid, m.outcome) for m in report.members] == [(r.pid, "running")]
+    assert alive(r.pid) and not r.group.released
+    r.group.signal(signal.SIGKILL)  # the pgid is still pinned, so this is safe
+    assert r.group.wait(10) == -signal.SIGKILL

@@ -95,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             report = group.terminate(args.grace)
             if report.escalated:
                 _say(f"killed after {args.grace:g} s grace: {_describe(report.by_outcome('killed'))}")
+            if not report.all_gone:
+                _say(f"still running after SIGKILL (stuck in the kernel?): {_describe(report.by_outcome('running'))}")
             rc = proc.returncode if proc.returncode is not None else -signal.SIGKILL
         leftovers = [m for m in group.members() if not m.zombie]
         if leftovers:

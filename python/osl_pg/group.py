@@ -35,6 +35,7 @@ from .tiers import Escapee, ExitWatch, PgidTier, Tier
 from .process import Process, WaitTimeout, child_by_pid
 
 DEFAULT_GRACE = 5.0
+DEFAULT_KILL_TIMEOUT = 10.0  # SIGKILL normally ends a process within milliseconds
 
 SIGTERM = int(getattr(_signal, "SIGTERM", 15))
 SIGKILL = int(getattr(_signal, "SIGKILL", 9))
@@ -70,6 +71,9 @@ class TerminateReport:
     members: List[MemberOutcome] = field(default_factory=list)
     escalated: bool = False  # SIGKILL was needed
     duration: float = 0.0
+    # False when members outlived `kill_timeout` after SIGKILL (stuck in the
+    # kernel, uninterruptible): they are left "running" and the handle stays
+    # open (and pinned) so the caller can wait, retry or close().
     all_gone: bool = True
 
     def by_outcome(self, outcome: str) -> List[MemberOutcome]:
@@ -460,22 +464,25 @@ class ProcessGroup:
         except ProcessLookupError:
             pass
 
-    def _report(self, start: float, escalated: bool) -> TerminateReport:
-        self._finish()
+    def _report(self, start: float, escalated: bool, all_gone: bool = True) -> TerminateReport:
+        if all_gone:
+            self._finish()
         for seen in self._seen.values():
             if not seen.name:
                 seen.name = "?"
         return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid), escalated,
-                               time.monotonic() - start)
+                               time.monotonic() - start, all_gone)
 
-    def terminate(self, grace: float = DEFAULT_GRACE) -> TerminateReport:
+    def terminate(self, grace: float = DEFAULT_GRACE, kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> TerminateReport:
         """SIGTERM the whole group, wait up to `grace` seconds until every
-        member has died, SIGKILL what is left, wait for that too. Returns a
-        report naming each member and how it ended."""
+        member has died, SIGKILL what is left, wait up to `kill_timeout` for
+        that too. Returns a report naming each member and how it ended;
+        `all_gone` is False (and the handle stays open) when a member
+        survived SIGKILL, e.g. stuck in uninterruptible sleep."""
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
-        escalated = False
+        escalated, all_gone = False, True
         with ExitWatch() as exits:
             self._watch(start, "exited", exits, names=True)  # snapshot who is there
             if self._term_signals():
@@ -483,14 +490,16 @@ class ProcessGroup:
                 if not self._watch(deadline, "terminated", exits, names=True):
                     escalated = True
                     self._kill_quietly()
-                    self._watch(None, "killed", exits, names=True, observe=False)
-        return self._report(start, escalated)
+                    all_gone = self._watch(time.monotonic() + kill_timeout, "killed", exits, names=True,
+                                           observe=False)
+        return self._report(start, escalated, all_gone)
 
-    async def terminate_async(self, grace: float = DEFAULT_GRACE) -> TerminateReport:
+    async def terminate_async(self, grace: float = DEFAULT_GRACE,
+                              kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> TerminateReport:
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
-        escalated = False
+        escalated, all_gone = False, True
         with ExitWatch() as exits:
             await self._watch_async(start, "exited", exits, names=True)
             if self._term_signals():
@@ -498,8 +507,9 @@ class ProcessGroup:
                 if not await self._watch_async(deadline, "terminated", exits, names=True):
                     escalated = True
                     self._kill_quietly()
-                    await self._watch_async(None, "killed", exits, names=True, observe=False)
-        return self._report(start, escalated)
+                    all_gone = await self._watch_async(time.monotonic() + kill_timeout, "killed", exits,
+                                                       names=True, observe=False)
+        return self._report(start, escalated, all_gone)
 
     # -- lifetime ----------------------------------------------------------------------------
     def detach(self) -> None:
