@@ -127,7 +127,7 @@ RELEASED_THEN_REUSED = textwrap.dedent("""
     r.group.wait()                       # gone, leader reaped, handle released
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
         f.write(str(leader - 1))
-    other = subprocess.Popen(["sleep", "30"], process_group=0)
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
     assert other.pid == leader, (other.pid, leader)
     try:
         ex.execute(ProcessSignalOperation.signal_group(leader, signal.SIGTERM))
