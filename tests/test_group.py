@@ -1,6 +1,7 @@
 """ProcessGroup lifecycle: terminate, whole-group wait, PID-reuse safety,
 kill on close and on parent death, asyncio - checked with psutil and /proc."""
 import asyncio
+import errno
 import os
 import signal
 import subprocess
@@ -226,6 +227,17 @@ def test_close_kills_what_is_left(executor):
     r.group.close()
     assert not [p for p in pids if alive(p)]
     assert r.process.returncode == -signal.SIGKILL
+
+
+def test_signal_failure_is_an_osl_error_that_names_the_call(executor):
+    # ProcessGroup.signal reaches os.killpg with no frame between; what the
+    # kernel refuses still comes back as osl_pg's error, saying what failed.
+    from osl_pg import OslError
+    with spawn_group(executor, "sleep", "30").group as g:
+        with pytest.raises(OslError, match=f"killpg\\({g.pgid}, 999\\)") as e:
+            g.signal(999)
+        assert isinstance(e.value, OSError) and e.value.errno == errno.EINVAL
+        assert g.alive
 
 
 def test_for_pgid_finds_open_groups_only(executor):

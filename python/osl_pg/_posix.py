@@ -5,13 +5,14 @@ the C layer's errno results to typed exceptions.
 """
 import errno
 import fcntl
+import functools
 import os
 import signal
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._native import ffi, lib
 from ._spawned import PipeEnds, Spawned, devnull
-from .errors import CommandNotFound, OslPermissionError, ProcessNotFound, Unsupported, from_errno
+from .errors import CommandNotFound, OslError, OslPermissionError, ProcessNotFound, Unsupported, from_errno
 from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation
 
 NAME = "posix"
@@ -369,6 +370,24 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except OSError as e:
         raise _killpg_error(e.errno, pgid, sig) from None
+
+
+def group_signaller(pgid: int) -> Callable[[int], None]:
+    """signal_group(pgid, ·) for a handle's hot path: os.killpg bound to the
+    pgid with functools.partial, so ProcessGroup.signal reaches the syscall
+    with no Python frame between (osl-pg bench: 0.92 -> 0.82 us per call
+    against os.killpg's 0.69). Its OSErrors are raw; the caller passes them
+    through signal_error(). The pgid <= 1 guard is done here, once."""
+    if pgid <= 1:
+        return functools.partial(signal_group, pgid)
+    return functools.partial(os.killpg, pgid)
+
+
+def signal_error(e: OSError, pgid: int, sig: int) -> OSError:
+    """What signal_group() would have raised for `e` (already ours: as is)."""
+    if isinstance(e, OslError) or e.errno is None:
+        return e
+    return _killpg_error(e.errno, pgid, sig)
 
 
 def own_pgid() -> int:

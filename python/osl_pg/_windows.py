@@ -22,13 +22,14 @@ process group, signal 0 probes; any other signal is Unsupported.
 """
 import asyncio
 import errno
+import functools
 import msvcrt
 import os
 import signal as _signal
 import subprocess
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import _winapi
 
@@ -541,6 +542,16 @@ def signal_group(pgid: int, sig: int) -> None:
         _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pgid)
     else:
         raise _unsupported(sig, "a job")
+
+
+def group_signaller(pgid: int) -> Callable[[int], None]:
+    """signal_group(pgid, ·) for a handle's hot path (see _posix)."""
+    return functools.partial(signal_group, pgid)
+
+
+def signal_error(e: OSError, pgid: int, sig: int) -> OSError:
+    """signal_group() raises osl_pg's own errors already."""
+    return e
 
 
 def killpg(pgid: int, sig: int, check: bool = True) -> int:

@@ -193,7 +193,7 @@ class ProcessGroup:
         # `tier` names it: process_group, session or cgroup.
         self._strategy = strategy if strategy is not None else PgidTier(pgid, tier)
         self.tier = self._strategy.name
-        self._signal = self._strategy.signal  # bound once: signal() is the hot path
+        self._signal = self._strategy.signaller()  # bound once: signal() is the hot path
         self.owner = owner
         self.detached = False
         self._released = False
@@ -307,7 +307,10 @@ class ProcessGroup:
         module docstring): raises ProcessLookupError once released."""
         if self._released:  # inline _check_open(): this is the hot path
             self._check_open()
-        self._signal(sig)
+        try:
+            self._signal(sig)
+        except OSError as e:
+            raise self._strategy.signal_error(e, sig) from None
         if sig == SIGKILL:
             self._sigkilled = True
 

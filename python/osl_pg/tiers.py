@@ -11,7 +11,6 @@ its members. The handle delegates to one of these strategies:
 
 Both may carry a CgroupSet for per-group limits (osl_pg.cgroup).
 """
-import functools
 import os
 import select
 import signal
@@ -347,6 +346,14 @@ class Tier:
     def signal(self, sig: int) -> None:
         raise NotImplementedError
 
+    def signaller(self) -> Callable[[int], None]:
+        """signal(), as thin as the tier can make it, for ProcessGroup's hot
+        path; its OSErrors go through signal_error()."""
+        return self.signal
+
+    def signal_error(self, e: OSError, sig: int) -> OSError:
+        return e
+
     def kill(self) -> None:
         self.signal(SIGKILL)
 
@@ -385,9 +392,6 @@ class PgidTier(Tier):
     def __init__(self, pgid: int, name: str, cgroups: Optional[_cg.CgroupSet] = None):
         super().__init__(pgid, cgroups)
         self.name = name
-        # signal(sig) is killpg(pgid, sig): a C-level partial saves a Python
-        # frame on ProcessGroup.signal's path (osl-pg bench measures it).
-        self.signal = functools.partial(backend.signal_group, pgid)  # type: ignore[method-assign]
 
     def is_member(self, pid: int, info: ProcInfo) -> bool:
         return info.pgid == self.pgid
@@ -397,6 +401,12 @@ class PgidTier(Tier):
 
     def signal(self, sig: int) -> None:
         backend.signal_group(self.pgid, sig)
+
+    def signaller(self) -> Callable[[int], None]:
+        return backend.group_signaller(self.pgid)
+
+    def signal_error(self, e: OSError, sig: int) -> OSError:
+        return backend.signal_error(e, self.pgid, sig)
 
 
 class CgroupTier(Tier):
