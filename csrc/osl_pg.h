@@ -24,6 +24,7 @@
 #define OSL_STEP_CHDIR 4
 #define OSL_STEP_EXEC 5
 #define OSL_STEP_CGROUP 6 /* joining a cgroup (writing "0" to cgroup.procs) */
+#define OSL_STEP_PASS_FDS 7 /* making a pass_fds fd inheritable */
 
 /* How many cgroups (one per hierarchy: cgroup2, and cgroup v1 pids, memory,
  * cpu) a child can join before exec. */
@@ -40,7 +41,11 @@ struct osl_spawn_attr {
     int pgroup_mode;     /* OSL_PGROUP_* */
     int pgid;            /* with OSL_PGROUP_JOIN */
     int new_session;     /* setsid(): a session and group leader, no terminal */
-    int close_fds;       /* close every fd >= 3 before exec */
+    int close_fds;       /* close every fd >= 3 before exec, but pass_fds */
+    const int *pass_fds; /* fds >= 3 the child keeps open and inheritable,
+                            ascending without duplicates (subprocess's
+                            pass_fds); NULL when n_pass_fds is 0 */
+    int n_pass_fds;
     int pdeathsig;       /* Linux: signal sent to the child when the spawning
                             thread dies; 0 for none */
     int n_cgroups;       /* Linux: how many cgroup_procs_fds the child joins */

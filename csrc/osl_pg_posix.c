@@ -110,6 +110,11 @@ static int needs_vfork(const struct osl_spawn_attr *a)
         return 1;
     if (a->close_fds && !spawn_addclosefrom)
         return 1;
+    /* addclosefrom_np closes every fd from n up, with no exceptions, and
+     * adddup2(fd, fd) clears FD_CLOEXEC only on newer libcs (glibc 2.29,
+     * POSIX 2024): the child makes pass_fds inheritable itself. */
+    if (a->n_pass_fds > 0)
+        return 1;
 #ifndef POSIX_SPAWN_SETSID
     if (a->new_session)
         return 1;
@@ -190,11 +195,13 @@ struct child_report {
     volatile int step;
 };
 
-static void close_from(int lowfd)
+/* Close fds lo..hi (hi < 0: every fd from lo up). */
+static void close_range_of(int lo, int hi)
 {
 #if defined(__linux__) && defined(SYS_close_range)
     /* One syscall instead of a loop over the fd limit. */
-    if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0)
+    if (syscall(SYS_close_range, (unsigned)lo, hi < 0 ? ~0U : (unsigned)hi,
+                0) == 0)
         return;
 #endif
     {
@@ -202,9 +209,26 @@ static void close_from(int lowfd)
         long max = 1024, fd;
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
             max = (long)rl.rlim_cur;
-        for (fd = lowfd; fd < max; fd++)
+        if (hi >= 0 && hi < max)
+            max = (long)hi + 1;
+        for (fd = lo; fd < max; fd++)
             close((int)fd);
     }
+}
+
+/* Close every fd >= 3 except the pass_fds, which are sorted: the gaps
+ * between them are closed range by range. */
+static void close_fds_but(const struct osl_spawn_attr *a)
+{
+    int lo = 3, i;
+    for (i = 0; i < a->n_pass_fds; i++) {
+        int keep = a->pass_fds[i];
+        if (keep > lo)
+            close_range_of(lo, keep - 1);
+        if (keep >= lo)
+            lo = keep + 1;
+    }
+    close_range_of(lo, -1);
 }
 
 /* Move the calling (vfork child) process into each cgroup: writing "0" to a
@@ -312,8 +336,15 @@ vfork_child(const struct osl_spawn_attr *a, pid_t parent,
             goto fail;
         }
     }
+    /* After the dup2()s: a pass_fds fd may also be a stdio source. A pass
+     * fd that is not open fails here with EBADF, before exec. */
+    step = OSL_STEP_PASS_FDS;
+    for (i = 0; i < a->n_pass_fds; i++) {
+        if (fcntl(a->pass_fds[i], F_SETFD, 0) < 0)
+            goto fail;
+    }
     if (a->close_fds)
-        close_from(3);
+        close_fds_but(a);
 
     if (a->cwd) {
         step = OSL_STEP_CHDIR;
@@ -367,6 +398,19 @@ static int spawn_vfork(const struct osl_spawn_attr *a, pid_t *pid, int *step)
     return 0;
 }
 
+/* close_fds_but() relies on this: ascending, no duplicates, none < 3. */
+static int valid_pass_fds(const struct osl_spawn_attr *a)
+{
+    int i;
+    if (a->n_pass_fds < 0 || (a->n_pass_fds > 0 && !a->pass_fds))
+        return 0;
+    for (i = 0; i < a->n_pass_fds; i++) {
+        if (a->pass_fds[i] < 3 || (i > 0 && a->pass_fds[i] <= a->pass_fds[i - 1]))
+            return 0;
+    }
+    return 1;
+}
+
 int osl_spawn(const struct osl_spawn_attr *attr, int *pid_out, int *step_out,
               int *used_vfork)
 {
@@ -375,6 +419,11 @@ int osl_spawn(const struct osl_spawn_attr *attr, int *pid_out, int *step_out,
 
     load_features();
     *step_out = OSL_STEP_NONE;
+    *used_vfork = 0;
+    if (!valid_pass_fds(attr)) {
+        *step_out = OSL_STEP_PASS_FDS;
+        return EINVAL;
+    }
     *used_vfork = needs_vfork(attr);
     if (*used_vfork) {
         err = spawn_vfork(attr, &pid, step_out);

@@ -156,6 +156,53 @@ static void test_stdio(void)
     wait_code(pid);
 }
 
+#ifdef __linux__
+/* pass_fds: 50 and 60 (close-on-exec here) reach the child open; 51 in the
+ * gap between them, inheritable, is closed by close_fds. The child lists
+ * its own fds from /proc/self/fd. */
+static void test_pass_fds(void)
+{
+    char *argv[] = {"/bin/ls", "/proc/self/fd", NULL};
+    struct osl_spawn_attr a = base("/bin/ls", argv);
+    int p[2], pid, step, vf, keep[2] = {50, 60}, bad[2] = {60, 50}, err;
+    char buf[512] = "\n";
+    size_t len = 1;
+    ssize_t n;
+    CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
+    CHECK(dup3(p[1], 50, O_CLOEXEC) == 50 && dup2(p[1], 51) == 51 &&
+              dup3(p[1], 60, O_CLOEXEC) == 60, "fds 50, 51, 60");
+    a.fds[1] = p[1];
+    a.pass_fds = keep;
+    a.n_pass_fds = 2;
+    err = osl_spawn(&a, &pid, &step, &vf);
+    CHECK(err == 0 && vf == 1, "spawn with pass_fds takes the vfork path (%d)", err);
+    close(p[1]);
+    close(50);
+    close(51);
+    close(60);
+    while (len < sizeof(buf) - 1 &&
+           (n = read(p[0], buf + len, sizeof(buf) - 1 - len)) > 0)
+        len += (size_t)n;
+    close(p[0]);
+    CHECK(wait_code(pid) == 0, "ls exited 0");
+    CHECK(strstr(buf, "\n50\n") && strstr(buf, "\n60\n"),
+          "the child has fds 50 and 60 open");
+    CHECK(!strstr(buf, "\n51\n"), "and not the inheritable fd 51 between them");
+
+    a.fds[1] = OSL_FD_INHERIT;
+    err = osl_spawn(&a, &pid, &step, &vf);
+    CHECK(err == EBADF && step == OSL_STEP_PASS_FDS,
+          "a pass fd that is not open: EBADF at the pass_fds step (%d, %d)", err, step);
+    a.pass_fds = bad;
+    err = osl_spawn(&a, &pid, &step, &vf);
+    CHECK(err == EINVAL && step == OSL_STEP_PASS_FDS && vf == 0,
+          "unsorted pass_fds are refused before any child exists");
+    keep[0] = 2;
+    a.pass_fds = keep;
+    CHECK(osl_spawn(&a, &pid, &step, &vf) == EINVAL, "and so is a stdio fd");
+}
+#endif
+
 static void test_floor(void)
 {
     long long ns = 0;
@@ -307,6 +354,9 @@ int main(void)
     test_errors(1);
     test_session_and_join();
     test_stdio();
+#ifdef __linux__
+    test_pass_fds();
+#endif
     test_floor();
     test_cgroup_join();
     printf("%d passed, %d failed\n", passed, failed);
