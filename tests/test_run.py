@@ -1,6 +1,7 @@
 """osl_pg.run() / run_async(): subprocess.run() semantics, whole-tree
 timeouts, pipes held by descendants, leftovers, terminal handoff."""
 import asyncio
+import errno
 import os
 import select
 import signal
@@ -12,7 +13,7 @@ import psutil
 import pytest
 
 import osl_pg
-from osl_pg import AllowListPolicy, LeftoverProcessWarning, Permission, ProcessExecutor
+from osl_pg import AllowListPolicy, LeftoverProcessWarning, Permission, ProcessExecutor, ProcessSpawnOperation
 from conftest import alive, pgid_of, py, wait_for
 
 SH = "/bin/sh"
@@ -390,3 +391,57 @@ def test_close_fds_like_subprocess(runner):
     finally:
         os.close(r_fd)
         os.close(w_fd)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_pass_fds_like_subprocess(runner):
+    # Two fds, inheritable or not: the passed one reaches the child, the
+    # other is closed, in both runners; the child reports what it has.
+    r_fd, w_fd = os.pipe()
+    other = os.dup(w_fd)
+    os.set_inheritable(other, True)
+    fds = [r_fd, w_fd, other]
+    try:
+        code = [sys.executable, "-c", "import os, sys\nfor fd in map(int, sys.argv[1:]):\n"
+                " try:\n  os.fstat(fd); print(fd, 'open', os.get_inheritable(fd))\n"
+                " except OSError: print(fd, 'closed')", str(w_fd), str(other)]
+        want = f"{w_fd} open True\n{other} closed\n"
+        assert subprocess.run(code, capture_output=True, text=True, pass_fds=[w_fd]).stdout == want
+        assert runner(code, capture_output=True, text=True, pass_fds=[w_fd]).stdout == want
+        assert not os.get_inheritable(w_fd)  # the parent's flag is untouched
+        with pytest.warns(RuntimeWarning, match="pass_fds overriding close_fds"):
+            assert runner(code, capture_output=True, text=True, pass_fds=(w_fd,), close_fds=False).stdout == want
+        assert runner(py(f"import os; os.write({w_fd}, b'through')"), pass_fds=[w_fd]).returncode == 0
+        for fd in (w_fd, other):  # then a read that finds nothing sees EOF rather than hang
+            os.close(fd)
+            fds.remove(fd)
+        assert os.read(r_fd, 100) == b"through"
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_executable_like_subprocess(runner):
+    # argv[0] is the command as given; the program run is `executable`,
+    # and with shell=True `executable` is the shell.
+    for kw in (dict(args=["-sh", "-c", "echo $0"], executable="sh"),
+               dict(args="echo $0", shell=True, executable="/bin/sh")):
+        want = subprocess.run(capture_output=True, text=True, **kw).stdout
+        assert want in ("-sh\n", "/bin/sh\n")
+        assert runner(capture_output=True, text=True, **kw).stdout == want
+    with pytest.raises(FileNotFoundError, match="no-such-program"):
+        runner(["x"], executable="no-such-program")
+
+
+def test_pass_fds_and_executable_errors(executor):
+    with pytest.raises(ValueError, match="fd 1 is not >= 3"):
+        ProcessSpawnOperation("true").with_pass_fds([1])
+    with pytest.raises(ValueError, match="not an fd number"):
+        ProcessSpawnOperation("true").with_pass_fds(["5"])
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)  # a number that is not open now
+    with pytest.raises(OSError, match=f"pass_fds: fd {fd} is not open") as e:
+        executor.execute(ProcessSpawnOperation("true").with_pass_fds([fd]))
+    assert e.value.errno == errno.EBADF
+    assert ProcessSpawnOperation("true").with_pass_fds([9, 5]).with_pass_fds([5, 7]).pass_fds == (5, 7, 9)

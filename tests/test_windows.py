@@ -567,6 +567,20 @@ def test_missing_command_and_working_dir_are_named(executor, tmp_path):
     assert str(missing) in str(e.value)
 
 
+def test_executable_runs_with_the_command_as_argv0(executor):
+    code = "import ctypes; k = ctypes.windll.kernel32; k.GetCommandLineW.restype = ctypes.c_wchar_p; " \
+           "print(k.GetCommandLineW())"
+    r = executor.execute(ProcessSpawnOperation("renamed").with_executable(sys.executable)
+                         .with_args(["-c", code]).with_stdout(PIPE))
+    out, _ = r.process.communicate(timeout=60)
+    assert r.process.returncode == 0 and out.decode().startswith("renamed -c ")
+
+
+def test_pass_fds_is_unsupported_and_spawns_nothing(executor):
+    with pytest.raises(NotImplementedError, match="pass_fds"):
+        executor.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", "pass"]).with_pass_fds([5]))
+
+
 def test_arguments_survive_the_command_line(executor):
     args = ["plain", "two words", 'quo"te', "back\\slash\\", "", "tab\there", "ünï"]
     r = executor.execute(ProcessSpawnOperation(sys.executable)

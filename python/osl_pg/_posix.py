@@ -42,9 +42,10 @@ def _search_path(op: ProcessSpawnOperation) -> Optional[str]:
 
 
 def resolve_command(op: ProcessSpawnOperation) -> str:
-    """The executable's path. A command with a slash is used as given; a bare
-    name is looked up in PATH, and the answer is cached per (name, PATH)."""
-    command = op.command
+    """The executable's path: op.executable if given, else the command. One
+    with a slash is used as given; a bare name is looked up in PATH, and the
+    answer is cached per (name, PATH)."""
+    command = op.executable if op.executable is not None else op.command
     if "/" in command:
         return command
     path = _search_path(op)
@@ -186,6 +187,10 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
             attr.pgid = group.pgid
         attr.new_session = op.detach_from_terminal
         attr.close_fds = op.close_fds
+        if op.pass_fds:
+            pass_fds_c = ffi.new("int[]", op.pass_fds)  # sorted and unique (validate())
+            attr.pass_fds = pass_fds_c
+            attr.n_pass_fds = len(op.pass_fds)
         attr.pdeathsig = int(signal.SIGKILL) if op.kill_on_parent_death else 0
         attr.n_cgroups = len(cgroup_procs_fds)
         for i, fd in enumerate(cgroup_procs_fds):
@@ -196,7 +201,7 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
         if err:
             stdio.close_parent_ends()
             if err == errno.ENOENT or err == errno.ENOEXEC:
-                _which_cache.pop((op.command, _search_path(op)), None)
+                _which_cache.pop((op.executable or op.command, _search_path(op)), None)
             raise _spawn_error(err, out[1], op, path)
         stdio.close_child_ends()
     except BaseException:
@@ -226,14 +231,28 @@ def _spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> O
             lib.OSL_STEP_SPAWN, lib.OSL_STEP_PGROUP):
         return join_error(group.pgid)
     if err in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR):
+        program = op.executable if op.executable is not None else op.command
         if err == errno.ENOENT:
-            return CommandNotFound(err, f"command not found: {op.command!r} ({path})", op.command)
-        return from_errno(err, f"cannot execute {op.command!r} ({path})", op.command)
+            return CommandNotFound(err, f"command not found: {program!r} ({path})", program)
+        return from_errno(err, f"cannot execute {program!r} ({path})", program)
+    if step == lib.OSL_STEP_PASS_FDS:
+        closed = [fd for fd in op.pass_fds if not _is_open(fd)]
+        if err == errno.EBADF and closed:
+            return from_errno(err, f"pass_fds: fd {closed[0]} is not open")
+        return from_errno(err, f"pass_fds {list(op.pass_fds)} could not be passed")
     if step == lib.OSL_STEP_CGROUP:
         return from_errno(err, "the child could not join its cgroup (write to cgroup.procs)")
     if step == lib.OSL_STEP_SESSION:
         return from_errno(err, "setsid() failed in the child")
     return from_errno(err, f"spawning {op.command!r} failed")
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+        return True
+    except OSError:
+        return False
 
 
 def join_error(pgid: int) -> OSError:

@@ -151,8 +151,10 @@ def _candidates(name: str, pathext: List[str]) -> List[str]:
 def resolve_command(op: ProcessSpawnOperation) -> str:
     """The executable's path: a command with a directory part is used as
     given (trying PATHEXT extensions if it has none), a bare name is looked
-    up in the child's PATH with PATHEXT, like cmd.exe and shutil.which."""
-    command = op.command
+    up in the child's PATH with PATHEXT, like cmd.exe and shutil.which.
+    op.executable, when given, is what is looked up (the command line
+    still starts with op.command)."""
+    command = op.executable if op.executable is not None else op.command
     pathext = [e for e in (_child_env_value(op, "PATHEXT") or ".COM;.EXE;.BAT;.CMD").split(";") if e]
     if os.path.dirname(command):
         for candidate in _candidates(command, pathext):
@@ -357,6 +359,8 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
     the child in that group's job."""
     if cgroup_procs_fds:
         raise Unsupported("cgroups are Linux-only")
+    if op.pass_fds:
+        raise Unsupported("pass_fds is POSIX-only: Windows children inherit handles, not fd numbers")
     _close_emptied_jobs()
     path = resolve_command(op)
     keep = []  # cffi buffers that must outlive the call

@@ -117,6 +117,21 @@ def _check_stdio(value: Any, slot: str) -> StdioSpec:
     raise InvalidOperation(f"{slot} must be PIPE, DEVNULL, an fd or a file, not {value!r}")
 
 
+def _check_pass_fds(fds: Any) -> Tuple[int, ...]:
+    """Ascending and without duplicates (what the C layer relies on); 0-2
+    are refused because with_stdin/stdout/stderr say what they become."""
+    if isinstance(fds, (str, bytes, int)) or not hasattr(fds, "__iter__"):
+        raise InvalidOperation(f"pass_fds must be a collection of fds, not {fds!r}")
+    out = set()
+    for fd in fds:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise InvalidOperation(f"pass_fds: {fd!r} is not an fd number")
+        if not 3 <= fd <= PID_MAX:
+            raise InvalidOperation(f"pass_fds: fd {fd} is not >= 3 (stdio is set with with_stdin/stdout/stderr)")
+        out.add(fd)
+    return tuple(sorted(out))
+
+
 # --------------------------------------------------------------------------
 # process group configuration
 
@@ -258,6 +273,8 @@ class ProcessSpawnOperation(_Operation):
     containment: Optional[str] = None  # see with_containment
     limits: Optional[Limits] = None
     close_fds: bool = True
+    pass_fds: Tuple[int, ...] = ()
+    executable: Optional[str] = None
     stdin: StdioSpec = None
     stdout: StdioSpec = None
     stderr: StdioSpec = None
@@ -353,6 +370,18 @@ class ProcessSpawnOperation(_Operation):
     def with_close_fds(self, close: bool) -> "ProcessSpawnOperation":
         return self._with(close_fds=bool(close))
 
+    def with_pass_fds(self, fds: Iterable[int]) -> "ProcessSpawnOperation":
+        """POSIX: fds (>= 3) the child keeps, at the same numbers and
+        inheritable, even though every other fd >= 3 is closed
+        (subprocess's pass_fds). Adds to those given before."""
+        return self._with(pass_fds=_check_pass_fds(self.pass_fds + tuple(_check_pass_fds(fds))))
+
+    def with_executable(self, path: Union[str, "os.PathLike[str]"]) -> "ProcessSpawnOperation":
+        """Execute `path` (looked up in PATH when it has no slash) while
+        the program sees `command` as its argv[0], e.g. "-sh" for a login
+        shell or a busybox applet name (subprocess's `executable`)."""
+        return self._with(executable=_check_text(path, "executable"))
+
     # properties ----------------------------------------------------------------
     @property
     def group_config(self) -> ProcessGroupConfig:
@@ -379,6 +408,10 @@ class ProcessSpawnOperation(_Operation):
             _env_pair(k, v)
         if self.cwd is not None:
             _check_text(self.cwd, "working directory")
+        if self.executable is not None and not _check_text(self.executable, "executable"):
+            raise InvalidOperation("empty executable")
+        if self.pass_fds:
+            _check_pass_fds(self.pass_fds)
         if self.process_group is not None and not isinstance(self.process_group, ProcessGroupConfig):
             raise InvalidOperation(f"process_group must be a ProcessGroupConfig, not {self.process_group!r}")
         if self.detach_from_terminal and isinstance(self.process_group, JoinGroup):

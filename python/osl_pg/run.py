@@ -141,7 +141,7 @@ class _Plan:
                  errors: Optional[str], text: Optional[bool], env: Optional[Mapping[Any, Any]],
                  universal_newlines: Optional[bool], start_new_session: bool, close_fds: bool, grace: float,
                  pipe_drain_timeout: float, kill_leftovers: bool, executor: Optional[ProcessExecutor],
-                 context: Optional[ExecutionContext]):
+                 context: Optional[ExecutionContext], executable: Any = None, pass_fds: Sequence[int] = ()):
         if input is not None:
             if stdin is not None:
                 raise ValueError("stdin and input arguments may not both be used.")
@@ -175,8 +175,17 @@ class _Plan:
         argv = _argv(args, shell)
         if not argv:
             raise ValueError("empty command")
+        if shell and executable is not None:
+            argv[0] = executable  # subprocess: the shell to run, and its argv[0]
         op = ProcessSpawnOperation(argv[0]).with_args(argv[1:])
+        if executable is not None and not shell:
+            op = op.with_executable(executable)
         op = op.with_detach_from_terminal() if start_new_session else op.with_new_process_group()
+        if pass_fds:
+            if not close_fds:
+                warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=3)
+                close_fds = True
+            op = op.with_pass_fds(pass_fds)
         if not close_fds:
             op = op.with_close_fds(False)
         if cwd is not None:
@@ -457,17 +466,17 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
         cwd: Any = None, timeout: Optional[float] = None, check: bool = False, encoding: Optional[str] = None,
         errors: Optional[str] = None, text: Optional[bool] = None, env: Optional[Mapping[Any, Any]] = None,
         universal_newlines: Optional[bool] = None, start_new_session: bool = False, close_fds: bool = True,
-        grace: float = DEFAULT_GRACE, pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN,
-        kill_leftovers: bool = True, executor: Optional[ProcessExecutor] = None,
+        pass_fds: Sequence[int] = (), executable: Any = None, grace: float = DEFAULT_GRACE,
+        pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True, executor: Optional[ProcessExecutor] = None,
         context: Optional[ExecutionContext] = None) -> CompletedRun:
     """Run `args` as the leader of a new process group and wait for it, as
     subprocess.run() does, ending the whole tree on timeout and what it
     leaves behind when it exits (see the module docstring).
 
-    subprocess.run() keywords that are not here (`executable`, `pass_fds`,
-    `preexec_fn`, `user`/`group`, `process_group`...) raise TypeError: the
-    spawn never forks, so no Python runs in the child, and the group is
-    always a new one.
+    subprocess.run() keywords that are not here (`preexec_fn`,
+    `user`/`group`, `process_group`...) raise TypeError: the spawn never
+    forks, so no Python runs in the child, and the group is always a new
+    one. `executable` and `pass_fds` (POSIX) work as in subprocess.run().
 
     The extra keywords: `grace` (seconds between SIGTERM and SIGKILL),
     `pipe_drain_timeout` (how long pipes may stay open after the command
@@ -475,7 +484,7 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
     and audit log the spawn and the signals go through."""
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
-                 kill_leftovers, executor, context)
+                 kill_leftovers, executor, context, executable, pass_fds)
     proc, group = plan.spawned(plan.executor.execute(plan.op, plan.context))
     try:
         try:
@@ -602,7 +611,8 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
                     shell: bool = False, cwd: Any = None, timeout: Optional[float] = None, check: bool = False,
                     encoding: Optional[str] = None, errors: Optional[str] = None, text: Optional[bool] = None,
                     env: Optional[Mapping[Any, Any]] = None, universal_newlines: Optional[bool] = None,
-                    start_new_session: bool = False, close_fds: bool = True, grace: float = DEFAULT_GRACE,
+                    start_new_session: bool = False, close_fds: bool = True, pass_fds: Sequence[int] = (),
+                    executable: Any = None, grace: float = DEFAULT_GRACE,
                     pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
                     executor: Optional[ProcessExecutor] = None,
                     context: Optional[ExecutionContext] = None) -> CompletedRun:
@@ -610,7 +620,7 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
     (no thread per child). Cancelling the task kills the whole group."""
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
-                 kill_leftovers, executor, context)
+                 kill_leftovers, executor, context, executable, pass_fds)
     proc, group = plan.spawned(await plan.executor.execute_async(plan.op, plan.context))
     pipes: Optional[_AsyncPipes] = None
     try:
