@@ -143,6 +143,46 @@ def test_executor_refuses_a_released_pgid_that_now_names_another_group():
     assert in_new_pid_namespace(RELEASED_THEN_REUSED).stdout.split() == ["refused", "True"]
 
 
+REAPED_THEN_REUSED = textwrap.dedent("""
+    # pid 1 of a new pid namespace: a child is spawned, reaped and its handle
+    # dropped; ns_last_pid hands its number to an unrelated process, which a
+    # signal sent by the old result's pid must not reach. Then one of our own
+    # spawns gets the number back, and the pid is signalled normally.
+    import gc, os, signal, subprocess
+    from osl_pg import ProcessExecutor, ProcessKillOperation, ProcessSignalOperation, ProcessSpawnOperation
+    ex = ProcessExecutor("reuse")
+    r = ex.execute(ProcessSpawnOperation("true"))
+    pid = int(r.get_metadata("pid"))
+    r.process.wait()
+    del r; gc.collect()                   # no handle left anywhere
+    def next_pid_is(n):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(n - 1))
+    next_pid_is(pid)
+    other = subprocess.Popen(["sleep", "30"])
+    assert other.pid == pid, (other.pid, pid)
+    for op in (ProcessSignalOperation(pid, signal.SIGTERM), ProcessKillOperation(pid)):
+        try:
+            ex.execute(op)
+            print("signalled")
+        except ProcessLookupError as e:
+            print("refused" if "another process" in str(e) else e)
+    print(other.poll() is None)
+    other.kill(); other.wait()
+    next_pid_is(pid)
+    again = ex.execute(ProcessSpawnOperation("sleep").arg("30"))
+    assert again.pid == pid, (again.pid, pid)
+    ex.execute(ProcessSignalOperation(pid, signal.SIGTERM))
+    print(again.process.wait())
+""")
+
+
+@linux_only
+def test_executor_refuses_a_reaped_pid_that_now_names_another_process():
+    out = in_new_pid_namespace(REAPED_THEN_REUSED).stdout.split()
+    assert out == ["refused", "refused", "True", str(-signal.SIGTERM)]
+
+
 def test_communicate_sends_what_was_written_before_the_input(executor):
     r = executor.execute(ProcessSpawnOperation("cat").with_stdin(PIPE).with_stdout(PIPE))
     r.process.stdin.write(b"first\n")

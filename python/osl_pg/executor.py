@@ -18,7 +18,7 @@ from .group import Member, ProcessGroup, owned_group, released_and_reused, scan_
 from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSignalOperation,
                          ProcessSpawnOperation, signal_name)
 from .policy import Decision, DefaultPolicy, SecurityPolicy
-from .process import Process, child_by_pid, sweep_abandoned
+from .process import Process, child_by_pid, reaped_and_reused, sweep_abandoned
 from .result import ExecutionResult
 from .tiers import ExitWatch, make_tier
 
@@ -288,6 +288,9 @@ def _signal_one(pid: int, sig: int) -> None:
     proc = child_by_pid(pid)
     if proc is not None:
         proc.send_signal(sig)
+    elif reaped_and_reused(pid):
+        raise ProcessNotFound(errno.ESRCH, f"process {pid} was spawned and reaped by this program and its number "
+                                           "now belongs to another process: not signalled")
     else:
         backend.kill(pid, sig)
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import IO, Any, List, Optional, Sequence, Set, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ._backend import backend
 from .errors import OslError, ProcessNotFound
@@ -38,6 +38,41 @@ class _ChildState:
         self.pid = pid
         self.reaped = False
         self.lock = threading.Lock()
+
+    def mark_reaped(self) -> None:
+        self.reaped = True
+        _remember_reaped(self.pid)
+
+
+# Pids of children this program reaped (the newest 4096): once a number is
+# here, a process that has it now is not the one we spawned (see
+# reaped_and_reused()). A new spawn that gets the number takes it out.
+_reaped_pids: Dict[int, bool] = {}
+
+
+def _remember_reaped(pid: int) -> None:
+    try:
+        if len(_reaped_pids) >= 4096:
+            _reaped_pids.pop(next(iter(_reaped_pids)), None)
+    except (RuntimeError, StopIteration):  # another thread changed it meanwhile
+        pass
+    _reaped_pids[pid] = True
+
+
+def reaped_and_reused(pid: int) -> bool:
+    """True when this program spawned and reaped `pid` and a process has
+    that number again: it is someone else's, and the executor must not
+    signal it on the strength of an old result's pid. (POSIX only: on
+    Windows os.kill(pid, 0) would terminate.)"""
+    if os.name == "nt" or not _reaped_pids.get(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # nobody has the number: signalling it finds nothing
+    except PermissionError:
+        pass  # another user's process has it
+    return True
 
 
 # Children whose handles were dropped before they were reaped: swept (without
@@ -83,7 +118,7 @@ def sweep_abandoned() -> None:
                 except OSError:
                     done = True  # ECHILD: someone else reaped it
                 if done:
-                    state.reaped = True
+                    state.mark_reaped()
                     _unreaped.discard(state)
             finally:
                 state.lock.release()
@@ -110,6 +145,7 @@ class Process:
         self._state = _ChildState(pid)
         self._pinned = False
         _children[pid] = self
+        _reaped_pids.pop(pid, None)  # the number is ours again
 
     def __del__(self) -> None:
         # A dropped handle whose child was not reaped yet: hand the child to
@@ -142,7 +178,7 @@ class Process:
                 code = backend.wait(self.pid, nohang=not block, nowait=True)
             except ProcessNotFound:
                 code = 0  # ECHILD: reaped elsewhere
-                state.reaped = True
+                state.mark_reaped()
             if code is None:
                 return None
             self.returncode = code
@@ -153,7 +189,7 @@ class Process:
                         backend.wait(self.pid, nohang=True, nowait=False)
                     except ProcessNotFound:
                         pass
-                    state.reaped = True
+                    state.mark_reaped()
         return self.returncode
 
     def poll(self) -> Optional[int]:
