@@ -85,6 +85,44 @@ def test_missing_working_dir_names_it(executor, tmp_path, force_vfork, unchanged
     assert "working directory" in str(e.value)
 
 
+@pytest.mark.parametrize("force_vfork", [False, True], ids=["posix_spawn", "vfork"])
+@pytest.mark.parametrize("slot", ["stdin", "stdout", "stderr"])
+def test_stdio_fd_that_is_not_open_is_named(executor, slot, force_vfork, unchanged):
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)  # a number that is free now
+    op = getattr(ProcessSpawnOperation("true"), f"with_{slot}")(fd)
+    if force_vfork:
+        if not sys.platform.startswith("linux"):
+            pytest.skip("the vfork path is forced through Linux's parent-death signal")
+        op = op.with_kill_on_parent_death()
+    with pytest.raises(OslError, match=f"{slot}: fd {fd} is not open") as e:
+        executor.execute(op)
+    assert e.value.errno == errno.EBADF
+
+
+def test_running_out_of_fds_is_an_osl_error_and_leaks_nothing(executor, unchanged):
+    # Fill the fd table but for 3 slots: the spawn needs 6 for its pipes.
+    from osl_pg import PIPE
+    before = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    held = []
+    try:
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as e:
+            assert e.errno == errno.EMFILE
+        for _ in range(3):
+            os.close(held.pop())
+        with pytest.raises(OslError, match="cannot make a pipe for the child's") as e:
+            executor.execute(ProcessSpawnOperation("true").with_stdin(PIPE).with_stdout(PIPE).with_stderr(PIPE))
+        assert e.value.errno == errno.EMFILE
+    finally:
+        for fd in held:
+            os.close(fd)
+    if before is not None:
+        assert set(os.listdir("/proc/self/fd")) == before
+
+
 def test_join_group_that_does_not_exist(executor, unchanged):
     # Pids run 1..pid_max-1, so pid_max itself is never a live process. It is
     # read each time: a new pid namespace on recent kernels has its own

@@ -11,7 +11,7 @@ import signal
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._native import ffi, lib
-from ._spawned import PipeEnds, Spawned, devnull
+from ._spawned import SLOTS, PipeEnds, Spawned, devnull
 from .errors import CommandNotFound, OslError, OslPermissionError, ProcessNotFound, Unsupported, from_errno
 from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation
 
@@ -123,7 +123,10 @@ class _Stdio(PipeEnds):
                 # on a free fd 0-2): dup2() onto itself would not clear the
                 # flag. fd != i: an earlier dup2 may overwrite it. Either
                 # way, move it above 2 and let the child dup2 it down.
-                moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                try:
+                    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                except OSError as e:
+                    raise from_errno(e.errno or 0, f"{SLOTS[i]}: cannot use fd {fd}") from None
                 self.close_after.append(moved)
                 self.child[i] = moved
 
@@ -235,6 +238,11 @@ def _spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> O
         if err == errno.ENOENT:
             return CommandNotFound(err, f"command not found: {program!r} ({path})", program)
         return from_errno(err, f"cannot execute {program!r} ({path})", program)
+    if err == errno.EBADF and step in (lib.OSL_STEP_SPAWN, lib.OSL_STEP_EXEC):
+        for slot, spec in zip(SLOTS, (op.stdin, op.stdout, op.stderr)):
+            fd = spec if isinstance(spec, int) else getattr(spec, "fileno", lambda: -1)()
+            if fd >= 0 and not _is_open(fd):
+                return from_errno(err, f"{slot}: fd {fd} is not open")
     if step == lib.OSL_STEP_PASS_FDS:
         closed = [fd for fd in op.pass_fds if not _is_open(fd)]
         if err == errno.EBADF and closed:

@@ -5,6 +5,10 @@ import os
 import threading
 from typing import List, Optional
 
+from .errors import from_errno
+
+SLOTS = ("stdin", "stdout", "stderr")
+
 _devnull_fd = -1
 _devnull_lock = threading.Lock()
 
@@ -17,7 +21,10 @@ def devnull() -> int:
     if _devnull_fd < 0:
         with _devnull_lock:
             if _devnull_fd < 0:
-                _devnull_fd = os.open(os.devnull, os.O_RDWR)
+                try:
+                    _devnull_fd = os.open(os.devnull, os.O_RDWR)
+                except OSError as e:  # EMFILE, ENFILE: ours, with what it was for
+                    raise from_errno(e.errno or 0, f"cannot open {os.devnull} for the child", os.devnull) from None
     return _devnull_fd
 
 
@@ -47,7 +54,10 @@ class PipeEnds:
         """A pipe for std slot `slot` (0 stdin, 1 stdout, 2 stderr): the
         parent's end is kept, the child's end is returned and closed after
         the spawn. Neither is inheritable (PEP 446)."""
-        r, w = os.pipe()
+        try:
+            r, w = os.pipe()
+        except OSError as e:  # EMFILE, ENFILE: ours, with what it was for
+            raise from_errno(e.errno or 0, f"cannot make a pipe for the child's {SLOTS[slot]}") from None
         child, self.parent[slot] = (r, w) if slot == 0 else (w, r)
         self.close_after.append(child)
         return child
