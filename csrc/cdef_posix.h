@@ -48,6 +48,7 @@ int osl_setpgid(int pid, int pgid);
 int osl_setsid(int *sid_out);
 int osl_wait(int pid, int flags, int *done, int *status);
 int osl_set_child_subreaper(int on);
+int osl_children_autoreaped(int *out);
 int osl_bench_spawn_wait(const char *path, int n, long long *elapsed_ns);
 int osl_bench_spawn(const char *path, int close_fds, long long *call_ns,
                     long long *total_ns);

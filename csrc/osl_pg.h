@@ -86,6 +86,11 @@ int osl_wait(int pid, int flags, int *done, int *status);
 /* Mark the calling process a child subreaper (Linux), or clear it. */
 int osl_set_child_subreaper(int on);
 
+/* *out = 1 when the kernel reaps this process's children by itself
+ * (SIGCHLD ignored, or SA_NOCLDWAIT): their exit statuses are lost and a
+ * child's pid is free the moment it exits. */
+int osl_children_autoreaped(int *out);
+
 /* The C floor for benchmarks: spawn `path` in a new group and wait for it,
  * `n` times, with no Python in the loop. *elapsed_ns is the total time. */
 int osl_bench_spawn_wait(const char *path, int n, long long *elapsed_ns);

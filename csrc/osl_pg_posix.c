@@ -526,6 +526,18 @@ int osl_set_child_subreaper(int on)
 #endif
 }
 
+int osl_children_autoreaped(int *out)
+{
+    struct sigaction sa;
+    /* Read with sigaction() rather than trusting Python's view: a C
+     * library may have set SA_NOCLDWAIT, which signal.getsignal() cannot
+     * show, and which has the same effect as SIG_IGN. */
+    if (sigaction(SIGCHLD, NULL, &sa) != 0)
+        return errno;
+    *out = sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDWAIT) != 0;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Benchmark floor                                                     */
 

@@ -9,7 +9,7 @@ import textwrap
 import psutil
 import pytest
 
-from conftest import py, linux_only
+from conftest import linux_only, py, wait_for
 from osl_pg import DEVNULL, PIPE, STDOUT, ExecutionContext, ProcessSpawnOperation, SecurityContext
 
 
@@ -256,3 +256,23 @@ def test_big_parent_spawns_without_fork(tmp_path):
     assert spawns, calls
     for c in spawns:
         assert "CLONE_VM" in c and "CLONE_VFORK" in c, c
+
+
+def test_ignored_sigchld_is_warned_about(executor):
+    # SIGCHLD ignored: the kernel reaps our children itself (their status is
+    # lost, their pids are free at once). Say so at the spawn; by default
+    # nothing is said.
+    import warnings
+    from osl_pg import ChildrenAutoReapedWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChildrenAutoReapedWarning)
+        executor.execute(ProcessSpawnOperation("true")).process.wait()
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with pytest.warns(ChildrenAutoReapedWarning, match="SIGCHLD is ignored") as w:
+            r = executor.execute(ProcessSpawnOperation("sh").with_args(["-c", "exit 3"]))
+        assert w[0].filename == __file__  # points at the caller's line
+        assert r.process.wait(10) == 0  # what subprocess reports too: the status is gone
+        assert wait_for(lambda: not psutil.pid_exists(r.pid))  # reaped by the kernel, no zombie
+    finally:
+        signal.signal(signal.SIGCHLD, old)

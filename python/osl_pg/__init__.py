@@ -4,7 +4,8 @@ Process groups and sessions on POSIX, Job Objects on Windows. See README.md.
 """
 from .audit import JsonLinesHandler, write_audit_log
 from .context import ExecutionContext, SecurityContext
-from .errors import (CgroupPermissionError, CgroupUnavailable, CommandNotFound, InvalidOperation,
+from .errors import (CgroupPermissionError, CgroupUnavailable, ChildrenAutoReapedWarning, CommandNotFound,
+                     InvalidOperation,
                      LimitUnavailable, OslError, OslOSError, OslPermissionError, OslTimeoutError,
                      ProcessNotFound, SecurityViolation, Unsupported)
 from .executor import OSLFramework, ProcessExecutor, TargetFacts
@@ -29,5 +30,5 @@ __all__ = [
     "SecurityContext", "SecurityPolicy", "SecurityViolation", "TargetFacts", "TerminateReport", "Unsupported",
     "WaitTimeout", "set_child_subreaper", "write_audit_log",
     "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits",
-    "CompletedRun", "Leftover", "LeftoverProcessWarning", "run", "run_async",
+    "CompletedRun", "Leftover", "LeftoverProcessWarning", "run", "run_async", "ChildrenAutoReapedWarning",
 ]

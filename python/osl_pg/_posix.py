@@ -399,6 +399,13 @@ def signal_group(pgid: int, sig: int) -> None:
         raise _killpg_error(e.errno, pgid, sig) from None
 
 
+def children_autoreaped() -> bool:
+    """True when SIGCHLD is ignored (or SA_NOCLDWAIT is set): the kernel
+    then reaps our children itself (see osl_children_autoreaped)."""
+    out = ffi.new("int *")
+    return lib.osl_children_autoreaped(out) == 0 and out[0] == 1
+
+
 def group_signaller(pgid: int) -> Callable[[int], None]:
     """signal_group(pgid, ·) for a handle's hot path: os.killpg bound to the
     pgid with functools.partial, so ProcessGroup.signal reaches the syscall

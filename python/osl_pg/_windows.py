@@ -548,6 +548,11 @@ def signal_group(pgid: int, sig: int) -> None:
         raise _unsupported(sig, "a job")
 
 
+def children_autoreaped() -> bool:
+    """Windows keeps a process object while a handle to it is open."""
+    return False
+
+
 def group_signaller(pgid: int) -> Callable[[int], None]:
     """signal_group(pgid, ·) for a handle's hot path (see _posix)."""
     return functools.partial(signal_group, pgid)

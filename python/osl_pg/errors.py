@@ -70,6 +70,12 @@ class OslTimeoutError(TimeoutError, OslError):
     """A wait ran out of time."""
 
 
+class ChildrenAutoReapedWarning(RuntimeWarning):
+    """A spawn while SIGCHLD is ignored (or SA_NOCLDWAIT is set): the kernel
+    reaps the children itself, so their exit statuses read as 0 (as in
+    subprocess) and a group handle cannot pin its pgid against reuse."""
+
+
 _BY_ERRNO = {
     _errno.ENOENT: CommandNotFound,
     _errno.ENOTDIR: CommandNotFound,

@@ -203,6 +203,23 @@ static void test_pass_fds(void)
 }
 #endif
 
+static void test_autoreaped(void)
+{
+    struct sigaction ign, old;
+    int on = -1;
+    CHECK(osl_children_autoreaped(&on) == 0 && on == 0, "children are not auto-reaped by default");
+    memset(&ign, 0, sizeof(ign));
+    ign.sa_handler = SIG_DFL;
+    ign.sa_flags = SA_NOCLDWAIT;
+    sigaction(SIGCHLD, &ign, &old);
+    CHECK(osl_children_autoreaped(&on) == 0 && on == 1, "SA_NOCLDWAIT is seen");
+    ign.sa_handler = SIG_IGN;
+    ign.sa_flags = 0;
+    sigaction(SIGCHLD, &ign, NULL);
+    CHECK(osl_children_autoreaped(&on) == 0 && on == 1, "SIG_IGN is seen");
+    sigaction(SIGCHLD, &old, NULL);
+}
+
 static void test_floor(void)
 {
     long long ns = 0;
@@ -357,6 +374,7 @@ int main(void)
 #ifdef __linux__
     test_pass_fds();
 #endif
+    test_autoreaped();
     test_floor();
     test_cgroup_join();
     printf("%d passed, %d failed\n", passed, failed);
