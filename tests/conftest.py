@@ -13,6 +13,13 @@ MARK = "OSL_PG_TEST_MARK"
 SESSION = uuid.uuid4().hex[:12]
 os.environ[MARK] = SESSION
 
+# OSL_PG_TEST_NO_PIDFD=1 runs the suite as on a system without pidfd_open
+# (Linux before 5.3, e.g. RHEL 8's 4.18; macOS; the BSDs): every wait and
+# liveness check then takes the polling path.
+if os.environ.get("OSL_PG_TEST_NO_PIDFD") and sys.platform != "win32":
+    import osl_pg._posix
+    osl_pg._posix.HAS_PIDFD = False
+
 
 def marked_processes(value_prefix):
     found = []
