@@ -480,6 +480,11 @@ class ProcessSignalOperation(_Operation):
 
     def __init__(self, pid: int, signal: int, *, target_group: bool = False,
                  allow_own_group: bool = False, **kwargs: Any):
+        # A signal.Signals member is stored as its number: str() of an
+        # IntEnum is "Signals.SIGTERM" before Python 3.11, "15" after, and
+        # the metadata must read the same everywhere.
+        if isinstance(signal, int) and not isinstance(signal, bool):
+            signal = int(signal)
         _init_fields(self, dict(kwargs, pid=pid, signal=signal, target_group=target_group,
                                 allow_own_group=allow_own_group,
                                 operation_type=OperationType.PROCESS_GROUP_SIGNAL if target_group
