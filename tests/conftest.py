@@ -101,7 +101,7 @@ def our_cgroups():
 
 def _remove_cgroups(paths):
     for path in paths:
-        for pid in open(os.path.join(path, "cgroup.procs")).read().split():
+        for pid in read(os.path.join(path, "cgroup.procs")).split():
             try:
                 os.kill(int(pid), 9)
             except ProcessLookupError:
@@ -153,6 +153,13 @@ def in_new_pid_namespace(code, timeout=120):
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     return out
+
+
+def read(path):
+    """A file's text, closed again (the suite runs with ResourceWarning
+    as an error)."""
+    with open(path) as f:
+        return f.read()
 
 
 def py(code):

@@ -11,7 +11,7 @@ import textwrap
 import psutil
 import pytest
 
-from conftest import alive, py, wait_for
+from conftest import alive, py, read, wait_for
 from osl_pg import PIPE, InvalidOperation, ProcessSpawnOperation
 from osl_pg import cgroup as cg_module
 from osl_pg.errors import CgroupPermissionError, CgroupUnavailable
@@ -148,7 +148,7 @@ def test_cgroup_tier_contains_and_kills_a_setsid_daemon(executor):
         assert os.getsid(daemon) != os.getsid(r.pid) and os.getpgid(daemon) != g.pgid
         # ...but not the cgroup, which lists it as a member.
         assert cgroup_dir(daemon) == path == cgroup_dir(r.pid)
-        procs = {int(p) for p in open(os.path.join(path, "cgroup.procs")).read().split()}
+        procs = {int(p) for p in read(os.path.join(path, "cgroup.procs")).split()}
         assert daemon in procs and {m.pid for m in g.members()} == procs
         assert g.escaped() == []
         let_middle_exit(r, daemon)
@@ -207,8 +207,8 @@ def test_close_kills_everything_in_the_cgroup(executor, monkeypatch, hide):
     g = r.group
     path = g.cgroup_path
     assert r.process.stdout.readline() == b"up\n"
-    assert wait_for(lambda: len(open(os.path.join(path, "cgroup.procs")).read().split()) >= 3)
-    pids = [int(p) for p in open(os.path.join(path, "cgroup.procs")).read().split()]
+    assert wait_for(lambda: len(read(os.path.join(path, "cgroup.procs")).split()) >= 3)
+    pids = [int(p) for p in read(os.path.join(path, "cgroup.procs")).split()]
     g.close()
     assert not any(alive(p) for p in pids)
     assert not os.path.exists(path)
@@ -223,7 +223,7 @@ def test_freeze_and_thaw(executor):
     events = os.path.join(g.cgroup_path, "cgroup.events")
     try:
         g.freeze()
-        assert "frozen 1" in open(events).read()
+        assert "frozen 1" in read(events)
         g.terminate(grace=5)  # a frozen group still terminates (TERM is queued; KILL always works)
         assert r.process.returncode in (-signal.SIGTERM, -signal.SIGKILL)
     finally:
@@ -236,7 +236,7 @@ def test_freeze_and_thaw(executor):
         r.process.stdin.write(b"it\n")
         r.process.stdin.flush()
         g.thaw()
-        assert "frozen 0" in open(os.path.join(g.cgroup_path, "cgroup.events")).read()
+        assert "frozen 0" in read(os.path.join(g.cgroup_path, "cgroup.events"))
         assert r.process.communicate(timeout=30)[0] == b"got it\n"  # it runs again
         assert g.wait(30) == 0
     finally:
@@ -360,7 +360,7 @@ def test_parent_death_ends_setsid_escapees_in_the_cgroup_tier():
         if daemon is not None:
             kill_and_reap(daemon)
         if path is not None and os.path.isdir(path):
-            assert wait_for(lambda: not open(os.path.join(path, "cgroup.procs")).read().strip())
+            assert wait_for(lambda: not read(os.path.join(path, "cgroup.procs")).strip())
             os.rmdir(path)  # its owner died: nobody else removes it
             parent_dir = os.path.dirname(path)
             try:

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import alive, wait_for
+from conftest import alive, read, wait_for
 from osl_pg import PIPE, InvalidOperation, Limits, ProcessSpawnOperation
 from osl_pg import cgroup as cg_module
 from osl_pg.errors import LimitUnavailable
@@ -75,8 +75,8 @@ def test_fork_bomb_is_capped_at_max_processes(executor, containment):
     try:
         made, failed = map(int, r.process.stdout.readline().split())
         d = limit_dir(r.pid, g, "max_processes", "pids")
-        assert open(os.path.join(d, "pids.max")).read().strip() == "10"
-        assert int(open(os.path.join(d, "pids.current")).read()) <= 10
+        assert read(os.path.join(d, "pids.max")).strip() == "10"
+        assert int(read(os.path.join(d, "pids.current"))) <= 10
         assert made == 9 and failed == 191  # the leader is the 10th
         assert len([m for m in g.members() if not m.zombie]) == 10
         assert g.limit_events()["fork_failures"] >= 1
@@ -108,11 +108,11 @@ def test_memory_hog_is_oom_killed_and_reported(executor):
         assert r.process.returncode == -signal.SIGKILL, "the OOM killer ends the hog"
         assert len(out.split()) < 64 * 8 * (1 << 20) // limit, "it never got its 512 MiB"
         if g.limits_applied["max_memory"] == "cgroup2:memory":
-            assert "oom_kill 1" in open(os.path.join(d, "memory.events")).read()
-            assert int(open(os.path.join(d, "memory.peak")).read()) <= limit
+            assert "oom_kill 1" in read(os.path.join(d, "memory.events"))
+            assert int(read(os.path.join(d, "memory.peak"))) <= limit
         else:
-            assert "oom_kill 1" in open(os.path.join(d, "memory.oom_control")).read()
-            assert int(open(os.path.join(d, "memory.max_usage_in_bytes")).read()) <= limit
+            assert "oom_kill 1" in read(os.path.join(d, "memory.oom_control"))
+            assert int(read(os.path.join(d, "memory.max_usage_in_bytes"))) <= limit
         assert g.limit_events()["oom_kills"] == 1
         g.wait(30)
     finally:
@@ -128,13 +128,13 @@ def test_cpu_quota_throttles(executor):
     try:
         d = limit_dir(r.pid, g, "cpu_quota", "cpu")
         if g.limits_applied["cpu_quota"] == "cgroup2:cpu":
-            assert open(os.path.join(d, "cpu.max")).read().split() == ["10000", "100000"]
+            assert read(os.path.join(d, "cpu.max")).split() == ["10000", "100000"]
         else:
-            assert open(os.path.join(d, "cpu.cfs_quota_us")).read().strip() == "10000"
-            assert open(os.path.join(d, "cpu.cfs_period_us")).read().strip() == "100000"
+            assert read(os.path.join(d, "cpu.cfs_quota_us")).strip() == "10000"
+            assert read(os.path.join(d, "cpu.cfs_period_us")).strip() == "100000"
 
         def throttled():
-            stat = dict(line.split() for line in open(os.path.join(d, "cpu.stat")))
+            stat = dict(line.split() for line in read(os.path.join(d, "cpu.stat")).splitlines())
             return int(stat["nr_throttled"]) > 0
 
         assert wait_for(throttled, timeout=30), "the kernel throttles a busy loop at its quota"
