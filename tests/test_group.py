@@ -376,3 +376,60 @@ def test_terminate_reports_members_that_survive_sigkill(executor, monkeypatch):
     assert alive(r.pid) and not r.group.released
     r.group.signal(signal.SIGKILL)  # the pgid is still pinned, so this is safe
     assert r.group.wait(10) == -signal.SIGKILL
+
+
+def test_concurrent_waits_and_signals_on_one_handle(executor):
+    # Three threads wait for the same group while a fourth probes it with
+    # signal 0 until the handle is released: every waiter gets the leader's
+    # status, the release happens once, and the prober stops on
+    # ProcessLookupError, never on another error.
+    r = spawn_group(executor, "sh", "-c", "sleep 0.3 & sleep 0.2; exit 7")
+    g = r.group
+    results, errors = [], []
+
+    def waiter():
+        try:
+            results.append(g.wait(30))
+        except Exception as e:  # noqa: BLE001 - the test reports any
+            errors.append(e)
+
+    def prober():
+        try:
+            while True:
+                g.signal(0)
+        except ProcessLookupError as e:
+            results.append(type(e).__name__)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)] + [threading.Thread(target=prober)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert sorted(map(str, results)) == ["7", "7", "7", "ProcessNotFound"]
+    assert g.released and r.process.reaped and not alive(r.pid)
+
+
+def test_the_handle_refuses_signals_before_the_pgid_is_freed(executor, monkeypatch):
+    # The moment the leader is reaped its pid (the pgid) may be handed out
+    # again: from then on signal() must be refused by the handle itself,
+    # never passed to killpg() on a number that may be someone else's.
+    r = spawn_group(executor, "true")
+    g = r.group
+    seen = []
+    real_release = r.process._release
+
+    def release_then_probe():
+        real_release()  # reaps: the pgid is free from here on
+        assert r.process.reaped
+        try:
+            g.signal(0)
+            seen.append("sent")
+        except ProcessLookupError as e:
+            seen.append(str(e))
+
+    monkeypatch.setattr(r.process, "_release", release_then_probe)
+    g.wait(30)
+    assert len(seen) == 1 and "handle was released" in seen[0], seen

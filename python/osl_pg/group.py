@@ -197,6 +197,11 @@ class ProcessGroup:
         self.owner = owner
         self.detached = False
         self._released = False
+        # Held while the handle is released and its leader reaped (which
+        # frees the pgid), and by terminate()/close() around each signal
+        # they send: none of those can reach a recycled pgid. signal()
+        # itself stays lock-free (see _finish()).
+        self._release_lock = threading.Lock()
         self._seen: Dict[int, MemberOutcome] = {}
         self._sigkilled = False  # SIGKILL sent: nothing can leave any more
         self._kill_on_parent_death = False
@@ -393,14 +398,35 @@ class ProcessGroup:
     def _finish(self) -> Optional[int]:
         """The group is empty: reap the leader and release the handle."""
         rc = None
+        # Released *before* the leader is reaped (which frees the pgid):
+        # a signal() in another thread either checks the flag after this
+        # and raises, or is already past it; on CPython 3.11+ nothing can
+        # switch threads between that check and the killpg() C call, so the
+        # signal has gone out before this line runs.
+        with self._release_lock:
+            first = not self._released
+            self._released = True
+            if self.leader is not None:
+                self.leader._release()
+        if not first:  # another thread's wait()/terminate() released it
+            return self._released_returncode()
         if self.leader is not None:
-            self.leader._release()
             rc = self.leader.returncode
             seen = self._seen.get(self.pgid)
             if seen is not None:
                 seen.returncode = rc
         self._release()
         return rc
+
+    def _released_returncode(self) -> Optional[int]:
+        """wait() on a released handle: the leader's code. Another thread's
+        _finish() may be reaping the leader right now (the flag goes up
+        first), so wait for it; a detached leader may still run: no wait."""
+        if self.leader is None:
+            return None
+        if self.detached:
+            return self.leader.returncode
+        return self.leader.wait()
 
     def _kill_with_parent(self) -> None:
         """Have the watchdog kill this whole group if this process dies."""
@@ -430,7 +456,7 @@ class ProcessGroup:
         leader). Returns the leader's returncode when this program spawned
         it. Raises WaitTimeout if members still run after `timeout`."""
         if self._released:
-            return self.leader.returncode if self.leader is not None else None
+            return self._released_returncode()
         deadline = None if timeout is None else time.monotonic() + timeout
         # One ExitWatch per call: its pidfds are never shared with another
         # thread's wait (closing one under a poller could hit a reused fd).
@@ -441,7 +467,7 @@ class ProcessGroup:
 
     async def wait_async(self, timeout: Optional[float] = None) -> Optional[int]:
         if self._released:
-            return self.leader.returncode if self.leader is not None else None
+            return self._released_returncode()
         deadline = None if timeout is None else time.monotonic() + timeout
         with ExitWatch() as exits:
             if not await self._watch_async(deadline, "exited", exits):
@@ -452,20 +478,26 @@ class ProcessGroup:
     def _term_signals(self) -> bool:
         """SIGTERM (and SIGCONT, so stopped members can act on it).
         False when the group had no member left to signal."""
-        try:
-            self._strategy.signal(SIGTERM)
-            if SIGCONT is not None:
-                self._strategy.signal(int(SIGCONT))
-        except ProcessLookupError:
-            return False
+        with self._release_lock:
+            if self._released:  # another thread's wait() ended it
+                return False
+            try:
+                self._strategy.signal(SIGTERM)
+                if SIGCONT is not None:
+                    self._strategy.signal(int(SIGCONT))
+            except ProcessLookupError:
+                return False
         return True
 
     def _kill_quietly(self) -> None:
         self._sigkilled = True
-        try:
-            self._strategy.kill()
-        except ProcessLookupError:
-            pass
+        with self._release_lock:
+            if self._released:
+                return
+            try:
+                self._strategy.kill()
+            except ProcessLookupError:
+                pass
 
     def _report(self, start: float, escalated: bool, all_gone: bool = True) -> TerminateReport:
         if all_gone:
@@ -531,8 +563,10 @@ class ProcessGroup:
                 self._watch(None, "killed", exits, observe=False)
             self._finish()
         else:
-            if self.leader is not None:
-                self.leader._release()
+            with self._release_lock:
+                self._released = True  # before the reap: see _finish()
+                if self.leader is not None:
+                    self.leader._release()
             self._release()
 
     def __enter__(self) -> "ProcessGroup":
