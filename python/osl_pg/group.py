@@ -19,6 +19,7 @@ milliseconds of the last death; elsewhere it polls with a short backoff.
 """
 import errno
 import os
+import sys
 import signal as _signal
 import threading
 import time
@@ -200,8 +201,10 @@ class ProcessGroup:
         # Held while the handle is released and its leader reaped (which
         # frees the pgid), and by terminate()/close() around each signal
         # they send: none of those can reach a recycled pgid. signal()
-        # itself stays lock-free (see _finish()).
-        self._release_lock = threading.Lock()
+        # itself stays lock-free (see _finish()). Reentrant: a Python signal
+        # handler (osl-pg run forwards SIGINT) may call signal() or close()
+        # on the thread that holds it.
+        self._release_lock = threading.RLock()
         self._seen: Dict[int, MemberOutcome] = {}
         self._sigkilled = False  # SIGKILL sent: nothing can leave any more
         self._kill_on_parent_death = False
@@ -318,6 +321,20 @@ class ProcessGroup:
             raise self._strategy.signal_error(e, sig) from None
         if sig == SIGKILL:
             self._sigkilled = True
+
+    if sys.version_info < (3, 11):
+        # Before 3.11 the interpreter may switch threads between any two
+        # bytecodes, so between the released check and the killpg call
+        # another thread's _finish() could reap the leader: take the lock
+        # that _finish() holds (~0.2 us). From 3.11 on no switch can fall
+        # there (see _finish()), and the hot path stays lock-free.
+        _unlocked_signal = signal
+
+        def signal(self, sig: int) -> None:  # type: ignore[no-redef]
+            """Send `sig` to every member. Safe against pgid reuse (see the
+            module docstring): raises ProcessLookupError once released."""
+            with self._release_lock:
+                self._unlocked_signal(sig)
 
     def kill(self) -> None:
         self.signal(SIGKILL)
