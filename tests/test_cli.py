@@ -55,7 +55,13 @@ def test_run_timeout_ends_whole_tree_with_124():
 def test_run_exit_status_follows_timeout_command():
     assert osl_pg("run", "--", "sh", "-c", "exit 3").returncode == 3
     assert osl_pg("run", "--", "sh", "-c", "kill -TERM $$").returncode == 128 + 15
-    assert osl_pg("run", "--", "no-such-cmd-osl").returncode == 127
+    missing = osl_pg("run", "--", "no-such-cmd-osl")
+    assert missing.returncode == 127
+    # One line that says what failed, naming the command once (no "[Errno 2]").
+    assert missing.stderr.startswith("osl-pg: command not found: 'no-such-cmd-osl'")
+    assert missing.stderr.count("no-such-cmd-osl") == 1 and "Errno" not in missing.stderr
+    assert len(missing.stderr.splitlines()) == 1
+    assert osl_pg("run", "--", "/etc/passwd").returncode == 126
 
 
 def test_run_forwards_sigterm_to_the_group(tmp_path):

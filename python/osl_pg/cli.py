@@ -48,6 +48,15 @@ def _say(msg: str) -> None:
     print(f"osl-pg: {msg}", file=sys.stderr, flush=True)
 
 
+def _error_line(e: BaseException) -> str:
+    """osl_pg's OSErrors already say what failed (their strerror), so the
+    "[Errno N]" prefix and the repeated filename str() adds are dropped."""
+    if (isinstance(e, OSError) and isinstance(e, OslError) and e.strerror
+            and type(e).__str__ is OSError.__str__):  # SecurityViolation words its own
+        return str(e.strerror)
+    return str(e)
+
+
 def _describe(members: List[object]) -> str:
     return ", ".join(f"{m.pid} ({m.name})" for m in members)  # type: ignore[attr-defined]
 
@@ -67,10 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = ProcessExecutor("osl-pg-run").execute(op)
     except FileNotFoundError as e:
-        _say(str(e))
+        _say(_error_line(e))
         return EXIT_NOT_FOUND
     except (PermissionError, OSError) as e:
-        _say(str(e))
+        _say(_error_line(e))
         return EXIT_CANNOT_RUN
     group: ProcessGroup = result.group  # type: ignore[assignment]
     proc = result.process
@@ -298,9 +307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args))
     except (OslError, OSError, ValueError) as e:
-        msg = str(e)
-        prefix = f"[Errno {getattr(e, 'errno', None)}] "
-        _say(msg[len(prefix):] if msg.startswith(prefix) else msg)  # the message already says what failed
+        _say(_error_line(e))
         return 1
     except KeyboardInterrupt:
         return 128 + int(signal.SIGINT)
