@@ -19,8 +19,8 @@ milliseconds of the last death; elsewhere it polls with a short backoff.
 """
 import errno
 import os
-import sys
 import signal as _signal
+import sys
 import threading
 import time
 import weakref
