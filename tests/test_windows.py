@@ -625,3 +625,80 @@ def test_close_kills_what_is_left(executor):
     finally:
         for p in procs:
             p.close()
+
+
+# --------------------------------------------------------------------------
+# osl_pg.run(), compared with subprocess.run on the same commands
+
+ECHO = "import sys; data = sys.stdin.read(); print(data.upper(), end=''); sys.stderr.write('err'); sys.exit(3)"
+
+
+def test_run_matches_subprocess_run():
+    import osl_pg
+    argv = [sys.executable, "-c", ECHO]
+    for kw in (dict(input="abc", capture_output=True, text=True), dict(input=b"xyz", capture_output=True)):
+        want = subprocess.run(argv, **kw)
+        got = osl_pg.run(argv, **kw)
+        assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr) == \
+            (3, want.stdout, want.stderr)
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        osl_pg.run(argv, input="q", capture_output=True, text=True, check=True)
+    assert e.value.returncode == 3 and e.value.stdout == "Q" and e.value.stderr == "err"
+
+
+def test_terminate_closes_every_holder_of_the_pipe(executor):
+    # The grandchildren inherited the leader's stdout: once the job is
+    # terminated, a reader blocked on that pipe gets EOF (run() relies on it).
+    import threading
+    r, pids = spawn_tree(executor, 2)
+    procs = [Proc(p) for p in pids]
+    got = []
+    t = threading.Thread(target=lambda: got.append(os.read(r.process.stdout.fileno(), 100)), daemon=True)
+    t.start()
+    r.group.terminate()
+    t.join(5)
+    alive = [p.running() for p in procs]
+    for p in procs:
+        p.close()
+    assert got == [b""] and not t.is_alive(), (got, t.is_alive(), alive)
+
+
+def test_run_timeout_ends_the_whole_tree():
+    import osl_pg
+    code = TREE.format(n=2)
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        osl_pg.run([sys.executable, "-c", code], stdout=PIPE, timeout=10)
+    pids = [int(w) for w in e.value.output.split()[1:]] if e.value.output else []
+    assert len(pids) == 2, e.value.output
+    procs = [Proc(p) for p in pids]
+    try:
+        assert not any(p.running() for p in procs)  # the grandchildren went with the job
+    finally:
+        for p in procs:
+            p.close()
+
+
+def test_run_returns_while_a_grandchild_holds_the_pipe():
+    import osl_pg
+    code = textwrap.dedent("""
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print("hi")
+    """)
+    t0 = time.monotonic()
+    with pytest.warns(osl_pg.LeftoverProcessWarning):
+        r = osl_pg.run([sys.executable, "-c", code], capture_output=True, text=True, pipe_drain_timeout=1)
+    assert r.returncode == 0 and r.stdout.strip() == "hi"
+    assert time.monotonic() - t0 < 60  # not the grandchild's 120 s
+    assert [x.pid for x in r.leftovers] and all(not proc_running(x.pid) for x in r.leftovers)
+
+
+def proc_running(pid):
+    try:
+        p = Proc(pid)
+    except AssertionError:  # OpenProcess failed: the process is gone
+        return False
+    try:
+        return p.running()
+    finally:
+        p.close()

@@ -297,13 +297,21 @@ class _Survey:
                 self._add(pid, "?", backend.pgid_or_none(pid), holds)
 
     def _add(self, pid: int, name: str, pgid: Optional[int], holds: Tuple[str, ...]) -> None:
+        p: Optional[psutil.Process]
         try:
             p = psutil.Process(pid)
-            cmdline, name = tuple(p.cmdline()), p.name()
+            cmdline = tuple(p.cmdline())
         except psutil.NoSuchProcess:
             return
         except psutil.AccessDenied:
             p, cmdline = None, ()
+        if p is not None:
+            try:
+                name = p.name()
+            except psutil.NoSuchProcess:
+                return
+            except (psutil.Error, OSError):  # Wine: name() fails with a bare OSError; keep the scan's
+                pass
         in_group = pgid == self.pgid
         self.found[pid] = _Found(pid, name, cmdline, pgid, in_group, holds, None if in_group else p)
 
@@ -505,9 +513,12 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
             _tail(proc, plan.drain)
     finally:
         # After a normal run both are no-ops; after an exception (Ctrl-C,
-        # say) this kills the whole group and waits for it.
-        proc.close_pipes()
+        # say) this kills the whole group and waits for it, and only then
+        # closes the pipes: on Windows a close waits for a reader thread's
+        # blocked read (the C runtime locks the fd), which ends only at EOF,
+        # when the tree is gone.
         group.close()
+        proc.close_pipes()
     out, err, _ = read_so_far(proc)
     return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes, "left running"), had_terminal)
 
@@ -645,9 +656,9 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
     finally:
         # No-ops after a normal run; after an exception or a cancellation
         # this kills the whole group (SIGKILL) and waits for it.
+        group.close()  # first: see run()
         if pipes is not None:
             pipes.close()
         proc.close_pipes()
-        group.close()
     out, err = pipes.output()
     return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes, "left running"), had_terminal)
