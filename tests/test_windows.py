@@ -702,3 +702,33 @@ def proc_running(pid):
         return p.running()
     finally:
         p.close()
+
+
+# --------------------------------------------------------------------------
+# the osl-pg command line
+
+def osl_pg_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "osl_pg", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def test_cli_run_exit_codes_follow_timeout():
+    assert osl_pg_cli("run", "--", sys.executable, "-c", "import sys; sys.exit(3)").returncode == 3
+    missing = osl_pg_cli("run", "--", "no-such-command-osl")
+    assert missing.returncode == 127 and "no-such-command-osl" in missing.stderr
+    t0 = time.monotonic()
+    slow = osl_pg_cli("run", "--timeout", "2", "--", sys.executable, "-c", TREE.format(n=2))
+    assert slow.returncode == 124, (slow.returncode, slow.stderr)
+    assert "timeout after 2 s" in slow.stderr and time.monotonic() - t0 < 60
+    pids = [int(w) for w in slow.stdout.split()[1:]]
+    assert len(pids) == 2 and not any(proc_running(p) for p in pids)
+
+
+def test_cli_run_ends_what_the_command_leaves_behind():
+    code = "import subprocess, sys; k = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); " \
+           "print(k.pid, flush=True)"
+    out = osl_pg_cli("run", "--", sys.executable, "-c", code)
+    assert out.returncode == 0, out.stderr
+    left = int(out.stdout.split()[0])
+    assert "leftover" in out.stderr and str(left) in out.stderr
+    assert not proc_running(left)
