@@ -445,3 +445,22 @@ def test_pass_fds_and_executable_errors(executor):
         executor.execute(ProcessSpawnOperation("true").with_pass_fds([fd]))
     assert e.value.errno == errno.EBADF
     assert ProcessSpawnOperation("true").with_pass_fds([9, 5]).with_pass_fds([5, 7]).pass_fds == (5, 7, 9)
+
+
+def test_run_async_with_reader_threads_as_on_windows(monkeypatch):
+    # Windows' event loops cannot watch pipes, so run_async() reads them
+    # with a thread each there; the same path runs here when forced.
+    run_module = sys.modules["osl_pg.run"]  # osl_pg.run is also the function
+    monkeypatch.setattr(run_module, "_THREADED_PIPES", True)
+    code = py("import sys; d = sys.stdin.read(); print(d.upper(), end=''); sys.stderr.write('e'); sys.exit(3)")
+    want = subprocess.run(code, input="abc", capture_output=True, text=True)
+    got = run_async(code, input="abc", capture_output=True, text=True)
+    assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr) == (3, "ABC", "e")
+    # A grandchild holding stdout: "hi" after the drain time, the holder ended.
+    t0 = time.monotonic()
+    with pytest.warns(LeftoverProcessWarning):
+        r = run_async([SH, "-c", "(sleep 300 &); echo hi"], capture_output=True, text=True, pipe_drain_timeout=0.5)
+    assert r.stdout == "hi\n" and time.monotonic() - t0 < 30
+    assert r.leftovers and not [x.pid for x in r.leftovers if alive(x.pid)]
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_async([SH, "-c", "sleep 300 & sleep 300"], capture_output=True, timeout=0.5)

@@ -732,3 +732,13 @@ def test_cli_run_ends_what_the_command_leaves_behind():
     left = int(out.stdout.split()[0])
     assert "leftover" in out.stderr and str(left) in out.stderr
     assert not proc_running(left)
+
+
+def test_run_async_matches_subprocess_run():
+    import osl_pg
+    argv = [sys.executable, "-c", ECHO]
+    want = subprocess.run(argv, input="abc", capture_output=True, text=True)
+    got = asyncio.run(osl_pg.run_async(argv, input="abc", capture_output=True, text=True))
+    assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout, want.stderr)
+    with pytest.raises(subprocess.TimeoutExpired):
+        asyncio.run(osl_pg.run_async([sys.executable, "-c", SLEEP], capture_output=True, timeout=2))

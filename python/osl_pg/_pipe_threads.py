@@ -21,6 +21,7 @@ def read_pipes_threaded(proc: Any, input: Optional[bytes], timeout: Optional[flo
     if st is None:
         st = proc._comm = {"out": [], "err": [], "open": [f for f in (proc.stdout, proc.stderr) if f is not None],
                            "stdin": None, "threads": []}
+        proc._threads_reading = st["open"]  # see Process.close_pipes
         for f, chunks in ((proc.stdout, st["out"]), (proc.stderr, st["err"])):
             if f is not None:
                 _start(st, _drain, f, chunks, st["open"])
@@ -96,3 +97,75 @@ def _close_quietly(f: IO[bytes]) -> None:
         f.close()
     except OSError:
         pass
+
+
+class LoopPipes:
+    """What run_async()'s two pipe readers share: `eof` (a future set once
+    every pipe is done) and `chunks` per pipe."""
+
+    proc: Any
+    eof: Any
+    chunks: dict
+
+    async def wait_eof(self, timeout: Optional[float]) -> bool:
+        import asyncio
+        try:
+            await asyncio.wait_for(asyncio.shield(self.eof), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def output(self) -> Tuple[Optional[bytes], Optional[bytes]]:
+        p = self.proc
+        return (b"".join(self.chunks[p.stdout]) if p.stdout is not None else None,
+                b"".join(self.chunks[p.stderr]) if p.stderr is not None else None)
+
+
+class ThreadedPipes(LoopPipes):
+    """What run_async() reads pipes with where the event loop cannot watch
+    them (Windows: the proactor loop has no add_reader, and select() takes
+    only sockets): a thread per pipe, as communicate() uses there, that
+    tells the loop when it is done. Same interface as run's _AsyncPipes."""
+
+    def __init__(self, proc: Any, input: Optional[bytes]) -> None:
+        import asyncio
+        self.proc = proc
+        self.loop = asyncio.get_running_loop()
+        self.open: List[IO[bytes]] = [f for f in (proc.stdout, proc.stderr) if f is not None]
+        proc._threads_reading = self.open  # see Process.close_pipes
+        self.chunks: dict = {f: [] for f in self.open}
+        self.eof = self.loop.create_future()
+        jobs: List[Tuple[Any, tuple]] = []
+        if proc.stdin is not None:
+            if input:
+                jobs.append((_feed, (proc.stdin, bytes(input))))
+            else:
+                _close_quietly(proc.stdin)
+        for f in list(self.open):
+            jobs.append((_drain, (f, self.chunks[f], self.open)))
+        self._left = len(jobs)
+        if not jobs:
+            self.eof.set_result(None)
+        for target, args in jobs:
+            threading.Thread(target=self._run, args=(target, args), daemon=True,
+                             name=f"osl_pg-{target.__name__[1:]}").start()
+
+    def _run(self, target: Any, args: tuple) -> None:
+        try:
+            target(*args)
+        finally:
+            try:
+                self.loop.call_soon_threadsafe(self._one_done)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _one_done(self) -> None:
+        self._left -= 1
+        if self._left == 0 and not self.eof.done():
+            self.eof.set_result(None)
+
+    def close(self) -> None:
+        """Nothing to close here: each thread closes its pipe at EOF. One
+        still held by a process left running is closed when that process
+        lets go; closing it now would block (the C runtime locks the fd
+        while the thread's read is pending)."""

@@ -297,8 +297,12 @@ class Process:
         return out, err
 
     def close_pipes(self) -> None:
+        # A pipe a reader thread still reads (Windows) is left to that
+        # thread, which closes it at EOF: closing it here would block until
+        # then, as the C runtime locks the fd during the pending read.
+        reading = getattr(self, "_threads_reading", ())
         for f in (self.stdin, self.stdout, self.stderr):
-            if f is not None:
+            if f is not None and not any(f is r for r in reading):
                 try:
                     f.close()
                 except OSError:

@@ -47,7 +47,8 @@ from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import PIPE, ProcessSignalOperation, ProcessSpawnOperation
 from .pipe_holders import pipe_writers
-from .process import Process, read_pipes, read_so_far
+from ._pipe_threads import LoopPipes, ThreadedPipes
+from .process import _THREADED_PIPES, Process, read_pipes, read_so_far
 from .terminal import ForegroundTerminal
 from .tiers import ExitWatch
 
@@ -527,7 +528,7 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
 # run_async()
 
 
-class _AsyncPipes:
+class _AsyncPipes(LoopPipes):
     """read_pipes for an event loop: the loop watches the pipe fds
     (add_reader/add_writer), so no thread is needed per child."""
 
@@ -582,18 +583,6 @@ class _AsyncPipes:
         if not self.open and self.stdin is None and not self.eof.done():
             self.eof.set_result(None)
 
-    async def wait_eof(self, timeout: Optional[float]) -> bool:
-        try:
-            await asyncio.wait_for(asyncio.shield(self.eof), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-    def output(self) -> Tuple[Optional[bytes], Optional[bytes]]:
-        p = self.proc
-        return (b"".join(self.chunks[p.stdout]) if p.stdout is not None else None,
-                b"".join(self.chunks[p.stderr]) if p.stderr is not None else None)
-
     def close(self) -> None:
         if self.stdin is not None:
             self.loop.remove_writer(self.stdin.fileno())
@@ -633,9 +622,10 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
                  kill_leftovers, executor, context, executable, pass_fds)
     proc, group = plan.spawned(await plan.executor.execute_async(plan.op, plan.context))
-    pipes: Optional[_AsyncPipes] = None
+    pipes: Optional[Union[_AsyncPipes, ThreadedPipes]] = None
     try:
-        pipes = _AsyncPipes(proc, plan.input)
+        # Windows' event loops cannot watch pipes: a thread per pipe there.
+        pipes = ThreadedPipes(proc, plan.input) if _THREADED_PIPES else _AsyncPipes(proc, plan.input)
         try:
             plan.give_terminal(group)
             try:
