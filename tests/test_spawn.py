@@ -274,5 +274,9 @@ def test_ignored_sigchld_is_warned_about(executor):
         assert w[0].filename == __file__  # points at the caller's line
         assert r.process.wait(10) == 0  # what subprocess reports too: the status is gone
         assert wait_for(lambda: not psutil.pid_exists(r.pid))  # reaped by the kernel, no zombie
+        import osl_pg
+        with pytest.warns(ChildrenAutoReapedWarning) as w:
+            osl_pg.run(["true"])
+        assert w[0].filename == __file__  # through run() too, not a line inside osl_pg
     finally:
         signal.signal(signal.SIGCHLD, old)

@@ -1,9 +1,14 @@
 """The error types. Each concrete error derives from the matching builtin as
 well as from OslError, so both ``except FileNotFoundError`` and
 ``except OslError`` catch a missing command."""
+import asyncio
 import errno as _errno
 import os
+import sys
 from typing import Optional
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))  # osl_pg imports asyncio anyway (run_async)
 
 
 class OslError(Exception):
@@ -68,6 +73,21 @@ class OslInterrupted(InterruptedError, OslError):
 
 class OslTimeoutError(TimeoutError, OslError):
     """A wait ran out of time."""
+
+
+def caller_stacklevel() -> int:
+    """The warnings.warn() stacklevel, for the function that calls this and
+    then warns, of the first frame outside osl_pg (and outside asyncio's
+    loop, which drives a task's outermost coroutine): a warning names the
+    user's line whether they called execute(), OSLFramework.spawn(), run()
+    or asyncio.run(run_async(...))."""
+    level = 1
+    frame = sys._getframe(1)
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) in (_PACKAGE_DIR,
+                                                                                               _ASYNCIO_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 class ChildrenAutoReapedWarning(RuntimeWarning):

@@ -14,7 +14,8 @@ import psutil
 from . import audit, cgroup
 from ._backend import backend
 from .context import ExecutionContext, resolve_context
-from .errors import ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation
+from .errors import (ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation,
+                     caller_stacklevel)
 from .group import Member, ProcessGroup, owned_group, released_and_reused, scan_group
 from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSignalOperation,
                          ProcessSpawnOperation, signal_name)
@@ -184,7 +185,8 @@ class ProcessExecutor:
             warnings.warn(ChildrenAutoReapedWarning(
                 f"SIGCHLD is ignored in this process: the kernel reaps {op.command!r} (pid {spawned.pid}) itself, "
                 "so its exit status will read as 0 and its pid (and a group's pgid) can be reused while our "
-                "handle is open; restore it with signal.signal(signal.SIGCHLD, signal.SIG_DFL)"), stacklevel=3)
+                "handle is open; restore it with signal.signal(signal.SIGCHLD, signal.SIG_DFL)"),
+                stacklevel=caller_stacklevel())
         pgid = spawned.pgid if spawned.pgid is not None else backend.own_pgid()
         group = None
         try:

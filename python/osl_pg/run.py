@@ -43,6 +43,7 @@ import psutil
 
 from ._backend import backend
 from .context import ExecutionContext
+from .errors import caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import PIPE, ProcessSignalOperation, ProcessSpawnOperation
@@ -184,7 +185,7 @@ class _Plan:
         op = op.with_detach_from_terminal() if start_new_session else op.with_new_process_group()
         if pass_fds:
             if not close_fds:
-                warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=3)
+                warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=caller_stacklevel())
                 close_fds = True
             op = op.with_pass_fds(pass_fds)
         if not close_fds:
@@ -240,7 +241,8 @@ class _Plan:
     def finish(self, rc: int, out: Optional[bytes], err: Optional[bytes], pgid: int,
                leftovers: List[Leftover], had_terminal: bool) -> CompletedRun:
         if leftovers:
-            warnings.warn(LeftoverProcessWarning(_leftover_message(self.args, leftovers)), stacklevel=3)
+            warnings.warn(LeftoverProcessWarning(_leftover_message(self.args, leftovers)),
+                          stacklevel=caller_stacklevel())
         if had_terminal and rc == -SIGINT:
             # Ctrl-C went to the child's group only; act on it as a shell
             # does (and as subprocess.run() would have, where both got it).
