@@ -33,7 +33,7 @@ from . import watchdog
 from ._backend import backend
 from .errors import ProcessNotFound
 from .tiers import Escapee, ExitWatch, PgidTier, Tier
-from .process import Process, WaitTimeout, child_by_pid
+from .process import Process, WaitTimeout, child_by_pid, number_in_use
 
 DEFAULT_GRACE = 5.0
 DEFAULT_KILL_TIMEOUT = 10.0  # SIGKILL normally ends a process within milliseconds
@@ -101,16 +101,9 @@ def released_and_reused(pgid: int) -> bool:
     """True when this program released group `pgid` after reaping its
     leader and a process has the leader's pid again: the number names an
     unrelated group, which the executor must not signal. (POSIX only: on
-    Windows os.kill(pid, 0) would terminate, and the job registry decides.)"""
-    if os.name == "nt" or not _released_reaped.get(pgid):
-        return False
-    try:
-        os.kill(pgid, 0)
-    except ProcessLookupError:
-        return False  # nobody has the number: only our old members can be left
-    except PermissionError:
-        pass  # someone else's process has it
-    return True
+    Windows the job registry decides.) Nobody having the number means only
+    our old members can be left: not a reuse."""
+    return bool(_released_reaped.get(pgid)) and number_in_use(pgid)
 
 
 def _forget(pgid: int, ref: "weakref.ref[ProcessGroup]") -> None:

@@ -62,14 +62,19 @@ def _remember_reaped(pid: int) -> None:
 def reaped_and_reused(pid: int) -> bool:
     """True when this program spawned and reaped `pid` and a process has
     that number again: it is someone else's, and the executor must not
-    signal it on the strength of an old result's pid. (POSIX only: on
-    Windows os.kill(pid, 0) would terminate.)"""
-    if os.name == "nt" or not _reaped_pids.get(pid):
+    signal it on the strength of an old result's pid."""
+    return bool(_reaped_pids.get(pid)) and number_in_use(pid)
+
+
+def number_in_use(pid: int) -> bool:
+    """Whether some process has this pid now, ours or not. (POSIX only: on
+    Windows os.kill(pid, 0) would terminate; there the answer is False.)"""
+    if os.name == "nt":
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False  # nobody has the number: signalling it finds nothing
+        return False
     except PermissionError:
         pass  # another user's process has it
     return True
