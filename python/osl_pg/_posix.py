@@ -301,14 +301,6 @@ def _killpg_error(err: int, pgid: int, sig: int) -> OSError:
     return from_errno(err, f"killpg({pgid}, {sig})")
 
 
-def getpgid(pid: int) -> int:
-    out = ffi.new("int *")
-    err = lib.osl_getpgid(pid, out)
-    if err:
-        raise from_errno(err, f"getpgid({pid})")
-    return out[0]
-
-
 def getsid(pid: int) -> int:
     out = ffi.new("int *")
     err = lib.osl_getsid(pid, out)

@@ -582,17 +582,6 @@ def pgid_or_none(pid: int) -> Optional[int]:
     return None
 
 
-def getpgid(pid: int) -> int:
-    pgid = pgid_or_none(pid)
-    if pgid is None:
-        raise ProcessNotFound(errno.ESRCH, f"process {pid} is in no job this process created")
-    return pgid
-
-
-def getsid(pid: int) -> int:
-    raise Unsupported("Windows has no sessions in the POSIX sense")
-
-
 def set_child_subreaper(on: bool) -> None:
     raise Unsupported("PR_SET_CHILD_SUBREAPER is Linux-only; on Windows a job already holds every descendant")
 
