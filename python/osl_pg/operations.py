@@ -374,7 +374,7 @@ class ProcessSpawnOperation(_Operation):
         """POSIX: fds (>= 3) the child keeps, at the same numbers and
         inheritable, even though every other fd >= 3 is closed
         (subprocess's pass_fds). Adds to those given before."""
-        return self._with(pass_fds=_check_pass_fds(self.pass_fds + tuple(_check_pass_fds(fds))))
+        return self._with(pass_fds=tuple(sorted(set(self.pass_fds).union(_check_pass_fds(fds)))))
 
     def with_executable(self, path: Union[str, "os.PathLike[str]"]) -> "ProcessSpawnOperation":
         """Execute `path` (looked up in PATH when it has no slash) while
