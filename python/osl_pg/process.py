@@ -30,18 +30,40 @@ class WaitTimeout(subprocess.TimeoutExpired, OslError):
 
 
 class _ChildState:
-    """What the finalizer needs, kept apart from the handle."""
+    """What the finalizer needs, kept apart from the handle: the pid, whether
+    it was reaped, the lock under which it is reaped, and (Linux) a pidfd
+    opened at spawn, before anything could have reaped the child, so it
+    names our child and no later process with the same number (trio keeps
+    one for the same reason). The pidfd is closed when the child is reaped;
+    a waiter polls a dup() of it, taken under the lock, so closing the
+    original never pulls an fd from under another thread's poll()."""
 
-    __slots__ = ("pid", "reaped", "lock")
+    __slots__ = ("pid", "reaped", "lock", "pidfd", "code")
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, pidfd: Optional[int] = None):
         self.pid = pid
         self.reaped = False
+        self.code: Optional[int] = None  # the status, when the sweep reaped it
         self.lock = threading.Lock()
+        self.pidfd = pidfd
 
     def mark_reaped(self) -> None:
         self.reaped = True
         _remember_reaped(self.pid)
+        fd, self.pidfd = self.pidfd, None
+        if fd is not None:
+            os.close(fd)
+
+    def dup_pidfd(self) -> Optional[int]:
+        """A pidfd of the child for the caller to poll and close, or None
+        (no pidfd here, or the child is reaped already)."""
+        with self.lock:
+            if self.pidfd is None or self.reaped:
+                return None
+            try:
+                return os.dup(self.pidfd)
+            except OSError:  # EMFILE: the caller polls instead
+                return None
 
 
 # Pids of children this program reaped (the newest 4096): once a number is
@@ -118,10 +140,13 @@ def sweep_abandoned() -> None:
             if not state.lock.acquire(blocking=False):
                 continue  # a wait() holds it right now
             try:
-                try:
-                    done = state.reaped or backend.wait(state.pid, nohang=True, nowait=False) is not None
-                except OSError:
-                    done = True  # ECHILD: someone else reaped it
+                done = state.reaped
+                if not done:
+                    try:
+                        state.code = backend.wait(state.pid, nohang=True, nowait=False)
+                        done = state.code is not None
+                    except OSError:
+                        done = True  # ECHILD: someone else reaped it
                 if done:
                     state.mark_reaped()
                     _unreaped.discard(state)
@@ -140,14 +165,19 @@ class Process:
     """
 
     def __init__(self, pid: int, args: Sequence[str], stdin: Optional[int] = None,
-                 stdout: Optional[int] = None, stderr: Optional[int] = None):
+                 stdout: Optional[int] = None, stderr: Optional[int] = None, pidfd: Optional[int] = None):
         self.pid = pid
         self.args = list(args)
         self.returncode: Optional[int] = None
         self.stdin: Optional[IO[bytes]] = io.open(stdin, "wb") if stdin is not None else None
         self.stdout: Optional[IO[bytes]] = io.open(stdout, "rb") if stdout is not None else None
         self.stderr: Optional[IO[bytes]] = io.open(stderr, "rb") if stderr is not None else None
-        self._state = _ChildState(pid)
+        if pidfd is None:
+            try:
+                pidfd = backend.open_exit_fd(pid)  # before anything can reap it (Linux; else None)
+            except OSError:  # reaped already (SIGCHLD ignored): waits fall back to polling
+                pidfd = None
+        self._state = _ChildState(pid, pidfd)
         self._pinned = False
         _children[pid] = self
         _reaped_pids.pop(pid, None)  # the number is ours again
@@ -170,35 +200,69 @@ class Process:
     def reaped(self) -> bool:
         return self._state.reaped
 
-    def _collect(self, block: bool) -> Optional[int]:
-        """Read the exit status (blocking or not) and reap unless pinned."""
+    def _collect(self, block: bool, try_lock: bool = False) -> Optional[int]:
+        """Read the exit status (blocking or not) and reap unless pinned.
+
+        The status is read and the child reaped only under the state lock
+        (CPython's _waitpid_lock discipline): two threads can never both
+        reap, and an ECHILD seen by one of them is checked against what the
+        other recorded under the lock, so no status is ever invented. A
+        blocking wait first sleeps in waitid(WNOWAIT) *outside* the lock,
+        which reaps nothing, so pollers are not held up meanwhile.
+        `try_lock`: give up (None) rather than wait for another thread's
+        locked section, as poll() does (a signal handler may poll)."""
         state = self._state
-        if self.returncode is None:
-            if state.reaped:
-                return self.returncode
+        peeked = None
+        if block and self.returncode is None and not state.reaped:
             try:
-                # WNOWAIT: look without reaping, so that only the locked
-                # section below ever reaps (two waiters cannot both reap, and
-                # a reaped pid is never waited for again).
-                code = backend.wait(self.pid, nohang=not block, nowait=True)
-            except ProcessNotFound:
-                code = 0  # ECHILD: reaped elsewhere
-                state.mark_reaped()
-            if code is None:
-                return None
-            self.returncode = code
-        if not self._pinned and not state.reaped:
-            with state.lock:
-                if not state.reaped:
-                    try:
-                        backend.wait(self.pid, nohang=True, nowait=False)
-                    except ProcessNotFound:
-                        pass
+                peeked = backend.wait(self.pid, nohang=False, nowait=True)
+            except OSError as e:
+                if e.errno != errno.ECHILD:
+                    raise
+                # Reaped meanwhile, by another thread of ours (it recorded
+                # the status under the lock) or behind our back: see below.
+        if not state.lock.acquire(blocking=not try_lock):
+            return self.returncode
+        try:
+            if self.returncode is None:
+                if state.reaped:  # the sweep reaped it (a dropped group's leader)
+                    self.returncode = state.code if state.code is not None else 0
+                    return self.returncode
+                try:
+                    # A status peeked above still holds: only this lock's
+                    # holders reap, and none has (state.reaped is False).
+                    code = peeked if peeked is not None and self._pinned else \
+                        backend.wait(self.pid, nohang=True, nowait=self._pinned)
+                except OSError as e:
+                    if e.errno != errno.ECHILD:
+                        raise
+                    # Nobody here reaped it (that happens only under this
+                    # lock, which records the status first): SIGCHLD is
+                    # ignored or another os.wait() caller took it. Like
+                    # subprocess, report 0.
+                    self.returncode = 0
                     state.mark_reaped()
-        return self.returncode
+                    return 0
+                if code is None:
+                    return None
+                self.returncode = code
+                if not self._pinned:
+                    state.mark_reaped()
+            elif not self._pinned and not state.reaped:
+                try:
+                    backend.wait(self.pid, nohang=True, nowait=False)
+                except OSError as e:
+                    if e.errno != errno.ECHILD:
+                        raise
+                state.mark_reaped()
+            return self.returncode
+        finally:
+            state.lock.release()
 
     def poll(self) -> Optional[int]:
-        return self._collect(block=False)
+        """The returncode if the child has exited, else None (never blocks:
+        while another thread is reaping it, None until the next call)."""
+        return self._collect(block=False, try_lock=True)
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the child to exit and return its returncode. Raises
@@ -217,10 +281,7 @@ class Process:
         rc = self._collect(block=False)
         if rc is not None:
             return rc
-        try:
-            fd = backend.open_exit_fd(self.pid) if timeout > 0 else None
-        except ProcessNotFound:
-            fd = None  # reaped elsewhere just now: _collect() below reports it
+        fd = self._state.dup_pidfd() if timeout > 0 else None
         try:
             delay = 0.0005
             while True:
@@ -241,14 +302,16 @@ class Process:
 
     async def wait_async(self) -> int:
         """Await the exit without a thread per child: on Linux the loop
-        watches a pidfd; elsewhere the status is polled with backoff."""
-        rc = self.poll()
+        watches the pidfd held since the spawn (so the child cannot have
+        been reaped, nor its pid reused, before the watch starts);
+        elsewhere the status is polled with backoff."""
+        rc = self._collect(block=False)
         if rc is not None:
             return rc
-        fd = backend.open_exit_fd(self.pid)
+        fd = self._state.dup_pidfd()
         if fd is None:
             delay = 0.0005
-            while (rc := self.poll()) is None:
+            while (rc := self._collect(block=False)) is None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
             return rc
