@@ -357,16 +357,23 @@ def open_exit_fd(pid: int) -> Optional[int]:
 # groups
 
 
+_PROC_PIDS = os.path.isdir("/proc/self")
+
+
 def list_pids() -> List[int]:
+    """Every pid on the host: one listing of /proc where there is one (what
+    psutil.pids() does, without importing psutil), else psutil's."""
+    if _PROC_PIDS:
+        return [int(e) for e in os.listdir("/proc") if e.isdigit()]
     import psutil
     return psutil.pids()
 
 
 def group_pids(pgid: int) -> List[int]:
     """Every process whose pgid is `pgid` now (zombies included): the
-    process list from psutil, membership from getpgid(). os.getpgid rather
-    than the C wrapper: no cffi out-parameter to allocate per process, and
-    this runs for every process on the machine at every group scan."""
+    process list, membership from getpgid(). os.getpgid rather than the C
+    wrapper: no cffi out-parameter to allocate per process, and this runs
+    for every process on the machine at every group scan."""
     getpgid = os.getpgid
     members = []
     for pid in list_pids():
@@ -376,6 +383,54 @@ def group_pids(pgid: int) -> List[int]:
         except OSError:  # exited since the listing
             continue
     return members
+
+
+def group_exists(pgid: int) -> bool:
+    """Whether any process (zombies included) has pgid `pgid`: killpg()
+    with signal 0 checks without signalling; EPERM still means someone is
+    there. O(group) in the kernel, whatever else the host runs."""
+    if pgid <= 1:
+        raise _killpg_error(errno.EINVAL, pgid, 0)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def signal_if_member(pid: int, pgid: int, sig: int) -> bool:
+    """Signal `pid` if it is in group `pgid`, with no pid-reuse window: the
+    pidfd is opened first, so it names the process that had the pid then;
+    the getpgid() after it checks that this very process is a member (had
+    it been replaced meanwhile, the pidfd would name a dead process and the
+    signal fail with ESRCH). Without pidfds (Linux < 5.3, macOS) a plain
+    kill() after the check: a window of one syscall. False if it was not
+    a member or is gone."""
+    fd = None
+    if HAS_PIDFD:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        except OSError:  # EMFILE...: fall back to kill()
+            fd = None
+    try:
+        if pgid_or_none(pid) != pgid:
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError as e:
+        raise from_errno(e.errno, f"kill({pid}, {sig})") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -16,7 +16,7 @@ from ._backend import backend
 from .context import ExecutionContext, resolve_context
 from .errors import (ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation,
                      caller_stacklevel)
-from .group import Member, ProcessGroup, owned_group, released_and_reused, scan_group
+from .group import Member, ProcessGroup, owned_group, scan_group, sweep_dropped
 from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSignalOperation,
                          ProcessSpawnOperation, signal_name)
 from .policy import Decision, DefaultPolicy, SecurityPolicy
@@ -166,6 +166,7 @@ class ProcessExecutor:
     def _spawn(self, op: ProcessSpawnOperation, ctx: ExecutionContext, facts: TargetFacts,
                record: audit.AuditRecord) -> ExecutionResult:
         sweep_abandoned()
+        sweep_dropped()
         # The cgroups (containment, limits) exist before the child does: it
         # joins them before it executes (osl_pg.cgroup).
         # A backend with LIMITS_IN_SPAWN (Windows: the job) applies op.limits itself.
@@ -232,7 +233,7 @@ class ProcessExecutor:
             group = owned_group(op.pid)
             if group is not None:
                 group.signal(op.signal)  # refuses a released (reusable) pgid
-            elif released_and_reused(op.pid):
+            elif reaped_and_reused(op.pid):
                 raise ProcessNotFound(errno.ESRCH, f"process group {op.pid} was released by this program and "
                                                    "its number now belongs to another process: not signalled")
             else:

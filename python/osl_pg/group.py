@@ -16,24 +16,45 @@ ProcessLookupError instead of signalling whatever group might reuse the id.
 or non-reaping init keeps it a zombie. On Linux the handle waits on a pidfd
 per live member, so ``wait()`` and ``terminate()`` return within
 milliseconds of the last death; elsewhere it polls with a short backoff.
+
+Knowing the group is empty without reading the process table
+-------------------------------------------------------------
+A pgid is free only once no process has it as pid or pgid. So once every
+member the handle knows of has died, it reaps the leader and asks the kernel
+``killpg(pgid, 0)``: ESRCH means no member is left, exactly, at the cost of
+one syscall whatever else the host runs (a member left behind would have kept
+the number from being reused, so the answer cannot be about another group).
+Only when the kernel says something is left does the handle list the process
+table to find out who. From the leader's reap on the pgid is no longer
+pinned, so signals stop going to the number: each member found is signalled
+through a pidfd opened first and then checked to be in the group, while the
+number is nobody's pid (a process with that pid would mean the group was
+gone and the number reused). See ``_reap_leader``.
+
+A handle dropped without ``close()`` (garbage-collected) kills nothing, like
+a dropped subprocess.Popen: it warns (ResourceWarning) if the leader still
+runs, stops pinning the leader (which is then reaped once it exits), and its
+cgroup directories and watchdog entry are cleaned up at the next spawn. The
+tree keeps running; signalling its pgid through the executor is refused once
+the leader was reaped and the number belongs to another process.
 """
 import errno
 import os
 import signal as _signal
 import sys
+import collections
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Dict, Generator, Iterable, List, Optional
-
-import psutil
+from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
 
 from . import watchdog
 from ._backend import backend
 from .errors import ProcessNotFound
 from .tiers import Escapee, ExitWatch, PgidTier, Tier
-from .process import Process, WaitTimeout, child_by_pid, number_in_use
+from .process import Process, WaitTimeout, _abandon, child_by_pid
 
 DEFAULT_GRACE = 5.0
 DEFAULT_KILL_TIMEOUT = 10.0  # SIGKILL normally ends a process within milliseconds
@@ -81,41 +102,51 @@ class TerminateReport:
         return [m for m in self.members if m.outcome == outcome]
 
 
-# Groups created by this process, by pgid: how a group "this process
-# created" is found again, and what the default security policy trusts.
-_owned: Dict[int, "weakref.ref[ProcessGroup]"] = {}
-_owned_lock = threading.Lock()
+# Open groups created by this process, by pgid: how a group "this process
+# created" is found again, and what the default security policy trusts. A
+# WeakValueDictionary: no lock, and no callback of ours runs from the garbage
+# collector (its own removal of dead entries is GC-safe).
+_owned: "weakref.WeakValueDictionary[int, ProcessGroup]" = weakref.WeakValueDictionary()
 
 # Set by set_child_subreaper(): only then are orphans of our groups that
 # were reparented to us ours to reap.
 _adopting = False
 
+# Handles dropped while open: __del__ only appends here (atomic, no lock: it
+# may run from the garbage collector at any allocation, on any thread, even
+# inside one of the locks below); the next spawn cleans them up.
+_dropped: "collections.deque[Tuple[Tier, int, bool]]" = collections.deque()
+_dropped_lock = threading.Lock()
 
-# pgids of groups this program released after reaping their leader. The
-# number may now name someone else's group: a process whose pid is that
-# number was born after our leader died (see released_and_reused()).
-_released_reaped: Dict[int, bool] = {}
-
-
-def released_and_reused(pgid: int) -> bool:
-    """True when this program released group `pgid` after reaping its
-    leader and a process has the leader's pid again: the number names an
-    unrelated group, which the executor must not signal. (POSIX only: on
-    Windows the job registry decides.) Nobody having the number means only
-    our old members can be left: not a reuse."""
-    return bool(_released_reaped.get(pgid)) and number_in_use(pgid)
+# Pauses between kernel probes (killpg(pgid, 0)) when members the handle
+# did not know of are still there after the leader's reap: usually they are
+# dying right now (a SIGKILLed group), and a few probes, O(group) each, beat
+# a scan of the host's whole process table. Then the table is read.
+_PROBE_DELAYS = (0.00005, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032)
 
 
-def _forget(pgid: int, ref: "weakref.ref[ProcessGroup]") -> None:
-    """A dropped handle's registry entry goes with it."""
-    with _owned_lock:
-        if _owned.get(pgid) is ref:
-            del _owned[pgid]
+def sweep_dropped() -> None:
+    """Clean up after handles dropped without close(): remove their cgroup
+    directories (processes still in them are moved out, not killed) and
+    take them off the watchdog's list. Never blocks: if another thread is
+    at it, the next spawn sweeps."""
+    if not _dropped or not _dropped_lock.acquire(blocking=False):
+        return
+    try:
+        while _dropped:
+            strategy, pgid, watched = _dropped.popleft()
+            try:
+                strategy.close()
+                if watched:
+                    watchdog.unregister(pgid)
+            except OSError:
+                pass
+    finally:
+        _dropped_lock.release()
 
 
 def owned_group(pgid: int) -> Optional["ProcessGroup"]:
-    ref = _owned.get(pgid)
-    group = ref() if ref is not None else None
+    group = _owned.get(pgid)
     return group if group is not None and not group.released else None
 
 
@@ -128,6 +159,7 @@ def _scan(pgid: int) -> List[Member]:
 
 def _describe_all(pids: Iterable[int]) -> List[Member]:
     """Member records for `pids`; processes gone meanwhile are left out."""
+    import psutil
     members = []
     for pid in pids:
         try:
@@ -142,12 +174,12 @@ def _describe_all(pids: Iterable[int]) -> List[Member]:
     return members
 
 
-def _name(p: psutil.Process) -> str:
+def _name(p: Any) -> str:
     """p.name(); under Wine psutil's name() fails with a bare OSError (the
     NtQuerySystemInformation class it uses is not implemented), so fall
     back to the command line's first word."""
     try:
-        return p.name()
+        return str(p.name())
     except OSError:  # psutil's own errors are not OSErrors: they propagate
         cmdline = p.cmdline()
         return os.path.basename(cmdline[0]) if cmdline else "?"
@@ -155,21 +187,31 @@ def _name(p: psutil.Process) -> str:
 
 def _member_name(pid: int) -> str:
     """The process name for reports, or "?" once it is gone."""
+    import psutil
     try:
         return _name(psutil.Process(pid))
     except (psutil.Error, OSError):
         return "?"
 
 
-def _uid(p: psutil.Process) -> Optional[int]:
+def _uid(p: Any) -> Optional[int]:
+    import psutil
     try:
-        return p.uids().real
+        return int(p.uids().real)
     except (AttributeError, psutil.AccessDenied):  # no uids on Windows
         return None
 
 
 def scan_group(pgid: int) -> List[Member]:
     return _scan(pgid)
+
+
+def _still_running(pid: int) -> bool:
+    """For __del__: a lock-free look (waitid WNOHANG|WNOWAIT)."""
+    try:
+        return backend.wait(pid, nohang=True, nowait=True) is None
+    except OSError:
+        return False
 
 
 class ProcessGroup:
@@ -191,36 +233,38 @@ class ProcessGroup:
         self.owner = owner
         self.detached = False
         self._released = False
-        # Held while the handle is released and its leader reaped (which
-        # frees the pgid), and by terminate()/close() around each signal
-        # they send: none of those can reach a recycled pgid. signal()
-        # itself stays lock-free (see _finish()). Reentrant: a Python signal
-        # handler (osl-pg run forwards SIGINT) may call signal() or close()
-        # on the thread that holds it.
+        self._leader_reaped = False  # see _reap_leader()
+        # Held by signal(), terminate() and close() around each signal they
+        # send and while the handle is released or its leader reaped (which
+        # frees the pgid): no signal can reach a recycled pgid, on any build
+        # (free-threaded included) and whatever Python an audit hook runs
+        # inside os.killpg. Reentrant: a Python signal handler (osl-pg run
+        # forwards SIGINT) may call signal() or close() on the thread that
+        # holds it.
         self._release_lock = threading.RLock()
         self._seen: Dict[int, MemberOutcome] = {}
+        if leader is not None:
+            self._seen[pgid] = MemberOutcome(pgid, "", outcome="running")
         self._sigkilled = False  # SIGKILL sent: nothing can leave any more
         self._kill_on_parent_death = False
         if leader is not None:
             leader._pin()
-        with _owned_lock:
-            _owned[pgid] = weakref.ref(self, lambda ref, pgid=pgid: _forget(pgid, ref))
-            _released_reaped.pop(pgid, None)
+        _owned[pgid] = self
 
     def __del__(self) -> None:
-        # Dropped without close(): stop pinning the leader so it is reaped
-        # (never a zombie left, never a process killed), remove the cgroup
-        # directories (processes still in them are moved out, not killed),
-        # and take the group off the watchdog's list. __del__ rather than
-        # weakref.finalize: it costs nothing per spawn.
+        # Dropped without close(): see the module docstring. Nothing here
+        # takes a lock or waits; the rest is queued for sweep_dropped().
         if getattr(self, "_released", True):
             return
         try:
-            if self.leader is not None:
-                self.leader._release()
-            self._strategy.close()
-            if self._kill_on_parent_death:
-                watchdog.unregister(self.pgid)
+            leader = self.leader
+            if leader is not None and not self._leader_reaped:
+                leader._pinned = False
+                if leader.returncode is None and not self.detached and _still_running(leader.pid):
+                    warnings.warn(f"process group {self.pgid} is still running", ResourceWarning,
+                                  source=self)
+                _abandon(leader._state)  # reaped by the next spawn once it has exited
+            _dropped.append((self._strategy, self.pgid, self._kill_on_parent_death))
         except Exception:  # at interpreter shutdown modules may be gone
             pass
 
@@ -306,66 +350,139 @@ class ProcessGroup:
     def signal(self, sig: int) -> None:
         """Send `sig` to every member. Safe against pgid reuse (see the
         module docstring): raises ProcessLookupError once released."""
-        if self._released:  # inline _check_open(): this is the hot path
-            self._check_open()
-        try:
-            self._signal(sig)
-        except OSError as e:
-            raise self._strategy.signal_error(e, sig) from None
+        with self._release_lock:
+            if self._released:
+                self._check_open()
+            try:
+                self._signal(sig)
+            except OSError as e:
+                if self._leader_reaped and isinstance(e, ProcessLookupError):
+                    self._finish()  # no member is left: release, and say so
+                    self._check_open()
+                raise self._strategy.signal_error(e, sig) from None
         if sig == SIGKILL:
             self._sigkilled = True
 
-    if sys.version_info < (3, 11):
-        # Before 3.11 the interpreter may switch threads between any two
-        # bytecodes, so between the released check and the killpg call
-        # another thread's _finish() could reap the leader: take the lock
-        # that _finish() holds (~0.2 us). From 3.11 on no switch can fall
-        # there (see _finish()), and the hot path stays lock-free.
-        _unlocked_signal = signal
-
-        def signal(self, sig: int) -> None:  # type: ignore[no-redef]
-            """Send `sig` to every member. Safe against pgid reuse (see the
-            module docstring): raises ProcessLookupError once released."""
-            with self._release_lock:
-                self._unlocked_signal(sig)
-
     def kill(self) -> None:
+        """SIGKILL every member (see signal())."""
         self.signal(SIGKILL)
 
     # -- waiting --------------------------------------------------------------------------
-    def _until_empty(self, deadline: Optional[float], phase: str, exits: ExitWatch, names: bool = False,
-                     observe: bool = True) -> Generator[List[int], None, bool]:
-        """Scan, record who died in this phase, yield the live pids for the
-        driver to wait on; return True once no member is running.
+    def _note(self, pids: Iterable[int], names: bool) -> None:
+        for pid in pids:
+            seen = self._seen.get(pid)
+            if seen is None:
+                self._seen[pid] = MemberOutcome(pid, _member_name(pid) if names else "", outcome="running")
+            elif names and not seen.name and seen.outcome == "running":
+                seen.name = _member_name(pid)
 
-        A scan is the tier's member list (getpgid over the process list, or
-        cgroup.procs) and one liveness check for all of them (pidfds on
-        Linux): no per-member file is read unless `names` are wanted for a
-        report. `observe` keeps the escape tracker fed (at most every
-        100 ms, and only while members run); it is off once SIGKILL went
-        out, when speed is all."""
+    def _mark_dead(self, pids: List[int], live: List[int], phase: str) -> None:
+        """Those of `pids` not in `live` died in this phase (and, under our
+        subreaper, adopted ones are reaped)."""
+        if len(live) == len(pids):
+            return
+        live_set = set(live)
+        for pid in pids:
+            if pid in live_set:
+                continue
+            seen = self._seen.get(pid)
+            if seen is not None and seen.outcome == "running":
+                seen.outcome = phase
+            if _adopting and pid != self.pgid and seen is not None:
+                self._reap_adopted(pid)
+
+    def _leader_exited(self) -> None:
+        seen = self._seen.get(self.pgid)
+        if seen is not None and seen.outcome == "running":
+            seen.outcome = "exited"
+
+    def _all_gone(self, phase: str) -> bool:
+        for seen in self._seen.values():
+            if seen.outcome == "running":
+                seen.outcome = phase
+        return True
+
+    def _reap_leader(self) -> None:
+        """Every member this handle knows of has exited: reap the leader, so
+        that the kernel's own answer (killpg(pgid, 0)) can say whether
+        anything else is left; a zombie leader would always count. From here
+        on the pgid is not pinned, so the tier signals verified members one
+        by one instead of the number (PgidTier). Under the release lock: no
+        signal() can fall between the switch and the reap."""
+        with self._release_lock:
+            if self._leader_reaped or self.leader is None or self._released:
+                return
+            self._leader_reaped = True
+            self._strategy.leader_reaped()
+            self._signal = self._strategy.signal
+            self.leader._release()
+
+    def release_if_empty(self) -> bool:
+        """After the leader has exited: True, with the handle released, when
+        no other member is left, by the tier's exact cheap test (one
+        killpg(pgid, 0) after the leader's reap in the pgid tiers, whatever
+        else the host runs); False when something is left (then the leader
+        is reaped and signals go to verified members, see _reap_leader)."""
+        if self._released:
+            return True
+        if self.leader is not None and self.leader.poll() is None:
+            return False
+        self._leader_exited()
+        if self._strategy.reaps_leader_to_probe:
+            self._reap_leader()
+        if self._released or self._strategy.confirm_empty():
+            self._finish()
+            return True
+        return False
+
+    def _until_empty(self, deadline: Optional[float], phase: str, exits: ExitWatch, names: bool = False,
+                     observe: bool = True, snapshot: bool = False
+                     ) -> Generator[Tuple[List[int], float], None, bool]:
+        """Record who dies in this phase; yield (live pids, 0) for the driver
+        to wait on, or ([], pause) to sleep; return True once no member is
+        running, False at `deadline`.
+
+        It watches only the members it knows of (the leader; after
+        `snapshot` or a scan, those listed): their pidfds (Linux) say who
+        has exited. Once all of them have, the tier's cheap exact test
+        (kernel probe after the leader's reap, cgroup.events) says whether
+        anything is left; only then is the membership listed (the host's
+        process table in the pgid tiers). `names` are read for a report
+        only. `observe` keeps the escape tracker fed (at most every 100 ms,
+        only while members run); it is off once SIGKILL went out."""
+        tier = self._strategy
+        if snapshot:
+            self._note(tier.pids(), names)
+        probes = 0
         while True:
-            pids = self._strategy.pids()
-            for pid in pids:
-                if pid not in self._seen:
-                    self._seen[pid] = MemberOutcome(pid, _member_name(pid) if names else "", outcome="running")
-            live = self._strategy.live(pids, exits)
-            if _adopting and len(live) < len(pids):
-                live_set = set(live)
-                for pid in pids:
-                    if pid not in live_set:
-                        self._reap_adopted(pid)
-            live_set = set(live)
-            for pid, seen in self._seen.items():
-                if seen.outcome == "running" and pid not in live_set:
-                    seen.outcome = phase
+            if self._released:
+                return self._all_gone(phase)
+            known = [pid for pid, seen in self._seen.items() if seen.outcome == "running"]
+            live = tier.live(known, exits) if known else []
+            self._mark_dead(known, live, phase)
             if not live:
-                return True
-            if observe and not self._sigkilled:  # only while members could still escape
-                self._strategy.observe_now_and_then()
+                if tier.reaps_leader_to_probe:
+                    self._reap_leader()
+                if self._released or tier.confirm_empty():
+                    return self._all_gone(phase)
+                if tier.probes_first and probes < len(_PROBE_DELAYS):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return False
+                    yield [], _PROBE_DELAYS[probes]
+                    probes += 1
+                    continue
+                pids = tier.pids()
+                self._note(pids, names)
+                live = tier.live(pids, exits)
+                self._mark_dead(pids, live, phase)
+                if not live:  # only zombies that nobody reaps yet: dead is gone
+                    return self._all_gone(phase)
+                probes = 0
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            yield live
+            if observe and not self._sigkilled:  # only while members could still escape
+                tier.observe_now_and_then()
+            yield live, 0.0
 
     def _reap_adopted(self, pid: int) -> None:
         """Under our subreaper (set_child_subreaper), reap orphans of this
@@ -384,42 +501,53 @@ class ProcessGroup:
         if code is not None:
             self._seen[pid].returncode = code
 
+    @staticmethod
+    def _pause_until(pause: float, deadline: Optional[float]) -> float:
+        return pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic()))
+
     def _watch(self, deadline: Optional[float], phase: str, exits: ExitWatch, **scan: bool) -> bool:
         """Wait (sleeping on exits) until the group is empty or `deadline`."""
         gen = self._until_empty(deadline, phase, exits, **scan)
         try:
-            live = next(gen)
+            live, pause = next(gen)
             while True:
-                self._strategy.wait_exits(live, deadline, exits)
-                live = gen.send(None)  # type: ignore[arg-type]
+                if live:
+                    self._strategy.wait_exits(live, deadline, exits)
+                else:
+                    time.sleep(self._pause_until(pause, deadline))
+                live, pause = gen.send(None)
         except StopIteration as stop:
             return bool(stop.value)
 
     async def _watch_async(self, deadline: Optional[float], phase: str, exits: ExitWatch, **scan: bool) -> bool:
+        import asyncio
         gen = self._until_empty(deadline, phase, exits, **scan)
         try:
-            live = next(gen)
+            live, pause = next(gen)
             while True:
-                await self._strategy.wait_exits_async(live, deadline, exits)
-                live = gen.send(None)  # type: ignore[arg-type]
+                if live:
+                    await self._strategy.wait_exits_async(live, deadline, exits)
+                else:
+                    await asyncio.sleep(self._pause_until(pause, deadline))
+                live, pause = gen.send(None)
         except StopIteration as stop:
             return bool(stop.value)
 
     def _finish(self) -> Optional[int]:
         """The group is empty: reap the leader and release the handle."""
-        rc = None
-        # Released *before* the leader is reaped (which frees the pgid):
-        # a signal() in another thread either checks the flag after this
-        # and raises, or is already past it; on CPython 3.11+ nothing can
-        # switch threads between that check and the killpg() C call, so the
-        # signal has gone out before this line runs.
+        # Released, and out of the registry, *before* the leader is reaped
+        # (which frees the pgid): a signal() holds the same lock, so it
+        # either went out before this or sees the flag and raises.
         with self._release_lock:
             first = not self._released
             self._released = True
-            if self.leader is not None:
+            if first:
+                self._unregister()
+            if self.leader is not None and not self._leader_reaped:
                 self.leader._release()
         if not first:  # another thread's wait()/terminate() released it
             return self._released_returncode()
+        rc = None
         if self.leader is not None:
             rc = self.leader.returncode
             seen = self._seen.get(self.pgid)
@@ -447,19 +575,18 @@ class ProcessGroup:
         watchdog.register(self.pgid, kill_file)
         self._kill_on_parent_death = True
 
+    def _unregister(self) -> None:
+        if _owned.get(self.pgid) is self:
+            try:
+                del _owned[self.pgid]
+            except KeyError:
+                pass
+
     def _release(self) -> None:
         self._released = True
-        if self.leader is not None and self.leader.reaped:
-            if len(_released_reaped) >= 4096:
-                _released_reaped.pop(next(iter(_released_reaped)))
-            _released_reaped[self.pgid] = True
         self._strategy.close()
         if self._kill_on_parent_death:
             watchdog.unregister(self.pgid)
-        with _owned_lock:
-            ref = _owned.get(self.pgid)
-            if ref is not None and ref() is self:
-                del _owned[self.pgid]
 
     def wait(self, timeout: Optional[float] = None) -> Optional[int]:
         """Wait until every member of the group has died (not just the
@@ -468,6 +595,16 @@ class ProcessGroup:
         if self._released:
             return self._released_returncode()
         deadline = None if timeout is None else time.monotonic() + timeout
+        leader = self.leader
+        if leader is not None and not self._leader_reaped:
+            # The group cannot be empty while its leader runs: wait for the
+            # leader alone first (one waitid, no pidfd, no scan), then ask
+            # the kernel whether anything else is left.
+            try:
+                leader.wait(timeout)
+            except WaitTimeout:
+                raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0) from None
+            self._leader_exited()
         # One ExitWatch per call: its pidfds are never shared with another
         # thread's wait (closing one under a poller could hit a reused fd).
         with ExitWatch() as exits:
@@ -476,9 +613,18 @@ class ProcessGroup:
         return self._finish()
 
     async def wait_async(self, timeout: Optional[float] = None) -> Optional[int]:
+        """wait() for asyncio: the loop watches the pidfds (no thread)."""
+        import asyncio
         if self._released:
             return self._released_returncode()
         deadline = None if timeout is None else time.monotonic() + timeout
+        leader = self.leader
+        if leader is not None and not self._leader_reaped:
+            try:
+                await asyncio.wait_for(leader.wait_async(), timeout)
+            except asyncio.TimeoutError:
+                raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0) from None
+            self._leader_exited()
         with ExitWatch() as exits:
             if not await self._watch_async(deadline, "exited", exits):
                 raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)
@@ -529,7 +675,7 @@ class ProcessGroup:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
         escalated, all_gone = False, True
         with ExitWatch() as exits:
-            self._watch(start, "exited", exits, names=True)  # snapshot who is there
+            self._watch(start, "exited", exits, names=True, snapshot=True)  # who is there
             if self._term_signals():
                 deadline = time.monotonic() + grace
                 if not self._watch(deadline, "terminated", exits, names=True):
@@ -541,12 +687,13 @@ class ProcessGroup:
 
     async def terminate_async(self, grace: float = DEFAULT_GRACE,
                               kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> TerminateReport:
+        """terminate() for asyncio: never blocks the event loop."""
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
         escalated, all_gone = False, True
         with ExitWatch() as exits:
-            await self._watch_async(start, "exited", exits, names=True)
+            await self._watch_async(start, "exited", exits, names=True, snapshot=True)
             if self._term_signals():
                 deadline = time.monotonic() + grace
                 if not await self._watch_async(deadline, "terminated", exits, names=True):
@@ -562,22 +709,45 @@ class ProcessGroup:
         managers then release it without killing anything."""
         self.detached = True
 
-    def close(self) -> None:
+    def _release_detached(self) -> None:
+        with self._release_lock:
+            self._released = True  # before the reap: see _finish()
+            self._unregister()
+            if self.leader is not None and not self._leader_reaped:
+                self.leader._release()
+        self._release()
+
+    def close(self, kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> bool:
         """Release the handle. Unless detached, members still running are
-        killed first (kill on close) and waited for."""
+        killed first (kill on close) and waited for, at most `kill_timeout`
+        seconds. Returns True once released; False when a member outlived
+        SIGKILL that long (stuck in the kernel): the handle then stays open,
+        its pgid pinned, for a later close(), wait() or terminate()."""
         if self._released:
-            return
-        if not self.detached:
-            self._kill_quietly()
-            with ExitWatch() as exits:
-                self._watch(None, "killed", exits, observe=False)
-            self._finish()
-        else:
-            with self._release_lock:
-                self._released = True  # before the reap: see _finish()
-                if self.leader is not None:
-                    self.leader._release()
-            self._release()
+            return True
+        if self.detached:
+            self._release_detached()
+            return True
+        self._kill_quietly()
+        with ExitWatch() as exits:
+            if not self._watch(time.monotonic() + kill_timeout, "killed", exits, observe=False):
+                return False
+        self._finish()
+        return True
+
+    async def close_async(self, kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> bool:
+        """close() for asyncio: the wait for the killed members is awaited."""
+        if self._released:
+            return True
+        if self.detached:
+            self._release_detached()
+            return True
+        self._kill_quietly()
+        with ExitWatch() as exits:
+            if not await self._watch_async(time.monotonic() + kill_timeout, "killed", exits, observe=False):
+                return False
+        self._finish()
+        return True
 
     def __enter__(self) -> "ProcessGroup":
         return self
@@ -595,12 +765,13 @@ class ProcessGroup:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        # As __exit__: a cancellation during the grace still ends the group.
+        # As __exit__: a cancellation during the grace still ends the group,
+        # and the last wait is awaited (never blocks the loop).
         try:
             if not self.detached and not self._released:
                 await self.terminate_async()
         finally:
-            self.close()
+            await self.close_async()
 
 
 def set_child_subreaper(enabled: bool = True) -> None:

@@ -283,10 +283,17 @@ class _Survey:
 
     def __init__(self, proc: Process, group: ProcessGroup, open_pipes: Sequence[IO[bytes]]):
         self.pgid = group.pgid
+        self.found: Dict[int, _Found] = {}
+        if not open_pipes and group.release_if_empty():
+            # The usual end: the command exited, its pipes reached EOF and
+            # the kernel says its group is empty (one syscall, see
+            # ProcessGroup.release_if_empty). Nothing can be left that a
+            # survey would find: a process that left the group is found only
+            # through our pipes or a live member.
+            return
         live = [m for m in group.members() if not m.zombie]
         names = {f.fileno(): ("stdout" if f is proc.stdout else "stderr") for f in open_pipes}
         holders = {pid: tuple(names[fd] for fd in fds) for pid, fds in pipe_writers(names).items()}
-        self.found: Dict[int, _Found] = {}
         for m in live:
             if m.pid != group.pgid:
                 self._add(m.pid, m.name, self.pgid, holders.get(m.pid, ()))
