@@ -257,14 +257,15 @@ class ProcessGroup:
         if getattr(self, "_released", True):
             return
         try:
+            running = False
             leader = self.leader
             if leader is not None and not self._leader_reaped:
                 leader._pinned = False
-                if leader.returncode is None and not self.detached and _still_running(leader.pid):
-                    warnings.warn(f"process group {self.pgid} is still running", ResourceWarning,
-                                  source=self)
+                running = leader.returncode is None and not self.detached and _still_running(leader.pid)
                 _abandon(leader._state)  # reaped by the next spawn once it has exited
             _dropped.append((self._strategy, self.pgid, self._kill_on_parent_death))
+            if running:  # last: under -W error this raises (and is printed, as Popen's is)
+                warnings.warn(f"process group {self.pgid} is still running", ResourceWarning, source=self)
         except Exception:  # at interpreter shutdown modules may be gone
             pass
 

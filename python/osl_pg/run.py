@@ -256,6 +256,12 @@ class _Plan:
         return CompletedRun(self.args, rc, stdout, stderr, pgid, leftovers)
 
 
+def _warn_stuck(group: ProcessGroup) -> None:
+    warnings.warn(ResourceWarning(
+        f"process group {group.pgid}: members outlived SIGKILL (stuck in the kernel?); its handle stays open, "
+        "pinning the pgid, until they are gone"), stacklevel=caller_stacklevel())
+
+
 def _leftover_message(args: Any, leftovers: List[Leftover]) -> str:
     return (f"command {args!r} exited and left {len(leftovers)} process(es) behind: "
             + "; ".join(str(x) for x in leftovers))
@@ -329,7 +335,13 @@ class _Survey:
     def outside(self) -> List[_Found]:
         return [f for f in self.found.values() if not f.in_group]
 
-    def leftovers(self, outcomes: Dict[int, str], default: str) -> List[Leftover]:
+    def leftovers(self, outcomes: Dict[int, str], default: Optional[str] = None) -> List[Leftover]:
+        """The surveyed processes with their outcomes. One the ending of
+        the tree has no outcome for exited before it was signalled (it was
+        gone from terminate()'s own snapshot): "exited". Only when nothing
+        was ended (kill_leftovers=False) is the rest "left running"."""
+        if default is None:
+            default = "exited" if outcomes else "left running"
         return [Leftover(f.pid, f.name, f.cmdline, f.pgid, f.in_group, f.holds, outcomes.get(f.pid, default))
                 for f in sorted(self.found.values(), key=lambda f: f.pid)]
 
@@ -526,11 +538,13 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
         # say) this kills the whole group and waits for it, and only then
         # closes the pipes: on Windows a close waits for a reader thread's
         # blocked read (the C runtime locks the fd), which ends only at EOF,
-        # when the tree is gone.
-        group.close()
+        # when the tree is gone. Bounded: a member that outlives SIGKILL
+        # (stuck in the kernel) is reported, not waited for forever.
+        if not group.close():
+            _warn_stuck(group)
         proc.close_pipes()
     out, err, _ = read_so_far(proc)
-    return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes, "left running"), had_terminal)
+    return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes), had_terminal)
 
 
 # --------------------------------------------------------------------------
@@ -654,10 +668,12 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
             await pipes.wait_eof(plan.drain)
     finally:
         # No-ops after a normal run; after an exception or a cancellation
-        # this kills the whole group (SIGKILL) and waits for it.
-        group.close()  # first: see run()
+        # this kills the whole group (SIGKILL) and awaits it: the event loop
+        # keeps running meanwhile.
+        if not await group.close_async():  # first: see run()
+            _warn_stuck(group)
         if pipes is not None:
             pipes.close()
         proc.close_pipes()
     out, err = pipes.output()
-    return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes, "left running"), had_terminal)
+    return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes), had_terminal)
