@@ -2,7 +2,7 @@
 
 Process groups and sessions on POSIX, Job Objects on Windows. See README.md.
 """
-from .audit import JsonLinesHandler, write_audit_log
+from .audit import write_audit_log
 from .context import ExecutionContext, SecurityContext
 from .errors import (CgroupPermissionError, CgroupUnavailable, ChildrenAutoReapedWarning, CommandNotFound,
                      InvalidOperation,
@@ -20,6 +20,15 @@ from .tiers import Escapee
 from .run import CompletedRun, Leftover, LeftoverProcessWarning, run, run_async
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # JsonLinesHandler subclasses logging.Handler: made when first asked for,
+    # so `import osl_pg` does not import logging.
+    if name == "JsonLinesHandler":
+        from .audit import _json_lines_handler
+        return _json_lines_handler()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AllowListPolicy", "CommandNotFound", "DEVNULL", "Decision", "DefaultPolicy", "ExecutionContext",

@@ -7,16 +7,45 @@ processes_affected, decision ("allowed"/"denied"), reason, outcome ("ok" or
 "error"), errno, error, duration_ms, timestamp. The same operation_id is in
 the operation, its ExecutionResult and its record.
 """
-import json
-import logging
+import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-logger = logging.getLogger("osl_pg.audit")
-# INFO so records reach handlers an application attaches; with none
-# attached nothing is printed (Python's last-resort handler is WARNING+).
-logger.setLevel(logging.INFO)
+if TYPE_CHECKING:
+    import logging
+
+INFO, WARNING = 20, 30  # logging's levels, without importing it
+
+_logger: "Optional[logging.Logger]" = None
+
+
+def _get_logger() -> "logging.Logger":
+    """The logger, made on first use: importing logging costs a few ms of
+    every `import osl_pg`, and a program that never imported it cannot have
+    attached a handler."""
+    global _logger
+    if _logger is None:
+        import logging
+        logger = logging.getLogger("osl_pg.audit")
+        # INFO so records reach handlers an application attaches; with none
+        # attached nothing is printed (the last-resort handler is WARNING+).
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        _logger = logger
+    return _logger
+
+
+if "logging" in sys.modules:  # already paid for: set up now, as if imported here
+    _get_logger()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "logger":  # osl_pg.audit.logger, as before
+        return _get_logger()
+    if name == "JsonLinesHandler":
+        return _json_lines_handler()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AuditRecord:
@@ -49,9 +78,13 @@ class AuditRecord:
 
 def emit(record: AuditRecord) -> None:
     f = record.fields
-    if not logger.isEnabledFor(logging.INFO):
+    level = INFO if f["decision"] != "denied" else WARNING
+    if _logger is None and "logging" not in sys.modules and level < WARNING:
+        return  # no handler can exist, and the last-resort one prints only WARNING+
+    logger = _get_logger()
+    if not logger.isEnabledFor(INFO):
         return
-    level = logging.INFO if f["decision"] != "denied" else logging.WARNING
+    import logging
     last_resort = logging.lastResort
     if (not logger.filters and not logger.hasHandlers()
             and (last_resort is None or level < last_resort.level)):
@@ -63,34 +96,50 @@ def emit(record: AuditRecord) -> None:
                f["reason"] or f["error"] or "", extra={"audit": dict(f)})
 
 
-class JsonLinesHandler(logging.Handler):
-    """Writes each audit record as one JSON object per line."""
-
-    def __init__(self, path: str):
-        super().__init__(logging.INFO)
-        self.path = path
-        self._file = open(path, "a", encoding="utf-8")
-        self._write_lock = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        data = getattr(record, "audit", None)
-        if data is None:
-            return
-        line = json.dumps(data, default=str, sort_keys=True)
-        with self._write_lock:
-            self._file.write(line + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        with self._write_lock:
-            if not self._file.closed:
-                self._file.close()
-        super().close()
+_handler_class: Optional[type] = None
 
 
-def write_audit_log(path: str, target: Optional[logging.Logger] = None) -> JsonLinesHandler:
+def _json_lines_handler() -> type:
+    """JsonLinesHandler, defined on first use (it subclasses logging.Handler,
+    and logging is imported only when needed)."""
+    global _handler_class
+    if _handler_class is None:
+        import logging
+
+        class JsonLinesHandler(logging.Handler):
+            """Writes each audit record as one JSON object per line."""
+
+            def __init__(self, path: str):
+                super().__init__(INFO)
+                self.path = path
+                self._file = open(path, "a", encoding="utf-8")
+                self._write_lock = threading.Lock()
+
+            def emit(self, record: logging.LogRecord) -> None:
+                data = getattr(record, "audit", None)
+                if data is None:
+                    return
+                import json
+                line = json.dumps(data, default=str, sort_keys=True)
+                with self._write_lock:
+                    self._file.write(line + "\n")
+                    self._file.flush()
+
+            def close(self) -> None:
+                with self._write_lock:
+                    if not self._file.closed:
+                        self._file.close()
+                super().close()
+
+        JsonLinesHandler.__module__ = __name__
+        JsonLinesHandler.__qualname__ = "JsonLinesHandler"
+        _handler_class = JsonLinesHandler
+    return _handler_class
+
+
+def write_audit_log(path: str, target: "Optional[logging.Logger]" = None) -> Any:
     """One call to append every audit record to `path` as JSON lines.
     Returns the handler; ``logger.removeHandler(h); h.close()`` stops it."""
-    handler = JsonLinesHandler(path)
-    (target or logger).addHandler(handler)
+    handler = _json_lines_handler()(path)
+    (target or _get_logger()).addHandler(handler)
     return handler

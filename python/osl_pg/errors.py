@@ -1,14 +1,12 @@
 """The error types. Each concrete error derives from the matching builtin as
 well as from OslError, so both ``except FileNotFoundError`` and
 ``except OslError`` catch a missing command."""
-import asyncio
 import errno as _errno
 import os
 import sys
 from typing import Optional
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))  # osl_pg imports asyncio anyway (run_async)
 
 
 class OslError(Exception):
@@ -83,8 +81,11 @@ def caller_stacklevel() -> int:
     or asyncio.run(run_async(...))."""
     level = 1
     frame = sys._getframe(1)
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) in (_PACKAGE_DIR,
-                                                                                               _ASYNCIO_DIR):
+    skip = {_PACKAGE_DIR}
+    asyncio = sys.modules.get("asyncio")  # only a loop that was imported can be driving us
+    if asyncio is not None and getattr(asyncio, "__file__", None):
+        skip.add(os.path.dirname(os.path.abspath(asyncio.__file__)))
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) in skip:
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return level

@@ -4,14 +4,11 @@ step; the audit logger's level decides what is written, never what runs.
 """
 import errno
 import os
-import shlex
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import psutil
-
-from . import audit, cgroup
+from . import audit
 from ._backend import backend
 from .context import ExecutionContext, resolve_context
 from .errors import (ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation,
@@ -89,6 +86,7 @@ class TargetFacts:
 
     @property
     def process_uid(self) -> Optional[int]:
+        import psutil
         try:
             return psutil.Process(self.op.pid).uids().real  # type: ignore[union-attr]
         except (psutil.Error, AttributeError):
@@ -170,7 +168,11 @@ class ProcessExecutor:
         # The cgroups (containment, limits) exist before the child does: it
         # joins them before it executes (osl_pg.cgroup).
         # A backend with LIMITS_IN_SPAWN (Windows: the job) applies op.limits itself.
-        cgroups = cgroup.prepare(op.containment, None if getattr(backend, "LIMITS_IN_SPAWN", False) else op.limits)
+        limits = None if getattr(backend, "LIMITS_IN_SPAWN", False) else op.limits
+        cgroups = None
+        if op.containment is not None or limits is not None:
+            from . import cgroup  # imported when first needed: most spawns never use it
+            cgroups = cgroup.prepare(op.containment, limits)
         try:
             spawned = backend.spawn(op, cgroups.open_join_fds()) if cgroups is not None else backend.spawn(op)
         except BaseException:
@@ -316,6 +318,7 @@ def _describe_target(op: Operation, record: audit.AuditRecord) -> None:
 
 
 def _quote(a: str) -> str:
+    import shlex
     return shlex.quote(a)
 
 

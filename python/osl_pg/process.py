@@ -6,7 +6,6 @@ A process group handle may *pin* the leader: its status is then read with
 WNOWAIT and the zombie is kept (holding the pid, and so the pgid, against
 reuse) until the group is released.
 """
-import asyncio
 import collections
 import errno
 import io
@@ -305,6 +304,7 @@ class Process:
         watches the pidfd held since the spawn (so the child cannot have
         been reaped, nor its pid reused, before the watch starts);
         elsewhere the status is polled with backoff."""
+        import asyncio
         rc = self._collect(block=False)
         if rc is not None:
             return rc

@@ -28,7 +28,6 @@ concerned:
 - On any other exception (KeyboardInterrupt, cancellation) the whole group is
   killed (subprocess.run() kills its one child).
 """
-import asyncio
 import locale
 import os
 import signal
@@ -38,8 +37,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Generator, List, Mapping, Optional, Sequence, Tuple, Union
-
-import psutil
 
 from ._backend import backend
 from .context import ExecutionContext
@@ -279,7 +276,7 @@ class _Found:
     pgid: Optional[int]
     in_group: bool
     holds: Tuple[str, ...] = ()
-    proc: Optional[psutil.Process] = None  # pins the identity (create time) of one outside the group
+    proc: Any = None  # a psutil.Process: pins the identity (create time) of one outside the group
 
 
 class _Survey:
@@ -313,7 +310,8 @@ class _Survey:
                 self._add(pid, "?", backend.pgid_or_none(pid), holds)
 
     def _add(self, pid: int, name: str, pgid: Optional[int], holds: Tuple[str, ...]) -> None:
-        p: Optional[psutil.Process]
+        import psutil
+        p: Any
         try:
             p = psutil.Process(pid)
             cmdline = tuple(p.cmdline())
@@ -381,7 +379,8 @@ class _Outsiders:
         return sent
 
 
-def _running(p: psutil.Process) -> bool:
+def _running(p: Any) -> bool:
+    import psutil
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -562,6 +561,7 @@ class _AsyncPipes(LoopPipes):
         self.stdin = proc.stdin
         self.open = [f for f in (proc.stdout, proc.stderr) if f is not None]
         self.chunks: Dict[Any, List[bytes]] = {f: [] for f in self.open}
+        import asyncio
         self.loop = asyncio.get_running_loop()
         self.eof = self.loop.create_future()
         if self.stdin is not None and not len(self.input):
@@ -619,6 +619,7 @@ class _AsyncPipes(LoopPipes):
 
 
 async def _communicate_async(proc: Process, pipes: _AsyncPipes, plan: _Plan) -> int:
+    import asyncio
     deadline = plan.deadline
     try:
         rc = await asyncio.wait_for(proc.wait_async(), plan.timeout)

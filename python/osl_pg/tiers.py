@@ -17,12 +17,14 @@ import select
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
-from . import cgroup as _cg
 from ._backend import backend
 from .errors import ProcessNotFound, Unsupported
 from .process import number_in_use
+
+if TYPE_CHECKING:  # imported when a cgroup is first used (most groups never do)
+    from . import cgroup as _cg
 
 SIGKILL = 9
 SIGCONT = int(getattr(signal, "SIGCONT", 18))
@@ -339,7 +341,7 @@ class Tier:
     reaps_leader_to_probe = False
     probes_first = False
 
-    def __init__(self, pgid: int, cgroups: Optional[_cg.CgroupSet]):
+    def __init__(self, pgid: int, cgroups: "Optional[_cg.CgroupSet]"):
         self.pgid = pgid
         self.cgroups = cgroups
         self.tracker = DescendantTracker()
@@ -449,7 +451,7 @@ class PgidTier(Tier):
     reaps_leader_to_probe = True
     probes_first = True
 
-    def __init__(self, pgid: int, name: str, cgroups: Optional[_cg.CgroupSet] = None):
+    def __init__(self, pgid: int, name: str, cgroups: "Optional[_cg.CgroupSet]" = None):
         super().__init__(pgid, cgroups)
         self.name = name
         self._unpinned = False
@@ -515,7 +517,7 @@ class CgroupTier(Tier):
 
     name = "cgroup"
 
-    def __init__(self, pgid: int, cgroups: _cg.CgroupSet):
+    def __init__(self, pgid: int, cgroups: "_cg.CgroupSet"):
         super().__init__(pgid, cgroups)
         assert cgroups.v2 is not None
         self.cg: _cg.Cgroup = cgroups.v2
@@ -600,6 +602,7 @@ class CgroupTier(Tier):
         if not self.cg.has("cgroup.freeze"):
             raise Unsupported("cgroup.freeze needs Linux 5.2")
         self.cg.write("cgroup.freeze", "1" if on else "0")
+        from . import cgroup as _cg
         _cg.wait_event(self.cg, "frozen", 1 if on else 0, None)
 
     def _freeze_quietly(self) -> bool:
@@ -618,6 +621,7 @@ class CgroupTier(Tier):
     # members we know about are watched too, through pidfds, which fire at
     # once; the caller rescans cgroup.procs after either.
     def wait_exits(self, live: List[int], deadline: Optional[float], exits: ExitWatch) -> None:
+        from . import cgroup as _cg
         by_fd, complete = exits.pidfds(live)
         with _cg.EventsWatch(self.cg) as watch:
             poller = select.poll()
@@ -635,6 +639,7 @@ class CgroupTier(Tier):
 
     async def wait_exits_async(self, live: List[int], deadline: Optional[float], exits: ExitWatch) -> None:
         import asyncio
+        from . import cgroup as _cg
         loop = asyncio.get_running_loop()
         by_fd, complete = exits.pidfds(live)
         with _cg.EventsWatch(self.cg) as watch:
@@ -666,7 +671,7 @@ class CgroupTier(Tier):
                             loop.remove_reader(fd)
 
 
-def make_tier(pgid: int, session: bool, cgroups: Optional[_cg.CgroupSet], contained: bool) -> Tier:
+def make_tier(pgid: int, session: bool, cgroups: "Optional[_cg.CgroupSet]", contained: bool) -> Tier:
     """The strategy for a new group: the cgroup tier when containment was
     asked for and a cgroup v2 directory was made, else its pgid. On
     Windows the group is always its Job Object (osl_pg.job_tier)."""
