@@ -161,13 +161,37 @@ def test_section_ratios_come_from_the_medians():
 def test_targets_compare_the_named_medians():
     def section(sid, **medians):
         return {"id": sid, "contenders": [{"id": k, "median_us": v} for k, v in medians.items()]}
-    sections = [section("spawn.wait", osl_sync=120.0, c_floor=100.0, popen_pgroup=150.0),
-                section("spawn_big.wait", osl_sync=126.0)]
+    sections = [section("spawn.wait", osl_sync=120.0, c_floor=100.0, popen_pgroup=100.0),
+                section("spawn_big.wait", osl_sync=126.0),
+                section("startup", bare=10000.0, import_osl_pg=30000.0, cli_run_true=50000.0)]
     targets = {t["id"]: t for t in bench.evaluate_targets(sections)}
-    assert targets["spawn_vs_floor"]["ratio"] == pytest.approx(1.2) and targets["spawn_vs_floor"]["met"]
-    assert targets["spawn_vs_popen"]["ratio"] == pytest.approx(0.8) and not targets["spawn_vs_popen"]["met"]
-    assert targets["big_parent"]["ratio"] == pytest.approx(1.05)
-    assert "kill_flat_vs_floor" not in targets  # sections that were not run are skipped
+    assert targets["spawn_vs_floor"]["ratio"] == pytest.approx(1.2) and not targets["spawn_vs_floor"]["met"]
+    assert targets["spawn_vs_popen"]["ratio"] == pytest.approx(1.2) and not targets["spawn_vs_popen"]["met"]
+    assert targets["big_parent"]["ratio"] == pytest.approx(1.05) and targets["big_parent"]["met"]
+    # absolute targets, in milliseconds: a difference, or one median alone
+    assert targets["import_cost"]["value_ms"] == pytest.approx(20.0) and not targets["import_cost"]["met"]
+    assert targets["cli_run_true"]["value_ms"] == pytest.approx(50.0) and targets["cli_run_true"]["met"]
+    assert "run_vs_subprocess" not in targets  # sections that were not run are skipped
+
+
+def test_ratios_read_as_speedups():
+    assert bench.speedup(0.25) == "4.00x faster"
+    assert bench.speedup(1.5) == "1.50x slower"
+    assert bench.speedup(1.01) == "same"
+    assert bench.speedup(float("nan")) == "?"
+
+
+def test_the_chart_has_a_row_per_compared_scenario_and_no_fork_rows():
+    def section(sid, title, ours, **medians):
+        return {"id": sid, "title": title, "ours": ours,
+                "contenders": [{"id": k, "label": k, "median_us": v} for k, v in medians.items()],
+                "ratios": {o: {k: medians[o] / v for k, v in medians.items()} for o in ours}}
+    report = {"sections": [section("run", "run", ["osl_run"], osl_run=100.0, subprocess_run=200.0),
+                           section("fork.wait", "fork", [], popen_fork=1000.0),
+                           section("signal", "signal", ["executor", "group_signal"], executor=50.0,
+                                   group_signal=1.2, os_killpg=1.0)]}
+    rows = bench.plot_rows(report)
+    assert [(r[1], r[2]) for r in rows] == [(0.5, "2.00x faster"), (1.2, "1.20x slower")]
 
 
 # --------------------------------------------------------------------------
@@ -176,6 +200,7 @@ def test_targets_compare_the_named_medians():
 SECTIONS = {
     "spawn.call", "spawn.wait", "fork.call", "fork.wait", "spawn_big.call", "spawn_big.wait",
     "fork_big.call", "fork_big.wait", "signal", "kill.flat11", "kill.tree11", "kill.flat101", "kill.tree101",
+    "run", "run_capture", "run_crowd", "group_wait_crowd", "kill_crowd.flat101", "startup",
 }
 
 
@@ -205,9 +230,15 @@ def test_bench_json_end_to_end():
                 assert ratio == pytest.approx(medians[ours] / medians[other])
     for t in report["targets"]:
         num = next(r for r in sections[t["numerator"][0]]["contenders"] if r["id"] == t["numerator"][1])
+        if t["denominator"] is None:
+            assert t["value_ms"] == pytest.approx(num["median_us"] / 1000) and t["met"] == (t["value_ms"] <= t["limit_ms"])
+            continue
         den = next(r for r in sections[t["denominator"][0]]["contenders"] if r["id"] == t["denominator"][1])
-        assert t["ratio"] == pytest.approx(num["median_us"] / den["median_us"])
-        assert t["met"] == (t["ratio"] <= t["limit"])
+        if "ratio" in t:
+            assert t["ratio"] == pytest.approx(num["median_us"] / den["median_us"])
+            assert t["met"] == (t["ratio"] <= t["limit"])
+        else:
+            assert t["value_ms"] == pytest.approx((num["median_us"] - den["median_us"]) / 1000)
     assert {t["id"] for t in report["targets"]} == {t[0] for t in bench.TARGETS}
     sizes = {r["id"]: r for r in report["parent_size"]["rows"]}
     assert {"osl_sync", "popen_fork", "c_floor"} <= set(sizes)
@@ -219,7 +250,8 @@ def test_bench_prints_tables_and_targets():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("osl-pg bench (iterations")
     for text in ("spawn + wait", "os.posix_spawn", "asyncio.create_subprocess_exec", "psutil: children",
-                 "C floor", "big/small", "targets (ratio of medians"):
+                 "C floor", "big/small", "targets (ratio of medians", "osl_pg.run()",
+                 "subprocess.run()", "other processes running", "import osl_pg"):
         assert text in out.stdout
     assert "... spawn, small parent" in out.stderr  # progress goes to stderr
 

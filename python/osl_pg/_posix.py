@@ -400,6 +400,19 @@ def group_exists(pgid: int) -> bool:
     return True
 
 
+def exited_child_in_group(pgid: int) -> Optional[int]:
+    """A child of ours in group `pgid` that has exited (a zombie), without
+    reaping it, or None: one waitid(P_PGID, WNOWAIT), whatever the host
+    runs. Under our subreaper the group's orphans are our children."""
+    try:
+        info = os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    except InterruptedError:
+        return None
+    return info.si_pid if info is not None and info.si_pid else None
+
+
 def signal_if_member(pid: int, pgid: int, sig: int) -> bool:
     """Signal `pid` if it is in group `pgid`, with no pid-reuse window: the
     pidfd is opened first, so it names the process that had the pid then;
