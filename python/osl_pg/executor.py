@@ -22,6 +22,8 @@ from .result import ExecutionResult
 from .tiers import ExitWatch, make_tier
 
 SIGKILL = 9
+_LIMITS_IN_SPAWN = getattr(backend, "LIMITS_IN_SPAWN", False)  # Windows: the job applies op.limits
+_GROUPS_DIE_WITH_PARENT = getattr(backend, "GROUPS_DIE_WITH_PARENT", False)
 
 
 class TargetFacts:
@@ -168,7 +170,7 @@ class ProcessExecutor:
         # The cgroups (containment, limits) exist before the child does: it
         # joins them before it executes (osl_pg.cgroup).
         # A backend with LIMITS_IN_SPAWN (Windows: the job) applies op.limits itself.
-        limits = None if getattr(backend, "LIMITS_IN_SPAWN", False) else op.limits
+        limits = None if _LIMITS_IN_SPAWN else op.limits
         cgroups = None
         if op.containment is not None or limits is not None:
             from . import cgroup  # imported when first needed: most spawns never use it
@@ -196,7 +198,7 @@ class ProcessExecutor:
             if op.makes_group:
                 group = ProcessGroup(pgid, proc, owner=self.name, strategy=make_tier(
                     pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None))
-                if op.kill_on_parent_death and not getattr(backend, "GROUPS_DIE_WITH_PARENT", False):
+                if op.kill_on_parent_death and not _GROUPS_DIE_WITH_PARENT:
                     group._kill_with_parent()
         except BaseException:
             # The child exists but the caller gets no handle for it: end it
@@ -205,18 +207,23 @@ class ProcessExecutor:
             raise
         record["target_pid"] = spawned.pid
         record["target_pgid"] = pgid
-        return ExecutionResult(op.operation_id, op.operation_type.value, {
-            "operation_type": op.operation_type.value,
-            "operation_id": op.operation_id,
-            "pid": str(spawned.pid),
-            "pgid": str(pgid),
-            "is_group_leader": "true" if pgid == spawned.pid else "false",
-            "command": op.command,
-            "args": " ".join(_quote(a) for a in op.args),
-            "executor": self.name,
-            "user": ctx.principal,
-            **_containment_metadata(group),
-        }, process=proc, group=group)
+        pid, name = spawned.pid, self.name
+
+        def metadata() -> Dict[str, str]:  # built when first read: not on run()'s path
+            return {
+                "operation_type": op_type,
+                "operation_id": op.operation_id,
+                "pid": str(pid),
+                "pgid": str(pgid),
+                "is_group_leader": "true" if pgid == pid else "false",
+                "command": op.command,
+                "args": " ".join(_quote(a) for a in op.args),
+                "executor": name,
+                "user": ctx.principal,
+                **_containment_metadata(group),
+            }
+        op_type = op.operation_type.value
+        return ExecutionResult(op.operation_id, op_type, metadata, process=proc, group=group)
 
     def _signal(self, op: ProcessSignalOperation, ctx: ExecutionContext, facts: TargetFacts,
                 record: audit.AuditRecord) -> ExecutionResult:

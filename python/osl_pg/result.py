@@ -1,24 +1,41 @@
 """The result of one executed operation."""
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
 
 if TYPE_CHECKING:
     from .group import ProcessGroup
     from .process import Process
 
 
-@dataclass
 class ExecutionResult:
     """Metadata values are strings (the contract of the Rust original);
-    typed views are offered as properties."""
+    typed views are offered as properties. `metadata` may be given as a
+    zero-argument function: the dict is then built on first access (a
+    spawn's quoting of its arguments is not on run()'s path)."""
 
-    operation_id: str
-    operation_type: str
-    metadata: Dict[str, str] = field(default_factory=dict)
-    started_at: float = 0.0
-    duration: float = 0.0  # seconds spent in execute()
-    process: Optional["Process"] = None
-    group: Optional["ProcessGroup"] = None
+    __slots__ = ("operation_id", "operation_type", "_metadata", "started_at", "duration", "process", "group")
+
+    def __init__(self, operation_id: str, operation_type: str,
+                 metadata: "Union[Dict[str, str], Callable[[], Dict[str, str]], None]" = None,
+                 started_at: float = 0.0, duration: float = 0.0, process: Optional["Process"] = None,
+                 group: Optional["ProcessGroup"] = None):
+        self.operation_id = operation_id
+        self.operation_type = operation_type
+        self._metadata = metadata if metadata is not None else {}
+        self.started_at = started_at
+        self.duration = duration  # seconds spent in execute()
+        self.process = process
+        self.group = group
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        meta = self._metadata
+        if callable(meta):
+            meta = self._metadata = meta()
+        return meta
+
+    def __repr__(self) -> str:
+        return (f"ExecutionResult(operation_id={self.operation_id!r}, operation_type={self.operation_type!r}, "
+                f"metadata={self.metadata!r}, duration={self.duration!r})")
 
     def get_metadata(self, key: str) -> Optional[str]:
         return self.metadata.get(key)
