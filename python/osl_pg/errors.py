@@ -17,6 +17,12 @@ class InvalidOperation(ValueError, OslError):
     """A malformed operation (empty command, NUL byte, pid out of range...)."""
 
 
+class InvalidOperationType(TypeError, InvalidOperation):
+    """A malformed operation whose cause is a value of the wrong type, where
+    subprocess raises TypeError (a user that is neither a name nor an id).
+    Still an InvalidOperation (and ValueError) for code that catches those."""
+
+
 class CommandNotFound(FileNotFoundError, OslError):
     """The command or the working directory does not exist."""
 
