@@ -98,3 +98,13 @@ def test_credential_builders_refuse_like_subprocess(build, error):
     with pytest.raises(error) as info:
         build(ProcessSpawnOperation("x"))
     assert isinstance(info.value, OslError)
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="the Windows backend refuses POSIX credentials")
+def test_windows_refuses_user_group_and_umask_before_spawning():
+    from osl_pg import ProcessExecutor
+    op = ProcessSpawnOperation(sys.executable).with_args(["-c", "pass"])
+    for built in (op.with_user(0), op.with_group(0), op.with_extra_groups([]), op.with_umask(0o022)):
+        with pytest.raises(NotImplementedError, match="POSIX-only"):
+            ProcessExecutor("x").execute(built)
+    assert ProcessExecutor("x").execute(op.with_restore_signals(False)).process.wait(60) == 0  # ignored there
