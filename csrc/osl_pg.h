@@ -25,12 +25,32 @@
 #define OSL_STEP_EXEC 5
 #define OSL_STEP_CGROUP 6 /* joining a cgroup (writing "0" to cgroup.procs) */
 #define OSL_STEP_PASS_FDS 7 /* making a pass_fds fd inheritable */
+#define OSL_STEP_GROUPS 8 /* setgroups(): the supplementary groups */
+#define OSL_STEP_GID 9    /* setregid() */
+#define OSL_STEP_UID 10   /* setreuid() */
+
+/* osl_spawn_attr.signal_reset: what the child's signal dispositions start
+ * as. Handled signals are reset to default in every mode (exec does that;
+ * the vfork child does it before it unblocks signals), and so are the C
+ * library's internal signals (glibc's 32 and 33, musl's 32 to 34). */
+#define OSL_SIGNALS_RESTORE 0 /* SIGPIPE, SIGXFSZ (and SIGXFZ) to default,
+                                 other ignored signals stay ignored:
+                                 subprocess's restore_signals=True */
+#define OSL_SIGNALS_INHERIT 1 /* every ignored signal stays ignored */
+#define OSL_SIGNALS_ALL 2     /* every signal to default */
+
+/* osl_spawn_attr.set_ids bits: which credentials the child changes. */
+#define OSL_SET_GROUPS 1 /* setgroups(n_groups, groups) */
+#define OSL_SET_GID 2    /* setregid(gid, gid) */
+#define OSL_SET_UID 4    /* setreuid(uid, uid) */
+#define OSL_SET_UMASK 8  /* umask(umask) */
 
 /* How many cgroups (one per hierarchy: cgroup2, and cgroup v1 pids, memory,
  * cpu) a child can join before exec. */
 #define OSL_MAX_CGROUPS 4
 
 #ifndef _WIN32
+#include <sys/types.h> /* uid_t, gid_t, mode_t */
 
 struct osl_spawn_attr {
     const char *path;    /* executable, already resolved against PATH */
@@ -52,6 +72,15 @@ struct osl_spawn_attr {
     int cgroup_procs_fds[OSL_MAX_CGROUPS]; /* open cgroup.procs files; the
                             child writes "0" to each before exec, so it and
                             everything it starts are inside from the start */
+    int signal_reset;    /* OSL_SIGNALS_* */
+    int set_ids;         /* OSL_SET_* bits; any of them takes the vfork path
+                            (posix_spawn has no action for these) */
+    uid_t uid;
+    gid_t gid;
+    const gid_t *groups; /* n_groups supplementary groups (may be NULL when
+                            n_groups is 0: drop them all) */
+    int n_groups;
+    mode_t umask;
 };
 
 /* Feature bits reported by osl_features(). */

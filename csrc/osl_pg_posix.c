@@ -6,9 +6,10 @@
  * program may only make async-signal-safe calls anyway. posix_spawn() on
  * glibc and musl creates the child with clone(CLONE_VM|CLONE_VFORK), so the
  * parent's memory is shared, not copied. When posix_spawn cannot express a
- * request on the running libc (chdir, closefrom or setsid unsupported, or a
- * parent-death signal), a vfork() child does the same steps itself, using
- * only async-signal-safe calls, and reports a failure as an errno.
+ * request on the running libc (chdir, closefrom or setsid unsupported, a
+ * parent-death signal, or a change of user, groups or umask), a vfork()
+ * child does the same steps itself, using only async-signal-safe calls, and
+ * reports a failure as an errno.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE /* POSIX_SPAWN_SETSID, close_range */
@@ -23,6 +24,7 @@
 #include <spawn.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h> /* umask() */
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -31,6 +33,8 @@
 #ifdef __linux__
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#else
+#include <grp.h> /* setgroups() */
 #endif
 
 extern char **environ;
@@ -49,6 +53,14 @@ extern char **environ;
 #endif
 __asm__(".symver dlsym,dlsym@" OSL_GLIBC_BASE);
 __asm__(".symver pthread_sigmask,pthread_sigmask@" OSL_GLIBC_BASE);
+#endif
+
+/* macOS: POSIX_SPAWN_CLOEXEC_DEFAULT closes every fd the file actions do not
+ * name, which is close_fds without a vfork child. */
+#ifdef POSIX_SPAWN_CLOEXEC_DEFAULT
+#define HAVE_CLOEXEC_DEFAULT 1
+#else
+#define HAVE_CLOEXEC_DEFAULT 0
 #endif
 
 /* posix_spawn_file_actions_addchdir_np (glibc 2.29, macOS 10.15, musl 1.1.24)
@@ -83,7 +95,7 @@ int osl_features(void)
 #endif
     if (spawn_addchdir)
         f |= OSL_FEAT_SPAWN_CHDIR;
-    if (spawn_addclosefrom)
+    if (spawn_addclosefrom || HAVE_CLOEXEC_DEFAULT)
         f |= OSL_FEAT_SPAWN_CLOSEFROM;
 #if defined(__linux__) && defined(PR_SET_PDEATHSIG)
     f |= OSL_FEAT_PDEATHSIG;
@@ -100,15 +112,54 @@ static void fill_all_signals(sigset_t *set)
     memset(set, 0xff, sizeof(*set));
 }
 
+/* The signals subprocess's restore_signals=True puts back to default:
+ * Python ignores SIGPIPE and SIGXFSZ, and the child must not. */
+static int restored_signal(int sig)
+{
+#ifdef SIGXFZ
+    if (sig == SIGXFZ)
+        return 1;
+#endif
+    return sig == SIGPIPE || sig == SIGXFSZ;
+}
+
+/* Whether the child keeps `sig` ignored when the parent ignores it. */
+static int keeps_ignored(int sig, int mode)
+{
+    if (mode == OSL_SIGNALS_ALL)
+        return 0;
+    return !(mode == OSL_SIGNALS_RESTORE && restored_signal(sig));
+}
+
+/* posix_spawn's sigdefault set for `mode`: the signals the child must not
+ * keep ignored. posix_spawn resets every *handled* signal by itself (glibc
+ * and musl in the child, macOS in exec), so only ignored ones matter. Made
+ * from a full set minus the signals to keep: sigdelset() refuses the C
+ * library's internal signals (glibc's 32 and 33, musl's 32 to 34), which
+ * therefore stay in the set, so posix_spawn resets them too instead of
+ * leaving them ignored (see fill_all_signals). */
+static void default_signals(int mode, sigset_t *set)
+{
+    int sig;
+    fill_all_signals(set);
+    for (sig = 1; sig < NSIG; sig++) {
+        if (keeps_ignored(sig, mode))
+            sigdelset(set, sig);
+    }
+}
+
 static int needs_vfork(const struct osl_spawn_attr *a)
 {
     /* posix_spawn has no action that writes to a file, so it cannot put the
      * child in a cgroup before exec (see join_cgroups). */
     if (a->pdeathsig || a->n_cgroups > 0)
         return 1;
+    /* posix_spawn has no action that changes the user, groups or umask. */
+    if (a->set_ids)
+        return 1;
     if (a->cwd && !spawn_addchdir)
         return 1;
-    if (a->close_fds && !spawn_addclosefrom)
+    if (a->close_fds && !spawn_addclosefrom && !HAVE_CLOEXEC_DEFAULT)
         return 1;
     /* addclosefrom_np closes every fd from n up, with no exceptions, and
      * adddup2(fd, fd) clears FD_CLOEXEC only on newer libcs (glibc 2.29,
@@ -140,9 +191,8 @@ static int spawn_posix(const struct osl_spawn_attr *a, pid_t *pid)
         return err;
     }
 
-    /* Default dispositions for every signal, an empty mask: Python ignores
-     * SIGPIPE and SIGXFSZ, and the child must not inherit that. */
-    fill_all_signals(&set);
+    /* The dispositions a->signal_reset asks for, an empty mask. */
+    default_signals(a->signal_reset, &set);
     if ((err = posix_spawnattr_setsigdefault(&attr, &set)) != 0)
         goto out;
     sigemptyset(&set);
@@ -164,8 +214,6 @@ static int spawn_posix(const struct osl_spawn_attr *a, pid_t *pid)
         if (err != 0)
             goto out;
     }
-    if ((err = posix_spawnattr_setflags(&attr, flags)) != 0)
-        goto out;
 
     for (i = 0; i < 3; i++) {
         /* The caller guarantees fds[i] != i: dup2() onto itself would not
@@ -174,11 +222,27 @@ static int spawn_posix(const struct osl_spawn_attr *a, pid_t *pid)
             (err = posix_spawn_file_actions_adddup2(&fa, a->fds[i], i)) != 0)
             goto out;
     }
+#if HAVE_CLOEXEC_DEFAULT
+    if (a->close_fds) {
+        /* Every fd not named by a file action is closed: name the stdio
+         * fds the child inherits as they are (those that are open). */
+        flags |= POSIX_SPAWN_CLOEXEC_DEFAULT;
+        for (i = 0; i < 3; i++) {
+            if (a->fds[i] == OSL_FD_INHERIT && fcntl(i, F_GETFD) != -1 &&
+                (err = posix_spawn_file_actions_addinherit_np(&fa, i)) != 0)
+                goto out;
+        }
+    }
+#else
     if (a->close_fds && (err = spawn_addclosefrom(&fa, 3)) != 0)
         goto out;
+#endif
     if (a->cwd && (err = spawn_addchdir(&fa, a->cwd)) != 0)
         goto out;
 
+    /* Last: the file actions above may add flags. */
+    if ((err = posix_spawnattr_setflags(&attr, flags)) != 0)
+        goto out;
     err = posix_spawn(pid, a->path, &fa, &attr, a->argv,
                       a->envp ? a->envp : environ);
 out:
@@ -195,40 +259,120 @@ struct child_report {
     volatile int step;
 };
 
-/* Close fds lo..hi (hi < 0: every fd from lo up). */
-static void close_range_of(int lo, int hi)
+/* Whether `fd` is one of the n sorted fds in `keep`. */
+static int is_kept(int fd, const int *keep, int n)
 {
-#if defined(__linux__) && defined(SYS_close_range)
-    /* One syscall instead of a loop over the fd limit. */
-    if (syscall(SYS_close_range, (unsigned)lo, hi < 0 ? ~0U : (unsigned)hi,
-                0) == 0)
-        return;
-#endif
-    {
-        struct rlimit rl;
-        long max = 1024, fd;
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-            max = (long)rl.rlim_cur;
-        if (hi >= 0 && hi < max)
-            max = (long)hi + 1;
-        for (fd = lo; fd < max; fd++)
-            close((int)fd);
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (keep[mid] == fd)
+            return 1;
+        if (keep[mid] < fd)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
     }
+    return 0;
 }
 
-/* Close every fd >= 3 except the pass_fds, which are sorted: the gaps
- * between them are closed range by range. */
+#if defined(__linux__) && defined(SYS_close_range)
+/* close_range() (Linux 5.9) on each gap between the sorted pass_fds: one
+ * syscall per gap. -1 when the kernel lacks it (ENOSYS) or a seccomp
+ * filter refuses it. */
+static int close_gaps(int lo, const int *keep, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        if (keep[i] > lo &&
+            syscall(SYS_close_range, (unsigned)lo, (unsigned)keep[i] - 1, 0) != 0)
+            return -1;
+        if (keep[i] >= lo)
+            lo = keep[i] + 1;
+    }
+    return syscall(SYS_close_range, (unsigned)lo, ~0U, 0) == 0 ? 0 : -1;
+}
+#endif
+
+#if defined(__linux__) && defined(SYS_getdents64)
+/* The record getdents64 fills in; glibc < 2.30 declares none. */
+struct osl_dirent64 {
+    unsigned long long d_ino;
+    long long d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Close every fd >= lo that /proc/self/fd lists, but `keep`. This reaches
+ * fds above RLIMIT_NOFILE (opened before the limit was lowered), which a
+ * loop up to the limit misses. opendir()/readdir() allocate, which the vfork
+ * child must not do (it shares the parent's heap and maybe its malloc
+ * locks), so the directory is read with the raw getdents64 syscall into a
+ * buffer on the stack, as CPython's _posixsubprocess does. Closing entries
+ * while reading is safe: /proc/self/fd positions are fd numbers. -1 when
+ * the listing cannot be read (no /proc, no free fd to open it with). */
+static int close_listed(int lo, const int *keep, int n)
+{
+    union {
+        struct osl_dirent64 align; /* entries are 8-byte aligned */
+        char bytes[2048];
+    } buf;
+    long got = 0;
+    int dir;
+
+    do {
+        dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    } while (dir < 0 && errno == EINTR);
+    if (dir < 0)
+        return -1;
+    while ((got = syscall(SYS_getdents64, dir, buf.bytes, sizeof(buf))) > 0) {
+        long off = 0;
+        while (off < got) {
+            const struct osl_dirent64 *e =
+                (const struct osl_dirent64 *)(void *)(buf.bytes + off);
+            const char *c = e->d_name;
+            long fd = 0;
+            off += e->d_reclen;
+            if (*c < '0' || *c > '9')
+                continue; /* "." and ".." */
+            for (; *c >= '0' && *c <= '9' && fd <= 0x7fffffffL; c++)
+                fd = fd * 10 + (*c - '0');
+            if (fd >= lo && fd <= 0x7fffffffL && fd != dir &&
+                !is_kept((int)fd, keep, n))
+                close((int)fd);
+        }
+    }
+    close(dir);
+    return got < 0 ? -1 : 0;
+}
+#endif
+
+/* Close every fd >= 3 except the pass_fds, which are sorted. close_range
+ * first, else the /proc/self/fd listing, and only as a last resort a loop up
+ * to the fd limit (which misses fds opened above a since lowered limit). */
 static void close_fds_but(const struct osl_spawn_attr *a)
 {
-    int lo = 3, i;
-    for (i = 0; i < a->n_pass_fds; i++) {
-        int keep = a->pass_fds[i];
-        if (keep > lo)
-            close_range_of(lo, keep - 1);
-        if (keep >= lo)
-            lo = keep + 1;
+    const int *keep = a->pass_fds;
+    int n = a->n_pass_fds;
+    struct rlimit rl;
+    long max = 1024, fd;
+
+#if defined(__linux__) && defined(SYS_close_range)
+    if (close_gaps(3, keep, n) == 0)
+        return;
+#endif
+#if defined(__linux__) && defined(SYS_getdents64)
+    if (close_listed(3, keep, n) == 0)
+        return;
+#endif
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        max = (long)rl.rlim_cur;
+    if (n > 0 && keep[n - 1] >= max)
+        max = (long)keep[n - 1] + 1;
+    for (fd = 3; fd < max; fd++) {
+        if (!is_kept((int)fd, keep, n))
+            close((int)fd);
     }
-    close_range_of(lo, -1);
 }
 
 /* Move the calling (vfork child) process into each cgroup: writing "0" to a
@@ -260,6 +404,133 @@ static int join_cgroups(const struct osl_spawn_attr *a)
     return 0;
 }
 
+#if defined(__linux__) && defined(SYS_rt_sigaction)
+/* SIG_DFL for a signal the C library's sigaction() refuses (its internal
+ * ones: glibc's 32 and 33, musl's 32 to 34), through the raw syscall. If
+ * this process inherited them ignored (as every child of a glibc
+ * posix_spawn that did not list them in its sigdefault set does), exec
+ * would keep them ignored. A zeroed kernel sigaction is SIG_DFL with no
+ * flags and an empty mask on every architecture, whatever its field order
+ * (SIG_DFL is 0); the kernel's sigset size is NSIG / 8 bytes. */
+static void default_internal_signal(int sig)
+{
+    unsigned long ksa[8];
+    memset(ksa, 0, sizeof(ksa));
+    syscall(SYS_rt_sigaction, sig, ksa, NULL, (size_t)(NSIG / 8));
+}
+#endif
+
+/* The vfork child's signal dispositions, before it unblocks signals:
+ * every handled signal back to default (a parent's handler, a Python one
+ * included, must never run in the child), the ignored ones as `mode` says
+ * (keeps_ignored), the C library's internal ones to default. */
+static void reset_child_signals(int mode)
+{
+    struct sigaction dfl, old;
+    int sig;
+
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    for (sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        if (sigaction(sig, NULL, &old) != 0) {
+#if defined(__linux__) && defined(SYS_rt_sigaction)
+            default_internal_signal(sig);
+#endif
+            continue;
+        }
+        if (old.sa_handler == SIG_DFL ||
+            (old.sa_handler == SIG_IGN && keeps_ignored(sig, mode)))
+            continue;
+        sigaction(sig, &dfl, NULL);
+    }
+}
+
+/* setgroups(), setregid() and setreuid() in the vfork child. On Linux they
+ * are raw syscalls: credentials are per thread in the kernel, and glibc's
+ * and musl's wrappers make them per process by signalling every other
+ * thread of the library's thread list and waiting for each (glibc's
+ * SIGSETXID, musl's __synccall). That list is the parent's, in memory the
+ * vfork child shares: the wrappers would signal threads the child does not
+ * have and wait on locks the parent may hold (CPython avoids vfork here for
+ * this reason, see bpo-35823). The child has one thread, so the syscall
+ * alone is the whole change. 32-bit x86 and arm name the calls that take
+ * 32-bit ids *32. Elsewhere credentials are per process and the libc calls
+ * are plain syscalls.
+ * Running with other credentials in memory shared with the parent until
+ * exec is safe from the new user: a credential change makes the kernel mark
+ * the memory non-dumpable, so that user can neither ptrace the child nor
+ * read its /proc/<pid>/mem. The flag lives on the shared mm, so the parent
+ * restores its own after the vfork (spawn_vfork). */
+#ifdef __linux__
+#ifdef SYS_setreuid32
+#define OSL_SYS_SETGROUPS SYS_setgroups32
+#define OSL_SYS_SETREGID SYS_setregid32
+#define OSL_SYS_SETREUID SYS_setreuid32
+#else
+#define OSL_SYS_SETGROUPS SYS_setgroups
+#define OSL_SYS_SETREGID SYS_setregid
+#define OSL_SYS_SETREUID SYS_setreuid
+#endif
+#endif
+
+static int child_set_groups(const struct osl_spawn_attr *a)
+{
+#ifdef __linux__
+    return (int)syscall(OSL_SYS_SETGROUPS, (unsigned long)a->n_groups,
+                        a->groups);
+#else
+    return setgroups(a->n_groups, a->groups);
+#endif
+}
+
+static int child_set_gid(gid_t gid)
+{
+#ifdef __linux__
+    return (int)syscall(OSL_SYS_SETREGID, (unsigned long)gid,
+                        (unsigned long)gid);
+#else
+    return setregid(gid, gid);
+#endif
+}
+
+static int child_set_uid(uid_t uid)
+{
+#ifdef __linux__
+    return (int)syscall(OSL_SYS_SETREUID, (unsigned long)uid,
+                        (unsigned long)uid);
+#else
+    return setreuid(uid, uid);
+#endif
+}
+
+/* umask, then groups, gid and uid in the order subprocess uses: the
+ * groups and the gid need privilege that setting the uid gives up. Real
+ * and effective ids both change (as subprocess's setregid/setreuid), and
+ * with them the saved ones, so the program cannot switch back. */
+static int child_set_ids(const struct osl_spawn_attr *a, int *step)
+{
+    if (a->set_ids & OSL_SET_UMASK)
+        umask(a->umask); /* always succeeds */
+    if (a->set_ids & OSL_SET_GROUPS) {
+        *step = OSL_STEP_GROUPS;
+        if (child_set_groups(a) < 0)
+            return -1;
+    }
+    if (a->set_ids & OSL_SET_GID) {
+        *step = OSL_STEP_GID;
+        if (child_set_gid(a->gid) < 0)
+            return -1;
+    }
+    if (a->set_ids & OSL_SET_UID) {
+        *step = OSL_STEP_UID;
+        if (child_set_uid(a->uid) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Runs in the vfork child, which shares the parent's memory and whose parent
  * thread is suspended until exec or _exit. Only async-signal-safe calls; the
  * result is written to *report, which the parent reads after vfork returns. */
@@ -267,20 +538,10 @@ __attribute__((noinline, noreturn)) static void
 vfork_child(const struct osl_spawn_attr *a, pid_t parent,
             struct child_report *report)
 {
-    struct sigaction dfl, old;
     sigset_t empty;
-    int sig, i, step = OSL_STEP_SPAWN;
+    int i, step = OSL_STEP_SPAWN;
 
-    /* Reset every handled or ignored signal before unblocking: a parent's
-     * Python-level handler must never run in the child. */
-    memset(&dfl, 0, sizeof(dfl));
-    dfl.sa_handler = SIG_DFL;
-    for (sig = 1; sig < NSIG; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP)
-            continue;
-        if (sigaction(sig, NULL, &old) == 0 && old.sa_handler != SIG_DFL)
-            sigaction(sig, &dfl, NULL);
-    }
+    reset_child_signals(a->signal_reset);
 
     if (a->new_session) {
         step = OSL_STEP_SESSION;
@@ -293,14 +554,28 @@ vfork_child(const struct osl_spawn_attr *a, pid_t parent,
     }
 
     /* Before the stdio dup2()s and the closing of fds >= 3, which could
-     * overwrite or close the cgroup.procs fds. */
+     * overwrite or close the cgroup.procs fds, and before giving up
+     * privileges (the write is checked against the writer). */
     if (a->n_cgroups) {
         step = OSL_STEP_CGROUP;
         if (join_cgroups(a) < 0)
             goto fail;
     }
 
+    /* Before the uid changes, as subprocess does: a working directory only
+     * the caller may enter still works, and fails as it does there. */
+    if (a->cwd) {
+        step = OSL_STEP_CHDIR;
+        if (chdir(a->cwd) < 0)
+            goto fail;
+    }
+
+    if (a->set_ids && child_set_ids(a, &step) < 0)
+        goto fail;
+
 #if defined(__linux__) && defined(PR_SET_PDEATHSIG)
+    /* After the credentials: changing them clears the parent-death
+     * signal (prctl(2)). */
     if (a->pdeathsig) {
         step = OSL_STEP_SPAWN;
         if (prctl(PR_SET_PDEATHSIG, (unsigned long)a->pdeathsig) < 0)
@@ -346,12 +621,6 @@ vfork_child(const struct osl_spawn_attr *a, pid_t parent,
     if (a->close_fds)
         close_fds_but(a);
 
-    if (a->cwd) {
-        step = OSL_STEP_CHDIR;
-        if (chdir(a->cwd) < 0)
-            goto fail;
-    }
-
     step = OSL_STEP_EXEC;
     execve(a->path, a->argv, a->envp ? a->envp : environ);
 fail:
@@ -366,6 +635,9 @@ static int spawn_vfork(const struct osl_spawn_attr *a, pid_t *pid, int *step)
     sigset_t all, old;
     pid_t parent = getpid(), child;
     int status, err;
+#if defined(__linux__) && defined(PR_GET_DUMPABLE)
+    int dumpable;
+#endif
 
     report.err = 0;
     report.step = OSL_STEP_NONE;
@@ -375,6 +647,12 @@ static int spawn_vfork(const struct osl_spawn_attr *a, pid_t *pid, int *step)
      * glibc's pthread_sigmask silently keeps its two internal signals
      * (cancellation, setxid) unblocked; their handlers only run when another
      * thread cancels or changes ids during the spawn, which Python does not. */
+#if defined(__linux__) && defined(PR_GET_DUMPABLE)
+    /* A credential change in the child marks the memory it shares with
+     * us non-dumpable (the kernel keeps that flag on the mm, see
+     * child_set_ids): put ours back once the child has exec'd or exited. */
+    dumpable = a->set_ids ? prctl(PR_GET_DUMPABLE) : -1;
+#endif
     fill_all_signals(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     child = vfork();
@@ -382,6 +660,10 @@ static int spawn_vfork(const struct osl_spawn_attr *a, pid_t *pid, int *step)
         vfork_child(a, parent, &report);
     err = child < 0 ? errno : 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+#if defined(__linux__) && defined(PR_GET_DUMPABLE)
+    if (dumpable > 0 && prctl(PR_GET_DUMPABLE) != dumpable)
+        prctl(PR_SET_DUMPABLE, (unsigned long)dumpable);
+#endif
 
     if (err != 0) {
         *step = OSL_STEP_SPAWN;
@@ -422,6 +704,12 @@ int osl_spawn(const struct osl_spawn_attr *attr, int *pid_out, int *step_out,
     *used_vfork = 0;
     if (!valid_pass_fds(attr)) {
         *step_out = OSL_STEP_PASS_FDS;
+        return EINVAL;
+    }
+    if (attr->signal_reset < OSL_SIGNALS_RESTORE ||
+        attr->signal_reset > OSL_SIGNALS_ALL || attr->n_groups < 0 ||
+        (attr->n_groups > 0 && !attr->groups)) {
+        *step_out = OSL_STEP_SPAWN;
         return EINVAL;
     }
     *used_vfork = needs_vfork(attr);

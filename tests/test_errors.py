@@ -21,6 +21,15 @@ def unchanged():
     assert children() <= before, "a failed operation left a child behind"
 
 
+def on_path(op, force_vfork):
+    """`op` on the vfork path when `force_vfork`, else as it is."""
+    if not force_vfork:
+        return op
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the vfork path is forced through Linux's parent-death signal")
+    return op.with_kill_on_parent_death()
+
+
 def test_empty_command(unchanged):
     with pytest.raises(ValueError, match="empty command"):
         ProcessSpawnOperation("")
@@ -75,10 +84,7 @@ def test_non_executable_file_on_path(executor, tmp_path, unchanged):
 def test_missing_working_dir_names_it(executor, tmp_path, force_vfork, unchanged):
     missing = tmp_path / "gone"
     op = ProcessSpawnOperation("true").working_dir(missing)
-    if force_vfork:
-        if not sys.platform.startswith("linux"):
-            pytest.skip("the vfork path is forced through Linux's parent-death signal")
-        op = op.with_kill_on_parent_death()
+    op = on_path(op, force_vfork)
     with pytest.raises(FileNotFoundError) as e:
         executor.execute(op)
     assert str(missing) in str(e.value)
@@ -91,10 +97,7 @@ def test_stdio_fd_that_is_not_open_is_named(executor, slot, force_vfork, unchang
     fd = os.open(os.devnull, os.O_RDONLY)
     os.close(fd)  # a number that is free now
     op = getattr(ProcessSpawnOperation("true"), f"with_{slot}")(fd)
-    if force_vfork:
-        if not sys.platform.startswith("linux"):
-            pytest.skip("the vfork path is forced through Linux's parent-death signal")
-        op = op.with_kill_on_parent_death()
+    op = on_path(op, force_vfork)
     with pytest.raises(OslError, match=f"{slot}: fd {fd} is not open") as e:
         executor.execute(op)
     assert e.value.errno == errno.EBADF
@@ -183,3 +186,29 @@ def test_invalid_operation_is_value_error_and_osl_error():
     with pytest.raises(InvalidOperation) as e:
         ProcessSpawnOperation("")
     assert isinstance(e.value, ValueError) and isinstance(e.value, OslError)
+
+
+@pytest.mark.parametrize("force_vfork", [False, True], ids=["posix_spawn", "vfork"])
+def test_working_dir_that_is_a_file_is_notadirectoryerror_like_subprocess(executor, tmp_path, force_vfork,
+                                                                         unchanged):
+    import subprocess
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    op = ProcessSpawnOperation("true").working_dir(a_file)
+    op = on_path(op, force_vfork)
+    with pytest.raises(NotADirectoryError) as theirs:
+        subprocess.run(["true"], cwd=a_file)
+    with pytest.raises(NotADirectoryError) as ours:
+        executor.execute(op)
+    assert not isinstance(ours.value, FileNotFoundError) and isinstance(ours.value, OslError)
+    assert ours.value.errno == theirs.value.errno == errno.ENOTDIR
+    assert ours.value.filename == str(a_file) and "working directory" in str(ours.value)
+
+
+def test_waiting_for_a_process_that_is_not_our_child_is_childprocesserror():
+    from osl_pg import ProcessNotFound
+    from osl_pg._backend import backend
+    with pytest.raises(ChildProcessError) as e:
+        backend.wait(os.getppid() if sys.platform != "win32" else 4, nohang=True, nowait=False)
+    assert e.value.errno == errno.ECHILD
+    assert isinstance(e.value, OslError) and isinstance(e.value, ProcessNotFound)  # what callers caught so far

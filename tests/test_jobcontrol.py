@@ -124,7 +124,9 @@ DETACHED = """
     ex = ProcessExecutor("shell")
     d = ex.execute(ProcessSpawnOperation("sleep").arg("120").with_detach_from_terminal())
     d.group.detach()  # it is meant to outlive us
-    n = ex.execute(ProcessSpawnOperation("sleep").arg("120"))  # an ordinary job of ours
+    # An ordinary job of ours: a shell resets for its jobs the SIGINT it
+    # ignores itself (an ignored signal is otherwise inherited, as in subprocess).
+    n = ex.execute(ProcessSpawnOperation("sleep").arg("120").with_signal_reset("all"))
     print("PIDS", d.pid, n.pid, "END", flush=True)
     while True:
         signal.pause()

@@ -64,3 +64,47 @@ def test_permissions_and_privileges():
     assert not ProcessSpawnOperation("x").with_new_process_group().requires_elevated_privileges()
     assert not ProcessSignalOperation.signal_group(7, 15).requires_elevated_privileges()
     assert ProcessSignalOperation.signal_group(7, 15).with_allow_own_group().requires_elevated_privileges()
+
+
+def test_credential_builders_take_what_subprocess_takes():
+    op = ProcessSpawnOperation("id")
+    built = (op.with_user("root").with_group(0).with_extra_groups(["root", 5]).with_umask(0o1022)
+             .with_restore_signals(False))
+    assert op.user is None and op.umask is None and not op.changes_credentials and op.signal_reset == "restore"
+    assert (built.user, built.primary_group, built.extra_groups, built.umask) == ("root", 0, ("root", 5), 0o022)
+    assert built.signal_reset == "inherit" and built.changes_credentials
+    assert built.with_signal_reset("all").signal_reset == "all"
+    assert built.with_restore_signals().signal_reset == "restore"
+    assert op.with_extra_groups([]).extra_groups == ()
+    assert ProcessSpawnOperation("x", extra_groups=[1, 2]).extra_groups == (1, 2)
+
+
+@pytest.mark.parametrize("build, error", [
+    (lambda op: op.with_user(1.5), TypeError),
+    (lambda op: op.with_user(None), TypeError),
+    (lambda op: op.with_group(b"root"), TypeError),
+    (lambda op: op.with_user(-1), ValueError),
+    (lambda op: op.with_group(-2), ValueError),
+    (lambda op: op.with_user(2**32 - 1), ValueError),  # (uid_t)-1 means "unchanged" to setreuid
+    (lambda op: op.with_extra_groups("wheel"), ValueError),
+    (lambda op: op.with_extra_groups([0, None]), TypeError),
+    (lambda op: op.with_extra_groups([-1]), ValueError),
+    (lambda op: op.with_umask(-1), ValueError),
+    (lambda op: op.with_umask("022"), TypeError),
+    (lambda op: op.with_signal_reset("some"), ValueError),
+])
+def test_credential_builders_refuse_like_subprocess(build, error):
+    from osl_pg import OslError
+    with pytest.raises(error) as info:
+        build(ProcessSpawnOperation("x"))
+    assert isinstance(info.value, OslError)
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="the Windows backend refuses POSIX credentials")
+def test_windows_refuses_user_group_and_umask_before_spawning():
+    from osl_pg import ProcessExecutor
+    op = ProcessSpawnOperation(sys.executable).with_args(["-c", "pass"])
+    for built in (op.with_user(0), op.with_group(0), op.with_extra_groups([]), op.with_umask(0o022)):
+        with pytest.raises(NotImplementedError, match="POSIX-only"):
+            ProcessExecutor("x").execute(built)
+    assert ProcessExecutor("x").execute(op.with_restore_signals(False)).process.wait(60) == 0  # ignored there

@@ -110,30 +110,105 @@ def _signal_masks(pid):
     return int(fields["SigBlk"], 16), int(fields["SigIgn"], 16)
 
 
+def _bit(sig):
+    return 1 << (int(sig) - 1)
+
+
+GLIBC_INTERNAL = _bit(32) | _bit(33)  # glibc's cancellation and setxid signals
+
+
 @pytest.mark.parametrize("force_vfork", [False, True], ids=["posix_spawn", "vfork"])
+@pytest.mark.parametrize("reset, kept", [("restore", "USR1"), ("inherit", "USR1 PIPE XFSZ"), ("all", "")])
 @linux_only
-def test_child_gets_default_signals_and_empty_mask(executor, force_vfork):
-    # Python ignores SIGPIPE (and SIGXFSZ); make the parent's state worse
-    # still: ignore SIGUSR1 and block SIGUSR2 in this thread.
+def test_child_signal_dispositions_and_empty_mask(executor, force_vfork, reset, kept):
+    # Python ignores SIGPIPE and SIGXFSZ; make the parent's state worse
+    # still: ignore SIGUSR1, handle SIGUSR2 and block SIGTERM in this thread.
     assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
     old_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    old_usr2 = signal.signal(signal.SIGUSR2, lambda *a: None)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
-        op = ProcessSpawnOperation("sleep").arg("10").with_new_process_group()
+        op = ProcessSpawnOperation("sleep").arg("10").with_new_process_group().with_signal_reset(reset)
         if force_vfork:
             op = op.with_kill_on_parent_death()  # needs the vfork child
         r = executor.execute(op)
     finally:
         signal.signal(signal.SIGUSR1, old_usr1)
+        signal.signal(signal.SIGUSR2, old_usr2)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     try:
         _, parent_ignored = _signal_masks(os.getpid())
-        assert parent_ignored & (1 << (signal.SIGPIPE - 1))
+        assert parent_ignored & _bit(signal.SIGPIPE)
         blocked, ignored = _signal_masks(r.pid)
         assert blocked == 0, f"child blocks {blocked:#x}"
-        assert ignored == 0, f"child ignores {ignored:#x}"  # includes glibc's signals 32 and 33
+        expected = sum(_bit(getattr(signal, "SIG" + name)) for name in kept.split())
+        assert ignored == expected, f"child ignores {ignored:#x}, not {expected:#x}"  # never glibc's 32 and 33
+        assert not _signal_caught(r.pid), "the handled SIGUSR2 is back to default"
     finally:
         finish(r)
+
+
+def _signal_caught(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int([line.split()[1] for line in f if line.startswith("SigCgt")][0], 16)
+
+
+@linux_only
+def test_an_ignored_sighup_survives_as_under_subprocess(executor):
+    # A program started under nohup ignores SIGHUP; its children must too.
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        theirs = subprocess.Popen(["sleep", "10"])
+        op = ProcessSpawnOperation("sleep").arg("10").with_new_process_group()
+        ours = [executor.execute(op), executor.execute(op.with_kill_on_parent_death())]  # posix_spawn, vfork
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    try:
+        want = _signal_masks(theirs.pid)[1]
+        assert want & _bit(signal.SIGHUP) and not want & _bit(signal.SIGPIPE)
+        assert [_signal_masks(r.pid)[1] for r in ours] == [want, want]
+    finally:
+        theirs.kill()
+        theirs.wait()
+        for r in ours:
+            finish(r)
+
+
+INTERNAL_SIGNALS_CHILD = """
+import os, sys
+from osl_pg import ProcessExecutor, ProcessSpawnOperation
+def ignored(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int([l.split()[1] for l in f if l.startswith("SigIgn")][0], 16)
+ex = ProcessExecutor("x")
+out = [ignored(os.getpid())]
+for vfork in (False, True):
+    op = ProcessSpawnOperation("sleep").arg("10").with_new_process_group()
+    r = ex.execute(op.with_kill_on_parent_death() if vfork else op)
+    out.append(ignored(r.pid))
+    r.group.close()
+print(*out)
+"""
+
+
+@linux_only
+def test_glibc_internal_signals_are_reset_even_when_inherited_ignored(tmp_path):
+    # A program started by glibc's posix_spawn without 32 and 33 in its
+    # sigdefault set (os.posix_spawn's default) has them ignored; its own
+    # children must not inherit that, on either spawn path.
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+    try:
+        pid = os.posix_spawn(sys.executable, [sys.executable, "-c", INTERNAL_SIGNALS_CHILD], os.environ,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, fd, 1)])
+    finally:
+        os.close(fd)
+    assert os.waitpid(pid, 0)[1] == 0
+    parent, via_posix_spawn, via_vfork = map(int, out.read_text().split())
+    if not parent & GLIBC_INTERNAL:
+        pytest.skip("this libc's posix_spawn resets 32 and 33 itself")
+    assert not via_posix_spawn & GLIBC_INTERNAL and not via_vfork & GLIBC_INTERNAL, \
+        (hex(via_posix_spawn), hex(via_vfork))
 
 
 def test_pipes_env_and_cwd(executor, tmp_path):
@@ -280,3 +355,31 @@ def test_ignored_sigchld_is_warned_about(executor):
         assert w[0].filename == __file__  # through run() too, not a line inside osl_pg
     finally:
         signal.signal(signal.SIGCHLD, old)
+
+
+DEVNULL_AFTER_CLOSERANGE = """
+import os, sys
+from osl_pg import DEVNULL, ProcessExecutor, ProcessSpawnOperation
+ex = ProcessExecutor("x")
+def run_quietly(code):
+    r = ex.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", code]).with_stdout(DEVNULL)
+                   .with_new_process_group())
+    assert r.process.wait() == 0
+    r.group.close()
+run_quietly("pass")  # osl_pg has had a /dev/null fd for a child
+os.closerange(3, 4096)  # user code closes every fd it does not know
+logs = [open(os.path.join(sys.argv[1], f"log{i}"), "w") for i in range(16)]  # reuse the lowest numbers
+run_quietly("print('to /dev/null')")
+for f in logs:
+    f.close()
+print(sum(os.path.getsize(f.name) for f in logs))
+"""
+
+
+def test_devnull_output_never_lands_in_a_file_that_reused_an_fd_number(tmp_path):
+    out = subprocess.run(py(DEVNULL_AFTER_CLOSERANGE) + [str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    written = int(out.stdout.split()[0])
+    assert written == 0, "a DEVNULL child wrote into the user's log file"
+    assert all((tmp_path / f"log{i}").read_text() == "" for i in range(16))

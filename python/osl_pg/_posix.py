@@ -8,11 +8,13 @@ import fcntl
 import functools
 import os
 import signal
+import stat
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._native import ffi, lib
-from ._spawned import SLOTS, PipeEnds, Spawned, devnull
-from .errors import CommandNotFound, OslError, OslPermissionError, ProcessNotFound, Unsupported, from_errno
+from ._spawned import SLOTS, PipeEnds, Spawned
+from .errors import (CommandNotFound, NameNotFound, OslError, OslPermissionError, ProcessNotFound, Unsupported,
+                     from_errno)
 from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation
 
 NAME = "posix"
@@ -53,20 +55,30 @@ def resolve_command(op: ProcessSpawnOperation) -> str:
     hit = _which_cache.get(key)
     if hit is not None:
         return hit
-    not_executable = None
+    # As subprocess's child tries execve() on each entry: ENOENT and ENOTDIR
+    # go on to the next, the first EACCES is what is raised when no entry
+    # has the command (a PATH directory we may not search, a directory or
+    # a file without x permission at the name).
+    denied = None
     for d in (path or "").split(os.pathsep):
         candidate = os.path.join(d or ".", command)
-        if os.path.isfile(candidate):
-            if os.access(candidate, os.X_OK):
-                if os.path.isabs(candidate):  # a relative PATH entry depends on the cwd: not cached
-                    if len(_which_cache) > 256:
-                        _which_cache.clear()
-                    _which_cache[key] = candidate
-                return candidate
-            not_executable = not_executable or candidate
-    if not_executable:
-        raise OslPermissionError(errno.EACCES, f"command {command!r} is not executable: {not_executable}",
-                                 not_executable)
+        try:
+            st = os.stat(candidate)
+        except PermissionError:
+            denied = denied or (candidate, "a PATH directory on the way may not be searched")
+            continue
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            if os.path.isabs(candidate):  # a relative PATH entry depends on the cwd: not cached
+                if len(_which_cache) > 256:
+                    _which_cache.clear()
+                _which_cache[key] = candidate
+            return candidate
+        denied = denied or (candidate, "it is not executable")
+    if denied:
+        raise OslPermissionError(errno.EACCES, f"cannot execute {command!r} found at {denied[0]}: {denied[1]}",
+                                 command)
     raise CommandNotFound(errno.ENOENT, f"command not found: {command!r} (searched PATH={path})", command)
 
 
@@ -107,7 +119,7 @@ class _Stdio(PipeEnds):
             if spec == PIPE:
                 self.child[i] = self.pipe(i)  # both ends O_CLOEXEC
             elif spec == DEVNULL:
-                self.child[i] = devnull()
+                self.child[i] = self.devnull()
             elif spec == STDOUT:
                 self.child[2] = self.child[1] if self.child[1] != _FD_INHERIT else 1
             else:
@@ -129,6 +141,60 @@ class _Stdio(PipeEnds):
                     raise from_errno(e.errno or 0, f"{SLOTS[i]}: cannot use fd {fd}") from None
                 self.close_after.append(moved)
                 self.child[i] = moved
+
+
+# --------------------------------------------------------------------------
+# user, groups, umask
+
+
+def _uid(user: Any) -> int:
+    if not isinstance(user, str):
+        return int(user)
+    import pwd
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError as e:  # subprocess's KeyError, with getpwnam()'s message
+        raise NameNotFound(*e.args) from None
+
+
+def _gid(group: Any) -> int:
+    if not isinstance(group, str):
+        return int(group)
+    import grp
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError as e:
+        raise NameNotFound(*e.args) from None
+
+
+def _set_ids(attr: Any, op: ProcessSpawnOperation) -> List[Any]:
+    """Fill in the credentials the child changes; names are looked up here,
+    in the parent, as subprocess does. Returns what must stay alive until
+    the C call returns."""
+    keep: List[Any] = []
+    ids = 0
+    if op.extra_groups is not None:
+        gids = [_gid(g) for g in op.extra_groups]
+        if gids:
+            groups_c = ffi.new("gid_t[]", gids)
+            keep.append(groups_c)
+            attr.groups = groups_c
+        attr.n_groups = len(gids)
+        ids |= lib.OSL_SET_GROUPS
+    if op.primary_group is not None:
+        attr.gid = _gid(op.primary_group)
+        ids |= lib.OSL_SET_GID
+    if op.user is not None:
+        attr.uid = _uid(op.user)
+        ids |= lib.OSL_SET_UID
+    if op.umask is not None:
+        attr.umask = op.umask
+        ids |= lib.OSL_SET_UMASK
+    attr.set_ids = ids
+    return keep
+
+
+_SIGNAL_RESETS = {"restore": lib.OSL_SIGNALS_RESTORE, "inherit": lib.OSL_SIGNALS_INHERIT, "all": lib.OSL_SIGNALS_ALL}
 
 
 # --------------------------------------------------------------------------
@@ -195,12 +261,14 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
             attr.pass_fds = pass_fds_c
             attr.n_pass_fds = len(op.pass_fds)
         attr.pdeathsig = int(signal.SIGKILL) if op.kill_on_parent_death else 0
+        attr.signal_reset = _SIGNAL_RESETS[op.signal_reset]
+        ids_c = _set_ids(attr, op) if op.changes_credentials else None
         attr.n_cgroups = len(cgroup_procs_fds)
         for i, fd in enumerate(cgroup_procs_fds):
             attr.cgroup_procs_fds[i] = fd
         out = ffi.new("int[3]")  # pid, step, used_vfork
         err = lib.osl_spawn(attr, out, out + 1, out + 2)
-        del argv_strings  # kept alive across the GIL-free call above
+        del argv_strings, ids_c  # kept alive across the GIL-free call above
         if err:
             stdio.close_parent_ends()
             if err == errno.ENOENT or err == errno.ENOEXEC:
@@ -252,6 +320,12 @@ def _spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> O
         return from_errno(err, "the child could not join its cgroup (write to cgroup.procs)")
     if step == lib.OSL_STEP_SESSION:
         return from_errno(err, "setsid() failed in the child")
+    if step == lib.OSL_STEP_GROUPS:
+        return from_errno(err, f"the child could not set its supplementary groups to {list(op.extra_groups or ())}")
+    if step == lib.OSL_STEP_GID:
+        return from_errno(err, f"the child could not set its group to {op.primary_group!r}")
+    if step == lib.OSL_STEP_UID:
+        return from_errno(err, f"the child could not set its user to {op.user!r}")
     return from_errno(err, f"spawning {op.command!r} failed")
 
 

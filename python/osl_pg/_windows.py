@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import _winapi
 
 from ._native import ffi, lib
-from ._spawned import PipeEnds, Spawned, devnull
+from ._spawned import PipeEnds, Spawned
 from .errors import (CommandNotFound, LimitUnavailable, OslOSError, OslPermissionError, ProcessNotFound,
                      Unsupported)
 from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation, signal_name
@@ -225,7 +225,7 @@ class _Stdio(PipeEnds):
             if spec == PIPE:
                 self.child[i] = _fd_handle(self.pipe(i))
             elif spec == DEVNULL:
-                self.child[i] = _fd_handle(devnull())
+                self.child[i] = _fd_handle(self.devnull())
             elif spec == STDOUT:
                 self.child[2] = self.child[1] if self.child[1] != ffi.NULL else _std_handle(1)
             else:
@@ -361,6 +361,8 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
         raise Unsupported("cgroups are Linux-only")
     if op.pass_fds:
         raise Unsupported("pass_fds is POSIX-only: Windows children inherit handles, not fd numbers")
+    if op.changes_credentials:
+        raise Unsupported("user, group, extra_groups and umask are POSIX-only")
     _close_emptied_jobs()
     path = resolve_command(op)
     keep = []  # cffi buffers that must outlive the call

@@ -17,8 +17,24 @@ class InvalidOperation(ValueError, OslError):
     """A malformed operation (empty command, NUL byte, pid out of range...)."""
 
 
+class InvalidOperationType(TypeError, InvalidOperation):
+    """A malformed operation whose cause is a value of the wrong type, where
+    subprocess raises TypeError (a user that is neither a name nor an id).
+    Still an InvalidOperation (and ValueError) for code that catches those."""
+
+
 class CommandNotFound(FileNotFoundError, OslError):
     """The command or the working directory does not exist."""
+
+
+class OslNotADirectoryError(NotADirectoryError, OslError):
+    """A path that must be a directory is not (ENOTDIR): a working
+    directory that is a file, or a file used as a directory in a path."""
+
+
+class NameNotFound(KeyError, OslError):
+    """A user or group name that pwd/grp do not know (KeyError, as from
+    subprocess, with getpwnam()'s message)."""
 
 
 class OslPermissionError(PermissionError, OslError):
@@ -61,6 +77,16 @@ class LimitUnavailable(Unsupported):
     a cgroup v1 hierarchy offers it here."""
 
 
+class ChildNotFound(ChildProcessError, ProcessNotFound):
+    """ECHILD: no such child to wait for (it was reaped elsewhere, or is
+    not ours). A ProcessNotFound too, for code that catches that."""
+
+
+class OslBlockingIOError(BlockingIOError, OslError):
+    """EAGAIN: the OS is out of a resource for now (e.g. RLIMIT_NPROC
+    reached when spawning)."""
+
+
 class OslOSError(OSError, OslError):
     """Any other OS failure, with its errno."""
 
@@ -99,11 +125,12 @@ class ChildrenAutoReapedWarning(RuntimeWarning):
 
 _BY_ERRNO = {
     _errno.ENOENT: CommandNotFound,
-    _errno.ENOTDIR: CommandNotFound,
+    _errno.ENOTDIR: OslNotADirectoryError,
     _errno.EPERM: OslPermissionError,
     _errno.EACCES: OslPermissionError,
     _errno.ESRCH: ProcessNotFound,
-    _errno.ECHILD: ProcessNotFound,
+    _errno.ECHILD: ChildNotFound,
+    _errno.EAGAIN: OslBlockingIOError,
     _errno.EINTR: OslInterrupted,
 }
 

@@ -52,6 +52,7 @@ from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
 
 from . import watchdog
 from ._backend import backend
+from ._timeouts import check_grace, check_timeout
 from .errors import ProcessNotFound
 from .tiers import Escapee, ExitWatch, PgidTier, Tier
 from .process import Process, WaitTimeout, _abandon, child_by_pid
@@ -620,6 +621,7 @@ class ProcessGroup:
         """Wait until every member of the group has died (not just the
         leader). Returns the leader's returncode when this program spawned
         it. Raises WaitTimeout if members still run after `timeout`."""
+        timeout = check_timeout(timeout)
         if self._released:
             return self._released_returncode()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -643,6 +645,7 @@ class ProcessGroup:
     async def wait_async(self, timeout: Optional[float] = None) -> Optional[int]:
         """wait() for asyncio: the loop watches the pidfds (no thread)."""
         import asyncio
+        timeout = check_timeout(timeout)
         if self._released:
             return self._released_returncode()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -698,6 +701,7 @@ class ProcessGroup:
         that too. Returns a report naming each member and how it ended;
         `all_gone` is False (and the handle stays open) when a member
         survived SIGKILL, e.g. stuck in uninterruptible sleep."""
+        grace, kill_timeout = check_grace(grace), check_grace(kill_timeout, "kill_timeout")
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))
@@ -716,6 +720,7 @@ class ProcessGroup:
     async def terminate_async(self, grace: float = DEFAULT_GRACE,
                               kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> TerminateReport:
         """terminate() for asyncio: never blocks the event loop."""
+        grace, kill_timeout = check_grace(grace), check_grace(kill_timeout, "kill_timeout")
         start = time.monotonic()
         if self._released:
             return TerminateReport(self.pgid, sorted(self._seen.values(), key=lambda m: m.pid))

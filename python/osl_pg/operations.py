@@ -11,9 +11,9 @@ import signal as _signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import IO, Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import InvalidOperation, Unsupported
+from .errors import InvalidOperation, InvalidOperationType, Unsupported
 
 PID_MAX = 2**31 - 1
 
@@ -129,6 +129,63 @@ def _check_pass_fds(fds: Any) -> Tuple[int, ...]:
             raise InvalidOperation(f"pass_fds: fd {fd} is not >= 3 (stdio is set with with_stdin/stdout/stderr)")
         out.add(fd)
     return tuple(sorted(out))
+
+
+# Largest uid/gid setreuid()/setregid() take: (uid_t)-1 means "unchanged".
+ID_MAX = 2**32 - 2
+
+IdSpec = Union[int, str]
+
+
+def _check_id(value: Any, what: str) -> IdSpec:
+    """A user or group as subprocess takes it: a name (looked up with
+    pwd/grp by the backend, at spawn) or a non-negative id. The errors are
+    subprocess's: TypeError for another type, ValueError for a negative id."""
+    if isinstance(value, str):
+        if not value or "\0" in value:
+            raise InvalidOperation(f"{what} name {value!r} is empty or contains a NUL byte")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOperationType(f"{what} must be a string or an integer, not {type(value).__name__}")
+    if value < 0:
+        raise InvalidOperation(f"{what} ID cannot be negative, got {value}")
+    if value > ID_MAX:
+        raise InvalidOperation(f"{what} ID {value} is above {ID_MAX}")
+    return int(value)
+
+
+def _check_extra_groups(groups: Any) -> Tuple[IdSpec, ...]:
+    if isinstance(groups, (str, bytes)):
+        raise InvalidOperation("extra groups must be a list, not a string")
+    if not hasattr(groups, "__iter__"):
+        raise InvalidOperationType(f"extra groups must be a list of groups, not {type(groups).__name__}")
+    return tuple(_check_id(g, "group") for g in groups)
+
+
+def _check_umask(mask: Any) -> int:
+    if isinstance(mask, bool) or not isinstance(mask, int):
+        raise InvalidOperationType(f"umask must be an int, not {type(mask).__name__}")
+    if not 0 <= mask <= 2**31 - 1:
+        raise InvalidOperation(f"umask must be a non-negative mode, not {mask!r} (subprocess's -1 means: do "
+                               "not call with_umask)")
+    return int(mask) & 0o777  # what umask(2) keeps of it
+
+
+# How the child's signal dispositions start (handled signals are reset in
+# every mode: exec does that, and the vfork child before it unblocks):
+#   "restore" (default, subprocess's restore_signals=True): SIGPIPE and
+#       SIGXFSZ, which Python ignores, back to default; every other ignored
+#       signal stays ignored (a child of a program under nohup keeps SIGHUP
+#       ignored).
+#   "inherit" (restore_signals=False): every ignored signal stays ignored.
+#   "all": every signal back to its default, ignored ones included.
+SIGNAL_RESETS = ("restore", "inherit", "all")
+
+
+def _check_signal_reset(value: Any) -> str:
+    if value not in SIGNAL_RESETS:
+        raise InvalidOperation(f"signal reset must be one of {', '.join(SIGNAL_RESETS)}, not {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------
@@ -287,6 +344,11 @@ class ProcessSpawnOperation(_Operation):
     stdin: StdioSpec = None
     stdout: StdioSpec = None
     stderr: StdioSpec = None
+    user: Optional[IdSpec] = None  # POSIX: run as this user (setreuid), see with_user
+    primary_group: Optional[IdSpec] = None  # setregid, see with_group
+    extra_groups: Optional[Tuple[IdSpec, ...]] = None  # setgroups; None: unchanged
+    umask: Optional[int] = None  # None: the parent's
+    signal_reset: str = "restore"  # one of SIGNAL_RESETS
     operation_type: OperationType = OperationType.PROCESS_SPAWN
 
     def __init__(self, command: Union[str, "os.PathLike[str]"] = "", *args: Any, **kwargs: Any):
@@ -391,6 +453,42 @@ class ProcessSpawnOperation(_Operation):
         shell or a busybox applet name (subprocess's `executable`)."""
         return self._with(executable=_check_text(path, "executable"))
 
+    def with_user(self, user: IdSpec) -> "ProcessSpawnOperation":
+        """POSIX: the child runs as `user` (a name or a uid; subprocess's
+        `user`): real and effective uid are set before exec, after the
+        groups. Needs privilege (CAP_SETUID) unless it is our own uid. A
+        name is looked up (pwd.getpwnam: KeyError when unknown) at spawn."""
+        return self._with(user=_check_id(user, "user"))
+
+    def with_group(self, group: IdSpec) -> "ProcessSpawnOperation":
+        """POSIX: the child's real and effective gid (a name or a gid;
+        subprocess's `group`). Needs CAP_SETGID unless it is ours."""
+        return self._with(primary_group=_check_id(group, "group"))
+
+    def with_extra_groups(self, groups: Sequence[IdSpec]) -> "ProcessSpawnOperation":
+        """POSIX: the child's supplementary groups, replacing ours (names or
+        gids; subprocess's `extra_groups`); an empty list drops them all.
+        Needs CAP_SETGID."""
+        return self._with(extra_groups=_check_extra_groups(groups))
+
+    def with_umask(self, mask: int) -> "ProcessSpawnOperation":
+        """POSIX: the child's umask (subprocess's `umask`, whose default -1
+        is "do not call" here); as with umask(2), only the bits 0o777 count."""
+        return self._with(umask=_check_umask(mask))
+
+    def with_restore_signals(self, on: bool = True) -> "ProcessSpawnOperation":
+        """subprocess's `restore_signals`: True (the default) puts SIGPIPE
+        and SIGXFSZ, which Python ignores, back to default in the child;
+        False leaves them ignored. Other ignored signals stay ignored either
+        way (see with_signal_reset for a full reset)."""
+        return self._with(signal_reset="restore" if on else "inherit")
+
+    def with_signal_reset(self, which: str) -> "ProcessSpawnOperation":
+        """How much of the signal dispositions to reset: "restore" (the
+        default), "inherit" or "all" (every ignored signal back to default
+        too). See SIGNAL_RESETS."""
+        return self._with(signal_reset=_check_signal_reset(which))
+
     # properties ----------------------------------------------------------------
     @property
     def group_config(self) -> ProcessGroupConfig:
@@ -433,6 +531,22 @@ class ProcessSpawnOperation(_Operation):
             raise InvalidOperation("containment and limits need a child that leads a new group or session")
         for slot in ("stdin", "stdout", "stderr"):
             _check_stdio(getattr(self, slot), slot)
+        if self.user is not None:
+            _check_id(self.user, "user")
+        if self.primary_group is not None:
+            _check_id(self.primary_group, "group")
+        if self.extra_groups is not None:
+            _check_extra_groups(self.extra_groups)
+        if self.umask is not None:
+            _check_umask(self.umask)
+        _check_signal_reset(self.signal_reset)
+
+    @property
+    def changes_credentials(self) -> bool:
+        """True when the child changes its user, groups or umask: POSIX
+        only, and the vfork path (posix_spawn has no action for them)."""
+        return (self.user is not None or self.primary_group is not None or self.extra_groups is not None
+                or self.umask is not None)
 
 
 def _env_pair(key: Any, value: Any) -> Tuple[str, Optional[str]]:
@@ -484,6 +598,8 @@ def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> No
         if isinstance(values["args"], (str, bytes)):
             raise InvalidOperation("args takes a list of arguments, not one string")
         object.__setattr__(op, "args", tuple(_check_text(a, "argument") for a in values["args"]))
+    if values.get("extra_groups") is not None:
+        object.__setattr__(op, "extra_groups", _check_extra_groups(values["extra_groups"]))
     if "env_overrides" in values:  # immutable, and checked, like .env() makes it
         object.__setattr__(op, "env_overrides", tuple(_env_pair(k, v) for k, v in values["env_overrides"]))
 

@@ -19,6 +19,7 @@ import weakref
 from typing import IO, Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ._backend import backend
+from ._timeouts import check_timeout
 from .errors import OslError, ProcessNotFound
 
 _THREADED_PIPES = sys.platform == "win32"
@@ -266,6 +267,7 @@ class Process:
     def wait(self, timeout: Optional[float] = None) -> int:
         """Wait for the child to exit and return its returncode. Raises
         WaitTimeout (a subprocess.TimeoutExpired) after `timeout` seconds."""
+        timeout = check_timeout(timeout)
         if self.returncode is not None:
             return self._collect(block=False)  # type: ignore[return-value]
         if timeout is None:

@@ -46,6 +46,7 @@ from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import PIPE, ProcessSignalOperation, ProcessSpawnOperation
 from .pipe_holders import pipe_writers
 from ._pipe_threads import LoopPipes, ThreadedPipes
+from ._timeouts import check_grace, check_timeout
 from .process import _THREADED_PIPES, Process, read_pipes, read_so_far
 from .terminal import ForegroundTerminal
 from .tiers import ExitWatch
@@ -511,6 +512,7 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
     `pipe_drain_timeout` (how long pipes may stay open after the command
     exited), `kill_leftovers`, and the `executor`/`context` whose policy
     and audit log the spawn and the signals go through."""
+    timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
                  kill_leftovers, executor, context, executable, pass_fds)
@@ -642,6 +644,7 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
                     context: Optional[ExecutionContext] = None) -> CompletedRun:
     """run() for asyncio: the loop watches the leader's pidfd and the pipes
     (no thread per child). Cancelling the task kills the whole group."""
+    timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
                  kill_leftovers, executor, context, executable, pass_fds)

@@ -12,6 +12,7 @@ its members. The handle delegates to one of these strategies:
 Both may carry a CgroupSet for per-group limits (osl_pg.cgroup).
 """
 import errno
+import math
 import os
 import select
 import signal
@@ -157,6 +158,15 @@ class DescendantTracker:
 # who is still running
 
 
+def _poll_ms(deadline: Optional[float]) -> Optional[int]:
+    """poll()'s timeout until `deadline`: None for none (None or inf, a
+    grace of float("inf")), at most INT_MAX ms (poll() refuses more; the
+    caller polls again)."""
+    if deadline is None or math.isinf(deadline):
+        return None
+    return min(int((deadline - time.monotonic()) * 1000) + 1, 2**31 - 1)
+
+
 class ExitWatch:
     """Tells which processes have exited, and sleeps until they do.
 
@@ -267,7 +277,7 @@ class ExitWatch:
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         while by_fd:
-            timeout = None if deadline is None else int((deadline - time.monotonic()) * 1000) + 1
+            timeout = _poll_ms(deadline)
             if timeout is not None and timeout <= 0:
                 return
             for fd, _ in poller.poll(timeout):
@@ -629,7 +639,7 @@ class CgroupTier(Tier):
             for fd in by_fd:
                 poller.register(fd, select.POLLIN)
             while watch.read().get("populated") and not (complete and not by_fd):
-                timeout = None if deadline is None else int((deadline - time.monotonic()) * 1000) + 1
+                timeout = _poll_ms(deadline)
                 if timeout is not None and timeout <= 0:
                     return
                 for fd, _ in poller.poll(timeout):

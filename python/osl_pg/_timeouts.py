@@ -1,0 +1,30 @@
+"""Timeouts and graces as subprocess takes them, checked before anything
+is spawned or signalled: None or +inf mean no limit, a NaN or a negative
+value is refused (ValueError), a non-number is a TypeError."""
+import math
+import numbers
+from typing import Any, Optional
+
+from .errors import InvalidOperation, InvalidOperationType
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidOperationType(f"{what} must be a number of seconds, not {type(value).__name__}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise InvalidOperation(f"{what} must be a non-negative number of seconds or inf, not {value!r}")
+    return seconds
+
+
+def check_timeout(value: Any, what: str = "timeout") -> Optional[float]:
+    """`value` as the waits take it: None for no limit (None or inf)."""
+    if value is None:
+        return None
+    seconds = _seconds(value, what)
+    return None if math.isinf(seconds) else seconds
+
+
+def check_grace(value: Any, what: str = "grace") -> float:
+    """A grace period: inf waits for as long as the members take."""
+    return _seconds(value, what)
