@@ -192,6 +192,11 @@ FOREGROUND = """
     facts["pgid"] = job.group.pgid
     facts["first"] = job.foreground()             # the user types Ctrl-Z
     facts["mine_after_stop"] = os.tcgetpgrp(0) == os.getpgrp()
+    # The leader's stop is what foreground() saw; the kernel stops the other
+    # member when it next runs: give it that moment (bounded), then look.
+    deadline = time.monotonic() + 30
+    while states(job) != ["stopped", "stopped"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     facts["stopped_states"] = states(job)
     facts["stopped_state"] = job.state
     job.background()                              # continue it without the terminal

@@ -414,6 +414,35 @@ def wait(pid: int, nohang: bool, nowait: bool) -> Optional[int]:
     return out[1] if out[0] else None
 
 
+def wait_exit_or_stop(pid: int, deadline: Optional[float]) -> Optional[int]:
+    """Until child `pid` exits (0, nothing reaped: WNOWAIT) or stops (the
+    stop signal's number; the stop is consumed), or `deadline` passes
+    (None). waitid() has no timeout: with a deadline it polls with a
+    growing pause (at most 50 ms), as a terminal's user would not notice."""
+    import time
+    flags = os.WEXITED | os.WSTOPPED | os.WNOWAIT
+    delay = 0.0005
+    while True:
+        nohang = deadline is not None
+        try:
+            info = os.waitid(os.P_PID, pid, flags | (os.WNOHANG if nohang else 0))
+        except ChildProcessError:
+            return 0  # reaped already: exited
+        if info is not None and info.si_pid:
+            if info.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED):
+                try:
+                    os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOHANG)  # consume the stop
+                except ChildProcessError:
+                    pass
+                return info.si_status
+            return 0
+        remaining = deadline - time.monotonic()  # type: ignore[operator]
+        if remaining <= 0:
+            return None
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.05)
+
+
 def open_exit_fd(pid: int) -> Optional[int]:
     """A pidfd that becomes readable when `pid` exits (Linux 5.3+), or None
     where there is none."""

@@ -218,6 +218,7 @@ class _Plan:
         return proc, group
 
     def give_terminal(self, group: ProcessGroup) -> None:
+        self.group = group
         if self.terminal is not None:
             self.terminal.give_to_group(group)
 
@@ -479,6 +480,10 @@ def _communicate(proc: Process, plan: _Plan) -> int:
         finally:
             if wake is not None:
                 os.close(wake)
+    elif plan.terminal is not None and plan.terminal.fd is not None:
+        # Our terminal: wait as a shell does (Ctrl-Z, a busy terminal).
+        if not plan.terminal.wait_in_foreground(proc, plan.group, deadline):
+            raise subprocess.TimeoutExpired(plan.args, plan.timeout)
     return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
