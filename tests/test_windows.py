@@ -330,6 +330,55 @@ def test_detached_group_lives_on_until_it_empties(executor):
             p.close()
 
 
+def test_release_and_respawn_leave_a_waiting_thread_its_job(executor, monkeypatch):
+    # Issue 11 item 15: release_group() moved a job that waiters were still
+    # using into _kept_jobs, and the next spawn closed (freed) it under them:
+    # their wait then failed (ERROR_INVALID_HANDLE) or slept on whatever the
+    # recycled handle named next (the next group's job). Six threads wait
+    # on the group; the release comes while they do, the next spawn at once
+    # after the job empties (each waiter notices within 100 ms: the C wait
+    # re-reads the count that often), and a long slice keeps them inside
+    # the C wait until then. On the old code, in every run tried, four of
+    # six waiters raised WinError 6 in the first round (the next spawn makes
+    # no job); where it makes one, Wine gives it the freed handle numbers and
+    # the waiters slept on it without an error.
+    import threading
+    monkeypatch.setattr(backend, "_WAIT_SLICE_MS", 3000)
+    stdin_reader = ProcessSpawnOperation(sys.executable).with_args(["-c", "import sys; sys.stdin.read()"]) \
+        .with_stdin(PIPE)
+    # The next spawn makes no job (the freed handles' numbers go to its
+    # process and thread), or a new job (which may get the same numbers).
+    for next_spawn in (stdin_reader, stdin_reader.with_new_process_group(), stdin_reader):
+        r = executor.execute(stdin_reader.with_new_process_group())
+        outcomes = []
+
+        def wait_for_the_group():
+            try:
+                outcomes.append(r.group.wait())
+            except Exception as e:  # noqa: BLE001 - the old code's failure shows here
+                outcomes.append(e)
+
+        waiters = [threading.Thread(target=wait_for_the_group) for _ in range(6)]
+        for t in waiters:
+            t.start()
+        time.sleep(0.5)  # into the wait: not a pass condition, only how surely the old code fails
+        r.group.detach()
+        r.group.close()  # released while they wait; the leader still runs
+        leader = Proc(r.pid)
+        r.process.stdin.close()
+        assert leader.wait(30) and leader.exit_code() == 0  # the job is empty now
+        leader.close()
+        nxt = executor.execute(next_spawn)  # sweeps the kept jobs that emptied
+        for t in waiters:
+            t.join(60)
+        nxt.process.stdin.close()
+        assert nxt.process.wait(30) == 0
+        if nxt.group is not None:
+            nxt.group.close()
+        assert not any(t.is_alive() for t in waiters)
+        assert [o for o in outcomes if isinstance(o, BaseException)] == [] and len(outcomes) == 6, outcomes
+
+
 def test_open_group_pins_its_leaders_pid(executor):
     r = executor.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", "import sys; sys.exit(7)"])
                          .with_new_process_group())
