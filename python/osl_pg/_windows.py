@@ -17,8 +17,9 @@ handle, and so its id, until the group is released.
 Signals are mapped, not emulated: SIGTERM and SIGKILL end the job (or the
 process) with TerminateJobObject/TerminateProcess and the signal number as
 exit code (os.kill's convention; Windows has nothing a process could catch),
-SIGINT and SIGBREAK become console control events for the leader's console
-process group, signal 0 probes; any other signal is Unsupported.
+SIGBREAK becomes a console control event for the leader's console process
+group, signal 0 probes; SIGINT (see _sigint_refused) and any other signal
+are Unsupported.
 """
 import asyncio
 import collections
@@ -29,7 +30,7 @@ import os
 import signal as _signal
 import subprocess
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import _winapi
 
@@ -88,6 +89,7 @@ _leaders: Dict[int, Any] = {}
 # the ones that have emptied.
 _kept_jobs: "collections.deque[Any]" = collections.deque()
 _limits: Dict[int, Dict[str, str]] = {}  # pgid -> each limit set on its job -> "job"
+_consoleless: Set[int] = set()  # pgids of detached groups: no console, no console events
 
 
 def _owned_job(job: Any) -> Any:
@@ -333,6 +335,7 @@ def release_group(pgid: int, job: Any) -> None:
     # have it yet, so the entries taken out are this group's.
     _jobs.pop(pgid, None)
     _limits.pop(pgid, None)
+    _consoleless.discard(pgid)
     _keep_while_busy(job)
     _leaders.pop(pgid, None)
 
@@ -427,6 +430,8 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
             _leaders[pid] = handle
             if applied:
                 _limits[pid] = applied
+            if op.detach_from_terminal:
+                _consoleless.add(pid)
             _jobs[pid] = new_job
         else:
             _kept_jobs.append(new_job)  # Inherit + kill_on_parent_death
@@ -483,13 +488,41 @@ def _exited(handle: Any) -> bool:
 
 def _unsupported(sig: int, what: str) -> Unsupported:
     return Unsupported(f"{signal_name(sig)} ({sig}) has no Windows equivalent for {what}: use SIGTERM or "
-                       "SIGKILL (terminate), SIGINT or SIGBREAK (console control events)")
+                       "SIGKILL (terminate), or SIGBREAK for a group (a console control event)")
+
+
+# SIGINT is refused, never sent. Windows delivers Ctrl+C (CTRL_C_EVENT) to
+# a whole console, not to a process: GenerateConsoleCtrlEvent(CTRL_C_EVENT,
+# pgid) reaches only the console process group `pgid`, and every osl_pg
+# group is one made with CREATE_NEW_PROCESS_GROUP, which starts its leader
+# with Ctrl+C ignored, a state its descendants inherit. An ordinary child
+# never sees the event, yet the call reports success (Microsoft documents
+# exactly that; only a child that calls SetConsoleCtrlHandler(NULL, FALSE)
+# itself gets it, and we cannot tell which do). For a pid that leads no
+# console group it is worse: Windows then sends the event to every process
+# on the console, this one included (microsoft/terminal#335), and Wine
+# sends it to nobody. CPython's os.kill passes CTRL_C_EVENT through and its
+# docs warn only about the group flag; a silent no-op that a caller waits a
+# grace period on is worse than an error, so we raise one naming what works:
+# SIGBREAK (CTRL_BREAK_EVENT, never disabled; Python children see
+# signal.SIGBREAK, other programs end as on Ctrl+Break) or terminate().
+def _sigint_refused(target: str) -> Unsupported:
+    return Unsupported(f"SIGINT cannot be sent to {target} on Windows: Ctrl+C (CTRL_C_EVENT) is disabled in "
+                       "every process of a new console process group (CREATE_NEW_PROCESS_GROUP, which each "
+                       "osl_pg group is), so it would report success and reach nothing (unless the child "
+                       "re-enabled it), and for a process that leads no group Windows sends it to the whole "
+                       "console, this process included. Send SIGBREAK to the group instead (CTRL_BREAK_EVENT: "
+                       "Python children see signal.SIGBREAK, other programs end as on Ctrl+Break), or "
+                       "terminate() it (TerminateJobObject)")
 
 
 def kill(pid: int, sig: int) -> None:
     """Signal one process. A child of ours is reached through its handle;
     any other pid through os.kill. Never os.kill(pid, 0): on Windows that
-    is TerminateProcess with exit code 0."""
+    is TerminateProcess with exit code 0. SIGBREAK reaches a group leader's
+    whole console group (as subprocess's send_signal(CTRL_BREAK_EVENT)
+    does); any other pid would pass it to the whole console, so it is
+    refused, as SIGINT always is."""
     handle = _handles.get(pid)  # held, so still open, until we return
     if sig == 0:
         if handle is not None:
@@ -515,11 +548,16 @@ def kill(pid: int, sig: int) -> None:
         _os_kill(pid, sig)
         return
     if sig == SIGINT:
-        _ctrl_event(0, pid)  # CTRL_C_EVENT
-    elif sig in (SIGBREAK, CTRL_BREAK_EVENT):
-        _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pid)
-    else:
-        raise _unsupported(sig, "a process")
+        raise _sigint_refused(f"process {pid}")
+    if sig in (SIGBREAK, CTRL_BREAK_EVENT):
+        if pid not in _jobs:
+            raise Unsupported(f"SIGBREAK cannot be sent to process {pid} alone on Windows: a console control "
+                              "event goes to a console process group, and for a process that leads none (only "
+                              "osl_pg group leaders do) Windows sends it to the whole console, this process "
+                              "included; signal its group, or terminate() it")
+        _sigbreak(pid)
+        return
+    raise _unsupported(sig, "a process")
 
 
 def _os_kill(pid: int, sig: int) -> None:
@@ -536,10 +574,11 @@ def _ctrl_event(event: int, pgid: int) -> None:
 
 
 def signal_group(pgid: int, sig: int) -> None:
-    """SIGTERM/SIGKILL end every process in the job at once; SIGINT and
-    SIGBREAK go to the leader's console process group (the leader and the
-    descendants that did not start groups of their own, if they share our
-    console); 0 probes. ProcessNotFound when the job has no process left."""
+    """SIGTERM/SIGKILL end every process in the job at once; SIGBREAK goes
+    to the leader's console process group (the leader and the descendants
+    that did not start groups of their own, if they share our console); 0
+    probes; SIGINT is refused (see _sigint_refused). ProcessNotFound when
+    the job has no process left."""
     job = _job_for(pgid)  # held: a release meanwhile cannot close it under us
     if sig in (0, SIGTERM, SIGKILL) and _active(job) == 0:
         raise ProcessNotFound(errno.ESRCH, f"process group {pgid} has no process left")
@@ -550,11 +589,21 @@ def signal_group(pgid: int, sig: int) -> None:
         if err:
             raise _winerror(err, f"signal: TerminateJobObject(group {pgid})")
     elif sig == SIGINT:
-        _ctrl_event(0, pgid)
+        raise _sigint_refused(f"process group {pgid}")
     elif sig in (SIGBREAK, CTRL_BREAK_EVENT):
-        _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pgid)
+        _sigbreak(pgid)
     else:
         raise _unsupported(sig, "a job")
+
+
+def _sigbreak(pgid: int) -> None:
+    """CTRL_BREAK_EVENT to our console process group `pgid`. A detached
+    group has no console: Windows would report success and deliver nothing."""
+    if pgid in _consoleless:
+        raise Unsupported(f"SIGBREAK cannot reach process group {pgid}: it was started detached from the "
+                          "terminal (DETACHED_PROCESS), so it has no console to deliver console control events "
+                          "on; terminate() it instead")
+    _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pgid)
 
 
 def children_autoreaped() -> bool:
