@@ -21,7 +21,6 @@ SIGBREAK becomes a console control event for the leader's console process
 group, signal 0 probes; SIGINT (see _sigint_refused) and any other signal
 are Unsupported.
 """
-import asyncio
 import collections
 import errno
 import functools
@@ -718,6 +717,7 @@ def wait_exits(pids: List[int], deadline: Optional[float], pgid: Optional[int] =
 async def wait_exits_async(pids: List[int], deadline: Optional[float], pgid: Optional[int] = None) -> None:
     """wait_exits for asyncio: polls the job's active count with a growing
     sleep (no thread: a cancelled wait leaves nothing behind)."""
+    import asyncio  # only async callers pay for it (import osl_pg does not)
     step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
     job = _jobs.get(pgid) if pgid is not None else None
     if job is None:
