@@ -330,6 +330,55 @@ def test_detached_group_lives_on_until_it_empties(executor):
             p.close()
 
 
+def test_release_and_respawn_leave_a_waiting_thread_its_job(executor, monkeypatch):
+    # Issue 11 item 15: release_group() moved a job that waiters were still
+    # using into _kept_jobs, and the next spawn closed (freed) it under them:
+    # their wait then failed (ERROR_INVALID_HANDLE) or slept on whatever the
+    # recycled handle named next (the next group's job). Six threads wait
+    # on the group; the release comes while they do, the next spawn at once
+    # after the job empties (each waiter notices within 100 ms: the C wait
+    # re-reads the count that often), and a long slice keeps them inside
+    # the C wait until then. On the old code, in every run tried, four of
+    # six waiters raised WinError 6 in the first round (the next spawn makes
+    # no job); where it makes one, Wine gives it the freed handle numbers and
+    # the waiters slept on it without an error.
+    import threading
+    monkeypatch.setattr(backend, "_WAIT_SLICE_MS", 3000)
+    stdin_reader = ProcessSpawnOperation(sys.executable).with_args(["-c", "import sys; sys.stdin.read()"]) \
+        .with_stdin(PIPE)
+    # The next spawn makes no job (the freed handles' numbers go to its
+    # process and thread), or a new job (which may get the same numbers).
+    for next_spawn in (stdin_reader, stdin_reader.with_new_process_group(), stdin_reader):
+        r = executor.execute(stdin_reader.with_new_process_group())
+        outcomes = []
+
+        def wait_for_the_group():
+            try:
+                outcomes.append(r.group.wait())
+            except Exception as e:  # noqa: BLE001 - the old code's failure shows here
+                outcomes.append(e)
+
+        waiters = [threading.Thread(target=wait_for_the_group) for _ in range(6)]
+        for t in waiters:
+            t.start()
+        time.sleep(0.5)  # into the wait: not a pass condition, only how surely the old code fails
+        r.group.detach()
+        r.group.close()  # released while they wait; the leader still runs
+        leader = Proc(r.pid)
+        r.process.stdin.close()
+        assert leader.wait(30) and leader.exit_code() == 0  # the job is empty now
+        leader.close()
+        nxt = executor.execute(next_spawn)  # sweeps the kept jobs that emptied
+        for t in waiters:
+            t.join(60)
+        nxt.process.stdin.close()
+        assert nxt.process.wait(30) == 0
+        if nxt.group is not None:
+            nxt.group.close()
+        assert not any(t.is_alive() for t in waiters)
+        assert [o for o in outcomes if isinstance(o, BaseException)] == [] and len(outcomes) == 6, outcomes
+
+
 def test_open_group_pins_its_leaders_pid(executor):
     r = executor.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", "import sys; sys.exit(7)"])
                          .with_new_process_group())
@@ -421,27 +470,30 @@ def test_cpu_quota_is_unsupported_on_windows(executor):
 # --------------------------------------------------------------------------
 # console control events (from a helper that owns a fresh console)
 
-CTRL_PARENT = """
-    import ctypes, sys
+# The start of each console helper: a console of its own (the event must
+# not reach the test's console, and Wine needs a console to deliver it on)
+# and a child that exits 42 on SIGINT, 43 on SIGBREAK.
+CTRL_PRELUDE = """
+    import ctypes, signal, sys
     from osl_pg import ProcessExecutor, ProcessSignalOperation, ProcessSpawnOperation, PIPE
     k = ctypes.windll.kernel32
-    # A console of our own: the event must not reach the test's console, and
-    # Wine needs a console to deliver it on.
     k.FreeConsole(); k.AllocConsole()
     child = '''if 1:
-        import ctypes, os, signal, time
-        ctypes.windll.kernel32.SetConsoleCtrlHandler(None, False)  # a new group starts with Ctrl+C ignored
+        import os, signal, time
         signal.signal(signal.SIGINT, lambda *a: os._exit(42))
         signal.signal(signal.SIGBREAK, lambda *a: os._exit(43))
         print("ready", flush=True)
         time.sleep(60)
     '''
     ex = ProcessExecutor("ctrl")
+"""
+
+CTRL_BREAK_PARENT = CTRL_PRELUDE + """
     r = ex.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", child]).with_stdout(PIPE)
                    .with_new_process_group())
     assert r.process.stdout.readline().strip() == b"ready"
     try:
-        ex.execute(ProcessSignalOperation.signal_group(r.pgid, SIG))
+        ex.execute(ProcessSignalOperation.signal_group(r.pgid, int(signal.SIGBREAK)))
         print("rc", r.process.wait(30), flush=True)
     except OSError as e:
         print("error", e, flush=True)
@@ -450,15 +502,78 @@ CTRL_PARENT = """
 """
 
 
-def test_sigint_is_ctrl_c_to_the_group():
-    rc, lines = console_helper(CTRL_PARENT.replace("SIG)", f"{int(signal.SIGINT)})"))
-    assert rc == 0 and lines[0].strip() == "rc 42", lines
+# Why osl_pg refuses SIGINT (issue 11 item 15), asked of Windows itself
+# (ctypes, not osl_pg): CTRL_C_EVENT to a new console process group reaches
+# a child only if it re-enabled Ctrl+C; an ordinary one never sees it, and
+# the call still reports success.
+CTRL_C_FACTS = CTRL_PRELUDE + """
+    willing = "import ctypes; ctypes.windll.kernel32.SetConsoleCtrlHandler(None, False)\\n" + child
+    a, b = [ex.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", code]).with_stdout(PIPE)
+                       .with_new_process_group()) for code in (child, willing)]
+    try:
+        assert a.process.stdout.readline().strip() == b.process.stdout.readline().strip() == b"ready"
+        try:
+            ex.execute(ProcessSignalOperation.signal_group(a.pgid, int(signal.SIGINT)))
+            print("osl_pg sent it", flush=True)
+        except NotImplementedError as e:
+            print("osl_pg refused:", e, flush=True)
+        sent = [k.GenerateConsoleCtrlEvent(0, r.pgid) for r in (a, b)]  # CTRL_C_EVENT, a's first
+        rc_b = b.process.wait(30)
+        print("sent", *sent, "willing", rc_b, "plain", a.process.poll(), flush=True)
+    finally:
+        a.group.close()
+        b.group.close()
+    print("plain after close", a.process.returncode, flush=True)
+"""
+
+
+def test_sigint_to_a_group_is_refused_as_windows_drops_it():
+    rc, lines = console_helper(CTRL_C_FACTS)
+    assert rc == 0, lines
+    assert lines[0].startswith("osl_pg refused:") and "SIGBREAK" in lines[0], lines
+    # Windows: both calls succeed, only the child that re-enabled Ctrl+C
+    # gets it (exit 42 from its handler); the plain one runs on until
+    # close() kills it (SIGKILL's exit code, never its handler's 42).
+    assert lines[1].split() == ["sent", "1", "1", "willing", "42", "plain", "None"], lines
+    assert lines[2].split() == ["plain", "after", "close", "9"], lines
+
+
+def test_sigint_and_lone_sigbreak_are_refused_and_harmless(executor):
+    r, pids = spawn_tree(executor, 1)
+    inherit = executor.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", SLEEP]))
+    try:
+        for op in (ProcessSignalOperation.signal_group(r.pgid, int(signal.SIGINT)),
+                   ProcessSignalOperation(r.pid, int(signal.SIGINT)),
+                   ProcessSignalOperation(inherit.pid, int(signal.SIGINT))):
+            with pytest.raises(NotImplementedError, match="CREATE_NEW_PROCESS_GROUP.*SIGBREAK.*terminate"):
+                executor.execute(op)
+        # A console event for a pid that leads no console group would go
+        # to every process on our console, this one included.
+        with pytest.raises(NotImplementedError, match="whole console"):
+            executor.execute(ProcessSignalOperation(inherit.pid, int(signal.SIGBREAK)))
+        assert all(proc_running(p) for p in pids + [inherit.pid])
+    finally:
+        inherit.process.kill()
+        inherit.process.wait(30)
+        r.group.close()
 
 
 @wine_differs("CTRL_BREAK_EVENT fails without a real console")
 def test_sigbreak_is_ctrl_break_to_the_group():
-    rc, lines = console_helper(CTRL_PARENT.replace("SIG)", f"{int(signal.SIGBREAK)})"))
+    rc, lines = console_helper(CTRL_BREAK_PARENT)
     assert rc == 0 and lines[0].strip() == "rc 43", lines
+
+
+def test_sigbreak_to_a_detached_group_is_refused(executor):
+    # DETACHED_PROCESS: no console (test below), so a console event would
+    # report success and reach nobody.
+    r = executor.execute(ProcessSpawnOperation(sys.executable).with_args(["-c", SLEEP]).with_detach_from_terminal())
+    try:
+        with pytest.raises(NotImplementedError, match="DETACHED_PROCESS.*terminate"):
+            executor.execute(ProcessSignalOperation.signal_group(r.pgid, int(signal.SIGBREAK)))
+        assert proc_running(r.pid)
+    finally:
+        r.group.close()
 
 
 def test_detached_child_has_no_console():

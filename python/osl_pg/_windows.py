@@ -17,19 +17,19 @@ handle, and so its id, until the group is released.
 Signals are mapped, not emulated: SIGTERM and SIGKILL end the job (or the
 process) with TerminateJobObject/TerminateProcess and the signal number as
 exit code (os.kill's convention; Windows has nothing a process could catch),
-SIGINT and SIGBREAK become console control events for the leader's console
-process group, signal 0 probes; any other signal is Unsupported.
+SIGBREAK becomes a console control event for the leader's console process
+group, signal 0 probes; SIGINT (see _sigint_refused) and any other signal
+are Unsupported.
 """
-import asyncio
+import collections
 import errno
 import functools
 import msvcrt
 import os
 import signal as _signal
 import subprocess
-import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import _winapi
 
@@ -62,50 +62,41 @@ ERROR_BAD_EXE_FORMAT = 193
 ERROR_DIRECTORY = 267
 
 
-class _Ref:
-    """A process HANDLE or an osl_job * with the number of calls using it
-    outside _lock. Retiring it closes it once no call uses it: closing a
-    handle another thread waits on is undefined behaviour on Windows (the
-    value may even name a new object by the time the wait starts)."""
-
-    __slots__ = ("ptr", "users", "retired", "_close")
-
-    def __init__(self, ptr: Any, close: Any):
-        self.ptr = ptr
-        self.users = 0
-        self.retired = False
-        self._close = close
-
-    def retire(self) -> None:  # with _lock held
-        self.retired = True
-        if self.users == 0:
-            self._close(self.ptr)
-
-
-_lock = threading.RLock()
-_handles: Dict[int, _Ref] = {}  # pid -> process HANDLE, until reaped
-_jobs: Dict[int, _Ref] = {}  # pgid (the leader's pid) -> osl_job *
-# Jobs that must stay open while they have members (closing would kill
-# them): those of detached or dropped groups, and the private jobs of
-# Inherit children spawned with kill_on_parent_death. Each spawn closes the
-# ones that have emptied.
-_kept_jobs: List[Any] = []
+# Ownership. Every HANDLE and osl_job * below is a cdata made by ffi.gc, so
+# it is closed when the last Python reference to it goes, and not before: a
+# table entry is one reference, and every call that uses the handle holds
+# another in a local variable for as long as it uses it, so a handle can
+# never be closed under a thread that is waiting on it (on Windows that is
+# undefined behaviour: GetQueuedCompletionStatus fails, or the value already
+# names the next spawn's new job). STYLE.md prefers explicit close() for OS
+# handles; these are shared by threads that use them outside any lock, and
+# the only count of their users that needs no lock (nothing reachable from
+# __del__ may take a blocking lock: group release is) is the interpreter's
+# own reference count. So there is no lock in this module: each table is
+# changed by single dict/deque operations, which are atomic. A handle no
+# other code has seen yet (spawn's error path) is closed explicitly.
+_handles: Dict[int, Any] = {}  # pid -> process HANDLE, until reaped
+_jobs: Dict[int, Any] = {}  # pgid (the leader's pid) -> osl_job *
+# pgid -> the leader's HANDLE, until the group is released: the entry in
+# _jobs pins its own key (reaping the leader closes no handle while this
+# one is held), so no new leader can get the number and its entry before
+# release_group() has taken the old one out.
+_leaders: Dict[int, Any] = {}
+# Jobs that must stay open while they have members (closing the last handle
+# kills them): those of detached or dropped groups, and the private jobs of
+# Inherit children spawned with kill_on_parent_death. Each spawn lets go of
+# the ones that have emptied.
+_kept_jobs: "collections.deque[Any]" = collections.deque()
 _limits: Dict[int, Dict[str, str]] = {}  # pgid -> each limit set on its job -> "job"
+_consoleless: Set[int] = set()  # pgids of detached groups: no console, no console events
 
 
-def _borrow(table: Dict[int, _Ref], key: Optional[int]) -> Optional[_Ref]:
-    with _lock:
-        ref = table.get(key) if key is not None else None
-        if ref is not None:
-            ref.users += 1
-        return ref
+def _owned_job(job: Any) -> Any:
+    return ffi.gc(job, lib.osl_job_close)
 
 
-def _give_back(ref: _Ref) -> None:
-    with _lock:
-        ref.users -= 1
-        if ref.retired and ref.users == 0:
-            ref._close(ref.ptr)
+def _owned_handle(handle: Any) -> Any:
+    return ffi.gc(handle, lib.osl_win_close_handle)
 
 
 def _winerror(code: int, what: str, filename: Optional[str] = None) -> OSError:
@@ -245,7 +236,7 @@ def _new_job() -> Any:
     err = lib.osl_job_create(lib.OSL_JOB_KILL_ON_CLOSE, out)
     if err:
         raise _winerror(err, "CreateJobObject")
-    return out[0]
+    return _owned_job(out[0])
 
 
 def _apply_limits(job: Any, op: ProcessSpawnOperation) -> Dict[str, str]:
@@ -268,19 +259,18 @@ def limits_applied(pgid: int) -> Dict[str, str]:
 
 
 def _job_for(pgid: int) -> Any:
-    """The job of group `pgid`; call with _lock held."""
-    ref = _jobs.get(pgid)
-    if ref is None:
+    """The job of group `pgid`, held by the caller while it uses it."""
+    job = _jobs.get(pgid)
+    if job is None:
         raise ProcessNotFound(errno.ESRCH, f"process group {pgid} is not a job this process created "
                                            "(or it was released)")
-    return ref.ptr
+    return job
 
 
 def group_pids(pgid: int) -> List[int]:
     """The pids in group `pgid`'s job now; [] for a group we do not know."""
-    with _lock:
-        ref = _jobs.get(pgid)
-        return _job_pids(ref.ptr) if ref is not None else []
+    job = _jobs.get(pgid)
+    return _job_pids(job) if job is not None else []
 
 
 def _job_pids(job: Any) -> List[int]:
@@ -300,8 +290,7 @@ def _job_pids(job: Any) -> List[int]:
 def job_accounting(pgid: int) -> Tuple[int, int, int]:
     """(active, total ever, terminated) process counts of group `pgid`'s
     job. Wine 8 leaves the third at 0."""
-    with _lock:
-        return _accounting(_job_for(pgid))
+    return _accounting(_job_for(pgid))
 
 
 def _accounting(job: Any) -> Tuple[int, int, int]:
@@ -317,8 +306,7 @@ def job_handle(pgid: int) -> int:
     _winapi. Owned by osl_pg and valid while the group is open: do not
     close it."""
     out = ffi.new("void **")
-    with _lock:
-        lib.osl_job_handle(_job_for(pgid), out)
+    lib.osl_job_handle(_job_for(pgid), out)
     return int(ffi.cast("uintptr_t", out[0]))
 
 
@@ -326,27 +314,51 @@ def _active(job: Any) -> int:
     return _accounting(job)[0]
 
 
-def release_group(pgid: int) -> None:
-    """The group's handle is released: forget its id. An empty job is
-    closed; one with members left (a detached group, a dropped handle) is
-    kept open, so they live on, until this process exits (KILL_ON_JOB_CLOSE
-    then ends them: on Windows no group outlives the process that made it)."""
-    with _lock:
-        ref = _jobs.pop(pgid, None)
-        _limits.pop(pgid, None)
-        if ref is None:
-            return
-        if ref.users == 0 and _active(ref.ptr) == 0:
-            ref.retire()
-        else:
-            _kept_jobs.append(ref.ptr)
+def group_job(pgid: int) -> Any:
+    """An opaque token for group `pgid`'s job (its holder keeps the job
+    open), for release_group(); None for a group we do not know."""
+    return _jobs.get(pgid)
+
+
+def release_group(pgid: int, job: Any) -> None:
+    """Group `pgid`'s handle is released (once; `job` is group_job()'s
+    token): forget its id. A job with members left (a detached group, a
+    dropped handle) is kept open, so they live on, until it empties or
+    this process exits (KILL_ON_JOB_CLOSE then ends them: on Windows no
+    group outlives the process that made it); an empty one is closed once
+    no call uses it any more. Called from ProcessGroup.__del__ too: it
+    takes no lock."""
+    if job is None or _jobs.get(pgid) is not job:
+        return
+    # _leaders[pgid] pins the id until the last line: no later group can
+    # have it yet, so the entries taken out are this group's.
+    _jobs.pop(pgid, None)
+    _limits.pop(pgid, None)
+    _consoleless.discard(pgid)
+    _keep_while_busy(job)
+    _leaders.pop(pgid, None)
+
+
+def _keep_while_busy(job: Any) -> None:
+    """Hold a job no table holds any more while it has members."""
+    try:
+        busy = _active(job) > 0
+    except OSError:
+        busy = True  # cannot tell: keeping it open never kills anything
+    if busy:
+        _kept_jobs.append(job)
 
 
 def _close_emptied_jobs() -> None:
-    with _lock:
-        for job in [j for j in _kept_jobs if _active(j) == 0]:
-            _kept_jobs.remove(job)
-            lib.osl_job_close(job)
+    """Let go of the kept jobs that have emptied (each is closed when the
+    last call using it returns). Safe beside other threads doing the same:
+    each job is taken out, looked at, and put back if still busy."""
+    for _ in range(len(_kept_jobs)):
+        try:
+            job = _kept_jobs.popleft()
+        except IndexError:
+            return
+        _keep_while_busy(job)
 
 
 # --------------------------------------------------------------------------
@@ -393,10 +405,10 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
             applied = _apply_limits(new_job, op)
             attr.job = new_job
         elif isinstance(group, JoinGroup):
-            joined = _borrow(_jobs, group.pgid)
+            joined = _jobs.get(group.pgid)
             if joined is None:
                 raise join_error(group.pgid)
-            attr.job = joined.ptr
+            attr.job = joined
         stdio.setup(op)
         for i in range(3):
             attr.std_handles[i] = stdio.child[i]
@@ -408,21 +420,24 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
         stdio.close_child_ends()
         stdio.close_parent_ends()
         if new_job is not None:
-            lib.osl_job_close(new_job)
+            ffi.release(new_job)  # no other code has seen it: close it now
         raise
-    finally:
-        if joined is not None:
-            _give_back(joined)
     pid = int(out_pid[0])
-    with _lock:
-        _handles[pid] = _Ref(out_handle[0], lib.osl_win_close_handle)
-        if new_job is not None:
-            if leads:
-                _jobs[pid] = _Ref(new_job, lib.osl_job_close)
-                if applied:
-                    _limits[pid] = applied
-            else:
-                _kept_jobs.append(new_job)  # Inherit + kill_on_parent_death
+    handle = _handles[pid] = _owned_handle(out_handle[0])
+    if new_job is not None:
+        if leads:
+            _leaders[pid] = handle
+            if applied:
+                _limits[pid] = applied
+            if op.detach_from_terminal:
+                _consoleless.add(pid)
+            _jobs[pid] = new_job
+        else:
+            _kept_jobs.append(new_job)  # Inherit + kill_on_parent_death
+    elif joined is not None and _jobs.get(group.pgid) is not joined:
+        # The group was released while the child joined it: its job may
+        # have been let go of as empty, and closing it would kill the child.
+        _keep_while_busy(joined)
     if leads:
         pgid: Optional[int] = pid
     elif isinstance(group, JoinGroup):
@@ -472,45 +487,76 @@ def _exited(handle: Any) -> bool:
 
 def _unsupported(sig: int, what: str) -> Unsupported:
     return Unsupported(f"{signal_name(sig)} ({sig}) has no Windows equivalent for {what}: use SIGTERM or "
-                       "SIGKILL (terminate), SIGINT or SIGBREAK (console control events)")
+                       "SIGKILL (terminate), or SIGBREAK for a group (a console control event)")
+
+
+# SIGINT is refused, never sent. Windows delivers Ctrl+C (CTRL_C_EVENT) to
+# a whole console, not to a process: GenerateConsoleCtrlEvent(CTRL_C_EVENT,
+# pgid) reaches only the console process group `pgid`, and every osl_pg
+# group is one made with CREATE_NEW_PROCESS_GROUP, which starts its leader
+# with Ctrl+C ignored, a state its descendants inherit. An ordinary child
+# never sees the event, yet the call reports success (Microsoft documents
+# exactly that; only a child that calls SetConsoleCtrlHandler(NULL, FALSE)
+# itself gets it, and we cannot tell which do). For a pid that leads no
+# console group it is worse: Windows then sends the event to every process
+# on the console, this one included (microsoft/terminal#335), and Wine
+# sends it to nobody. CPython's os.kill passes CTRL_C_EVENT through and its
+# docs warn only about the group flag; a silent no-op that a caller waits a
+# grace period on is worse than an error, so we raise one naming what works:
+# SIGBREAK (CTRL_BREAK_EVENT, never disabled; Python children see
+# signal.SIGBREAK, other programs end as on Ctrl+Break) or terminate().
+def _sigint_refused(target: str) -> Unsupported:
+    return Unsupported(f"SIGINT cannot be sent to {target} on Windows: Ctrl+C (CTRL_C_EVENT) is disabled in "
+                       "every process of a new console process group (CREATE_NEW_PROCESS_GROUP, which each "
+                       "osl_pg group is), so it would report success and reach nothing (unless the child "
+                       "re-enabled it), and for a process that leads no group Windows sends it to the whole "
+                       "console, this process included. Send SIGBREAK to the group instead (CTRL_BREAK_EVENT: "
+                       "Python children see signal.SIGBREAK, other programs end as on Ctrl+Break), or "
+                       "terminate() it (TerminateJobObject)")
 
 
 def kill(pid: int, sig: int) -> None:
     """Signal one process. A child of ours is reached through its handle;
     any other pid through os.kill. Never os.kill(pid, 0): on Windows that
-    is TerminateProcess with exit code 0."""
-    with _lock:
-        ref = _handles.get(pid)
-        handle = ref.ptr if ref is not None else None
-        if sig == 0:
-            if handle is not None:
-                if _exited(handle):
-                    raise ProcessNotFound(errno.ESRCH, f"process {pid} has exited")
-                return
-            import psutil
-            if not psutil.pid_exists(pid):
-                raise ProcessNotFound(errno.ESRCH, f"process {pid} does not exist")
+    is TerminateProcess with exit code 0. SIGBREAK reaches a group leader's
+    whole console group (as subprocess's send_signal(CTRL_BREAK_EVENT)
+    does); any other pid would pass it to the whole console, so it is
+    refused, as SIGINT always is."""
+    handle = _handles.get(pid)  # held, so still open, until we return
+    if sig == 0:
+        if handle is not None:
+            if _exited(handle):
+                raise ProcessNotFound(errno.ESRCH, f"process {pid} has exited")
             return
-        if sig in (SIGTERM, SIGKILL):
-            if handle is not None:
-                if _exited(handle):
-                    return  # like kill() on a zombie: nothing to do, no error
-                try:
-                    _winapi.TerminateProcess(int(ffi.cast("uintptr_t", handle)), sig)
-                except OSError as e:
-                    # Access denied is what TerminateProcess says when the
-                    # process has just exited; anything else is real.
-                    if not _exited(handle):
-                        raise _winerror(e.winerror or ERROR_ACCESS_DENIED, f"kill({pid}, {sig})") from None
-                return
-            _os_kill(pid, sig)
+        import psutil
+        if not psutil.pid_exists(pid):
+            raise ProcessNotFound(errno.ESRCH, f"process {pid} does not exist")
+        return
+    if sig in (SIGTERM, SIGKILL):
+        if handle is not None:
+            if _exited(handle):
+                return  # like kill() on a zombie: nothing to do, no error
+            try:
+                _winapi.TerminateProcess(int(ffi.cast("uintptr_t", handle)), sig)
+            except OSError as e:
+                # Access denied is what TerminateProcess says when the
+                # process has just exited; anything else is real.
+                if not _exited(handle):
+                    raise _winerror(e.winerror or ERROR_ACCESS_DENIED, f"kill({pid}, {sig})") from None
             return
+        _os_kill(pid, sig)
+        return
     if sig == SIGINT:
-        _ctrl_event(0, pid)  # CTRL_C_EVENT
-    elif sig in (SIGBREAK, CTRL_BREAK_EVENT):
-        _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pid)
-    else:
-        raise _unsupported(sig, "a process")
+        raise _sigint_refused(f"process {pid}")
+    if sig in (SIGBREAK, CTRL_BREAK_EVENT):
+        if pid not in _jobs:
+            raise Unsupported(f"SIGBREAK cannot be sent to process {pid} alone on Windows: a console control "
+                              "event goes to a console process group, and for a process that leads none (only "
+                              "osl_pg group leaders do) Windows sends it to the whole console, this process "
+                              "included; signal its group, or terminate() it")
+        _sigbreak(pid)
+        return
+    raise _unsupported(sig, "a process")
 
 
 def _os_kill(pid: int, sig: int) -> None:
@@ -527,27 +573,36 @@ def _ctrl_event(event: int, pgid: int) -> None:
 
 
 def signal_group(pgid: int, sig: int) -> None:
-    """SIGTERM/SIGKILL end every process in the job at once; SIGINT and
-    SIGBREAK go to the leader's console process group (the leader and the
-    descendants that did not start groups of their own, if they share our
-    console); 0 probes. ProcessNotFound when the job has no process left."""
-    with _lock:
-        job = _job_for(pgid)
-        if sig in (0, SIGTERM, SIGKILL) and _active(job) == 0:
-            raise ProcessNotFound(errno.ESRCH, f"process group {pgid} has no process left")
-        if sig == 0:
-            return
-        if sig in (SIGTERM, SIGKILL):
-            err = lib.osl_job_terminate(job, sig)
-            if err:
-                raise _winerror(err, f"signal: TerminateJobObject(group {pgid})")
-            return
-    if sig == SIGINT:
-        _ctrl_event(0, pgid)
+    """SIGTERM/SIGKILL end every process in the job at once; SIGBREAK goes
+    to the leader's console process group (the leader and the descendants
+    that did not start groups of their own, if they share our console); 0
+    probes; SIGINT is refused (see _sigint_refused). ProcessNotFound when
+    the job has no process left."""
+    job = _job_for(pgid)  # held: a release meanwhile cannot close it under us
+    if sig in (0, SIGTERM, SIGKILL) and _active(job) == 0:
+        raise ProcessNotFound(errno.ESRCH, f"process group {pgid} has no process left")
+    if sig == 0:
+        return
+    if sig in (SIGTERM, SIGKILL):
+        err = lib.osl_job_terminate(job, sig)
+        if err:
+            raise _winerror(err, f"signal: TerminateJobObject(group {pgid})")
+    elif sig == SIGINT:
+        raise _sigint_refused(f"process group {pgid}")
     elif sig in (SIGBREAK, CTRL_BREAK_EVENT):
-        _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pgid)
+        _sigbreak(pgid)
     else:
         raise _unsupported(sig, "a job")
+
+
+def _sigbreak(pgid: int) -> None:
+    """CTRL_BREAK_EVENT to our console process group `pgid`. A detached
+    group has no console: Windows would report success and deliver nothing."""
+    if pgid in _consoleless:
+        raise Unsupported(f"SIGBREAK cannot reach process group {pgid}: it was started detached from the "
+                          "terminal (DETACHED_PROCESS), so it has no console to deliver console control events "
+                          "on; terminate() it instead")
+    _ctrl_event(lib.OSL_WIN_CTRL_BREAK, pgid)
 
 
 def children_autoreaped() -> bool:
@@ -577,10 +632,9 @@ def killpg(pgid: int, sig: int, check: bool = True) -> int:
 
 def pgid_or_none(pid: int) -> Optional[int]:
     """The id of the group (job of ours) that `pid` is in, or None."""
-    with _lock:
-        for pgid, ref in _jobs.items():
-            if pid in _job_pids(ref.ptr):
-                return pgid
+    for pgid, job in list(_jobs.items()):  # a copy: other threads may change the table
+        if pid in _job_pids(job):
+            return pgid
     return None
 
 
@@ -607,30 +661,26 @@ def wait(pid: int, nohang: bool, nowait: bool) -> Optional[int]:
     """The exit code of child `pid`, or None if `nohang` and it still runs.
     Without `nowait` the handle is closed ("reaped"): from then on the pid
     may be reused and this module no longer knows it."""
-    ref = _borrow(_handles, pid)
-    if ref is None:
+    handle = _handles.get(pid)  # held, so still open, until we return
+    if handle is None:
         raise ProcessNotFound(errno.ECHILD, f"process {pid} is not an unreaped child of this process")
-    try:
-        while True:
-            err = lib.osl_win_wait(ref.ptr, 0 if nohang else _WAIT_SLICE_MS)
-            if err == 0:
-                break
-            if err != lib.OSL_WIN_WAIT_TIMEOUT:
-                raise _winerror(err, f"WaitForSingleObject(process {pid})")
-            if nohang:
-                return None
-        code = ffi.new("unsigned long *")
-        err = lib.osl_win_exit_code(ref.ptr, code)
-        if err:
-            raise _winerror(err, f"GetExitCodeProcess({pid})")
-        if not nowait:
-            with _lock:
-                if _handles.get(pid) is ref:
-                    del _handles[pid]
-                    ref.retire()
-        return int(code[0])
-    finally:
-        _give_back(ref)
+    while True:
+        err = lib.osl_win_wait(handle, 0 if nohang else _WAIT_SLICE_MS)
+        if err == 0:
+            break
+        if err != lib.OSL_WIN_WAIT_TIMEOUT:
+            raise _winerror(err, f"WaitForSingleObject(process {pid})")
+        if nohang:
+            return None
+    code = ffi.new("unsigned long *")
+    err = lib.osl_win_exit_code(handle, code)
+    if err:
+        raise _winerror(err, f"GetExitCodeProcess({pid})")
+    if not nowait:
+        # The entry is this handle's: while it is open no other process
+        # can have the pid. It closes when the last waiter lets go of it.
+        _handles.pop(pid, None)
+    return int(code[0])
 
 
 def open_exit_fd(pid: int) -> None:
@@ -641,19 +691,16 @@ def open_exit_fd(pid: int) -> None:
 def _wait_job(pgid: Optional[int], deadline: Optional[float]) -> bool:
     """Sleep in osl_job_wait_empty for at most one slice; True if the job
     was found (the caller rescans either way)."""
-    ref = _borrow(_jobs, pgid)
-    if ref is None:
+    job = _jobs.get(pgid) if pgid is not None else None
+    if job is None:
         return False
-    try:
-        slice_ms = _WAIT_SLICE_MS
-        if deadline is not None:
-            slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000) + 1))
-        err = lib.osl_job_wait_empty(ref.ptr, slice_ms)
-        if err and err != lib.OSL_WIN_WAIT_TIMEOUT:
-            raise _winerror(err, "waiting for the job to empty")
-        return True
-    finally:
-        _give_back(ref)
+    slice_ms = _WAIT_SLICE_MS
+    if deadline is not None:
+        slice_ms = max(0, min(slice_ms, int((deadline - time.monotonic()) * 1000) + 1))
+    err = lib.osl_job_wait_empty(job, slice_ms)
+    if err and err != lib.OSL_WIN_WAIT_TIMEOUT:
+        raise _winerror(err, "waiting for the job to empty")
+    return True
 
 
 def wait_exits(pids: List[int], deadline: Optional[float], pgid: Optional[int] = None) -> None:
@@ -670,18 +717,16 @@ def wait_exits(pids: List[int], deadline: Optional[float], pgid: Optional[int] =
 async def wait_exits_async(pids: List[int], deadline: Optional[float], pgid: Optional[int] = None) -> None:
     """wait_exits for asyncio: polls the job's active count with a growing
     sleep (no thread: a cancelled wait leaves nothing behind)."""
+    import asyncio  # only async callers pay for it (import osl_pg does not)
     step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
-    ref = _borrow(_jobs, pgid)
-    if ref is None:
+    job = _jobs.get(pgid) if pgid is not None else None
+    if job is None:
         await asyncio.sleep(step)
         return
-    try:
-        delay = 0.001
-        while _active(ref.ptr):
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return
-            await asyncio.sleep(delay if deadline is None else min(delay, deadline - now))
-            delay = min(delay * 2, 0.05)
-    finally:
-        _give_back(ref)
+    delay = 0.001
+    while _active(job):
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return
+        await asyncio.sleep(delay if deadline is None else min(delay, deadline - now))
+        delay = min(delay * 2, 0.05)

@@ -18,6 +18,10 @@ class JobTier(Tier):
     def __init__(self, pgid: int, limits: Optional[Dict[str, str]] = None):
         super().__init__(pgid, None)
         self._limits = dict(limits or {})
+        # The job close() releases, taken out by the one close() that runs
+        # (list.pop is atomic): a second one releases nothing, and never a
+        # later group that got the same id.
+        self._job = [backend.group_job(pgid)]
 
     def pids(self) -> List[int]:
         return backend.group_pids(self.pgid)
@@ -49,6 +53,11 @@ class JobTier(Tier):
         return {}
 
     def close(self) -> None:
-        """Forget the job; it is closed (freed) once empty, else kept open
-        so its members live on (a detached or dropped group)."""
-        backend.release_group(self.pgid)
+        """Forget the job; it is closed once empty and no call uses it,
+        else kept open so its members live on (a detached or dropped
+        group). Takes no lock: ProcessGroup.__del__ calls it."""
+        try:
+            job = self._job.pop()
+        except IndexError:
+            return
+        backend.release_group(self.pgid, job)

@@ -10,7 +10,10 @@
  *   alloc MB          commit MB MiB: exit 0 if that worked, 3 if not
  *   ctrlparent c|break  own a fresh console, start a "ctrlchild" in a new
  *                     group, send it the event; exit 0 if it arrived
- *   ctrlchild EVENT   re-enable Ctrl+C, set EVENT, exit 42/43 on C/Break
+ *   ctrlparent plain  the same with CTRL_C_EVENT to a "ctrlchild plain" and
+ *                     then to a "ctrlchild"; exit 0 if only the second got it
+ *   ctrlchild EVENT [plain]  re-enable Ctrl+C (unless plain), set EVENT,
+ *                     exit 42/43 on C/Break
  * Sleepers end on their own after a minute, in case a kill is missed.
  *
  * wineserver 8 can crash when a tree is killed while a member is inside
@@ -518,15 +521,20 @@ static void round_poll_assign(void)
 /* Round 6: console control events, sent from a process with its own console. */
 static void round_ctrl(void)
 {
-    static const char *const kinds[2] = {"c", "break"};
+    static const char *const kinds[3] = {"c", "break", "plain"};
     static const char *const why[] = {
         "arrived", "?", "spawn failed", "child not ready", "ctrl_event failed",
-        "child did not exit", "wrong exit code"};
+        "child did not exit", "wrong exit code", "the plain child got it too"};
+    static const char *const what[3] = {
+        "CTRL_C_EVENT reaches a new process group that re-enabled Ctrl+C",
+        "CTRL_BREAK_EVENT reaches a new process group",
+        "CTRL_C_EVENT reaches no process of a new group that left Ctrl+C "
+        "disabled (why osl_pg refuses SIGINT)"};
     osl_job *job;
     int i, rc, fb;
 
     printf("# round 6: console control events\n");
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < 3; i++) {
         unsigned long pid, code = 99;
         HANDLE h;
         char args[32];
@@ -543,9 +551,8 @@ static void round_ctrl(void)
             osl_win_exit_code(h, &code);
             CloseHandle(h);
         }
-        check(rc == 0 && code == 0, i == 1,
-              "CTRL_%s_EVENT reaches a new process group (rc %d, %s)",
-              i ? "BREAK" : "C", rc, code < 7 ? why[code] : "no answer");
+        check(rc == 0 && code == 0, i == 1, "%s (rc %d, %s)", what[i], rc,
+              code < 8 ? why[code] : "no answer");
         osl_job_close(job);
     }
 }
@@ -611,12 +618,14 @@ static BOOL WINAPI on_ctrl(DWORD ev)
     return TRUE;
 }
 
-static int role_ctrlchild(const char *event)
+static int role_ctrlchild(const char *event, int plain)
 {
     HANDLE ev;
 
-    /* CREATE_NEW_PROCESS_GROUP starts us with Ctrl+C ignored: undo that. */
-    SetConsoleCtrlHandler(NULL, FALSE);
+    /* CREATE_NEW_PROCESS_GROUP starts us with Ctrl+C ignored: undo that,
+     * unless we play an ordinary program, which never does. */
+    if (!plain)
+        SetConsoleCtrlHandler(NULL, FALSE);
     SetConsoleCtrlHandler(on_ctrl, TRUE);
     ev = OpenEventA(EVENT_MODIFY_STATE, FALSE, event);
     if (ev) {
@@ -627,15 +636,39 @@ static int role_ctrlchild(const char *event)
     return 1;
 }
 
-/* Exit: 0 arrived, 2 spawn failed, 3 not ready, 4 ctrl_event failed,
- * 5 child did not exit, 6 wrong exit code. */
-static int role_ctrlparent(int brk)
+/* Start a "ctrlchild" (plain or not) in a new group and in `job`; wait
+ * until it is ready. 0, or 2 (spawn failed) or 3 (never ready). */
+static int start_ctrlchild(osl_job *job, int plain, unsigned long *pid,
+                           HANDLE *h)
 {
     char name[64], args[128];
-    HANDLE ev, both[2], h;
-    unsigned long pid, code = 0;
+    HANDLE ev, both[2];
+    int fb, ready;
+
+    ev = new_event(name, sizeof name);
+    snprintf(args, sizeof args, "ctrlchild %s%s", name, plain ? " plain" : "");
+    if (spawn_self(job, args, OSL_WIN_NEW_GROUP, pid, h, &fb)) {
+        CloseHandle(ev);
+        return 2;
+    }
+    both[0] = ev;
+    both[1] = *h;
+    ready = WaitForMultipleObjects(2, both, FALSE, 10000) == WAIT_OBJECT_0;
+    CloseHandle(ev);
+    return ready ? 0 : 3;
+}
+
+/* Exit: 0 arrived, 2 spawn failed, 3 not ready, 4 ctrl_event failed,
+ * 5 child did not exit, 6 wrong exit code, 7 the plain child got it.
+ * `kind` 0: CTRL_C, 1: CTRL_BREAK, 2: CTRL_C to a plain child, then to a
+ * willing one; once the willing one has exited on it, the plain one must
+ * still run (the event to it was sent first). */
+static int role_ctrlparent(int kind)
+{
+    HANDLE h, plain = NULL;
+    unsigned long pid, plain_pid = 0, code = 0;
     osl_job *job;
-    int fb, rc;
+    int rc;
 
     /* A console of our own, so the event does not reach the test's
      * console (if any) and Wine has a real console to deliver it on. */
@@ -643,22 +676,26 @@ static int role_ctrlparent(int brk)
     AllocConsole();
     if (osl_job_create(OSL_JOB_KILL_ON_CLOSE, &job))
         return 2;
-    ev = new_event(name, sizeof name);
-    snprintf(args, sizeof args, "ctrlchild %s", name);
-    if (spawn_self(job, args, OSL_WIN_NEW_GROUP, &pid, &h, &fb))
-        return 2;
-    both[0] = ev;
-    both[1] = h;
-    if (WaitForMultipleObjects(2, both, FALSE, 10000) != WAIT_OBJECT_0)
-        return 3;
-    rc = osl_win_ctrl_event(brk ? OSL_WIN_CTRL_BREAK : OSL_WIN_CTRL_C, pid);
+    if (kind == 2 && (rc = start_ctrlchild(job, 1, &plain_pid, &plain)))
+        return rc;
+    if ((rc = start_ctrlchild(job, 0, &pid, &h)))
+        return rc;
+    /* GenerateConsoleCtrlEvent succeeds for the plain group too: Windows
+     * documents that CTRL_C_EVENT to a group "succeeds" but is not received. */
+    if (plain && osl_win_ctrl_event(OSL_WIN_CTRL_C, plain_pid))
+        return 4;
+    rc = osl_win_ctrl_event(kind == 1 ? OSL_WIN_CTRL_BREAK : OSL_WIN_CTRL_C, pid);
     if (rc)
         return 4;
     if (osl_win_wait(h, 5000))
         return 5;
     osl_win_exit_code(h, &code);
-    osl_job_close(job);
-    return code == (brk ? 43u : 42u) ? 0 : 6;
+    if (code != (kind == 1 ? 43u : 42u))
+        return 6;
+    if (plain && osl_win_wait(plain, 0) == 0)
+        return 7;
+    osl_job_close(job); /* ends the plain child */
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -679,9 +716,10 @@ int main(int argc, char **argv)
     if (argc >= 3 && !strcmp(argv[1], "alloc"))
         return role_alloc(atoi(argv[2]));
     if (argc >= 3 && !strcmp(argv[1], "ctrlchild"))
-        return role_ctrlchild(argv[2]);
+        return role_ctrlchild(argv[2], argc >= 4 && !strcmp(argv[3], "plain"));
     if (argc >= 3 && !strcmp(argv[1], "ctrlparent"))
-        return role_ctrlparent(!strcmp(argv[2], "break"));
+        return role_ctrlparent(!strcmp(argv[2], "break") ? 1
+                               : !strcmp(argv[2], "plain") ? 2 : 0);
 
     printf("# osl_pg Windows job tests%s\n", under_wine ? " (under Wine)" : "");
     round_spawn();
