@@ -634,7 +634,8 @@ class ProcessGroup:
                 leader.wait(timeout)
             except WaitTimeout:
                 raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0) from None
-            self._leader_exited()
+            if self.release_if_empty():  # the usual end: one probe, no scan, no pidfd
+                return leader.returncode
         # One ExitWatch per call: its pidfds are never shared with another
         # thread's wait (closing one under a poller could hit a reused fd).
         with ExitWatch() as exits:
@@ -655,7 +656,8 @@ class ProcessGroup:
                 await asyncio.wait_for(leader.wait_async(), timeout)
             except asyncio.TimeoutError:
                 raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0) from None
-            self._leader_exited()
+            if self.release_if_empty():
+                return leader.returncode
         with ExitWatch() as exits:
             if not await self._watch_async(deadline, "exited", exits):
                 raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0)

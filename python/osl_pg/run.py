@@ -536,7 +536,7 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
             out, err, _ = read_so_far(proc)
             raise plan.timeout_error(out, err, group.pgid, survey.leftovers(outcomes, "exited")) from None
         survey = _Survey(proc, group, read_so_far(proc)[2])
-        outcomes = _end_tree(plan, group, survey, timed_out=False)
+        outcomes = _end_tree(plan, group, survey, timed_out=False) if survey.found or not group.released else {}
         if outcomes:
             _tail(proc, plan.drain)
     finally:
