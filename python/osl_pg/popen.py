@@ -36,10 +36,8 @@ subprocess does; its tree is left running and the leader is reaped later
 without blocking (osl_pg.process's sweep), not through ``subprocess._active``.
 """
 import errno
-import fcntl
-import grp
+import locale
 import os
-import pwd
 import stat
 import subprocess
 import sys
@@ -48,7 +46,7 @@ import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .context import ExecutionContext
-from .errors import SecurityViolation, Unsupported
+from .errors import SecurityViolation, Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import ProcessSpawnOperation
@@ -67,6 +65,22 @@ def default_executor() -> ProcessExecutor:
     if _default_executor is None:
         _default_executor = ProcessExecutor("osl_pg.run")
     return _default_executor
+
+
+def text_encoding() -> str:
+    """subprocess's default text encoding, with its EncodingWarning under
+    -X warn_default_encoding (3.10+), naming the caller's line."""
+    if getattr(sys.flags, "warn_default_encoding", 0):
+        level = caller_stacklevel()
+        frame = sys._getframe(level - 1)  # the first frame outside osl_pg...
+        while frame.f_back is not None and frame.f_code.co_filename == subprocess.__file__:
+            frame = frame.f_back  # ...and outside subprocess.run(), which may have built our Popen
+            level += 1
+        warnings.warn("'encoding' argument not specified.", EncodingWarning, stacklevel=level)  # noqa: F821
+    if sys.flags.utf8_mode:
+        return "utf-8"
+    getencoding = getattr(locale, "getencoding", None)  # 3.11+
+    return getencoding() if getencoding is not None else locale.getpreferredencoding(False)
 
 
 # --------------------------------------------------------------------------
@@ -114,14 +128,30 @@ def _id(value: Any, by_name: Any, what: str, kind: str) -> int:
 def resolve_ids(user: Any, group: Any, extra_groups: Any) -> Any:
     """(uid, gid, gids) as subprocess.Popen resolves them (names through
     pwd/grp: KeyError for an unknown one), None where not given."""
-    uid = None if user is None else _id(user, lambda n: pwd.getpwnam(n).pw_uid, "User", "User")
-    gid = None if group is None else _id(group, lambda n: grp.getgrnam(n).gr_gid, "Group", "Group")
+    uid = None if user is None else _id(user, lambda n: _pwd().getpwnam(n).pw_uid, "User", "User")
+    gid = None if group is None else _id(group, lambda n: _grp().getgrnam(n).gr_gid, "Group", "Group")
     gids = None
     if extra_groups is not None:
         if isinstance(extra_groups, str):
             raise ValueError("Groups must be a list, not a string")
-        gids = [_id(g, lambda n: grp.getgrnam(n).gr_gid, "Items in extra_groups", "Group") for g in extra_groups]
+        gids = [_id(g, lambda n: _grp().getgrnam(n).gr_gid, "Items in extra_groups", "Group") for g in extra_groups]
     return uid, gid, gids
+
+
+def _pwd() -> Any:
+    try:
+        import pwd
+    except ImportError:  # Windows
+        raise ValueError("The user parameter cannot be a string on systems without the pwd module") from None
+    return pwd
+
+
+def _grp() -> Any:
+    try:
+        import grp
+    except ImportError:
+        raise ValueError("The group parameter cannot be a string on systems without the grp module") from None
+    return grp
 
 
 def _builder(op: ProcessSpawnOperation, name: str, keyword: str) -> Any:
@@ -248,6 +278,8 @@ class Popen(subprocess.Popen):
         self._osl_context = context
         self._osl_process_group = process_group  # 3.9/3.10 do not pass it to _execute_child
         self._osl_pipesize = pipesize if pipesize is not None else -1
+        if encoding is None and (errors or text or universal_newlines):
+            encoding = text_encoding()  # here, so that its EncodingWarning names the caller's line
         extra: Dict[str, Any] = {}
         if _HAS_PIPESIZE:
             extra["pipesize"] = pipesize
@@ -266,7 +298,8 @@ class Popen(subprocess.Popen):
                        uid: Optional[int], umask: int, start_new_session: bool, process_group: int = -1) -> None:
         if not _HAS_PROCESS_GROUP:
             process_group = self._osl_process_group if self._osl_process_group is not None else -1
-        if not _HAS_PIPESIZE and self._osl_pipesize > 0 and hasattr(fcntl, "F_SETPIPE_SZ"):
+        if not _HAS_PIPESIZE and self._osl_pipesize > 0 and sys.platform == "linux":
+            import fcntl
             for fd in (p2cwrite, c2pread, errread):  # our ends of the pipes (3.10+ does this itself)
                 if fd != -1:
                     fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, self._osl_pipesize)

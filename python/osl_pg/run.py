@@ -28,7 +28,6 @@ concerned:
 - On any other exception (KeyboardInterrupt, cancellation) the whole group is
   killed (subprocess.run() kills its one child).
 """
-import locale
 import os
 import signal
 import subprocess
@@ -45,7 +44,7 @@ from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import PIPE, JoinGroup, ProcessSignalOperation
 from .pipe_holders import pipe_writers
-from .popen import PREEXEC_FN_REFUSED, argv_of, default_executor, resolve_ids, spawn_operation
+from .popen import PREEXEC_FN_REFUSED, argv_of, default_executor, resolve_ids, spawn_operation, text_encoding
 from ._pipe_threads import LoopPipes, ThreadedPipes
 from ._timeouts import check_grace, check_timeout
 from .process import _THREADED_PIPES, Process, read_pipes, read_so_far
@@ -107,18 +106,7 @@ class CompletedRun(subprocess.CompletedProcess):
         return f"{base[:-1]}, leftovers=[{'; '.join(str(x) for x in self.leftovers)}])"
 
 
-def _locale_encoding() -> str:
-    """subprocess's default text encoding, with its EncodingWarning under
-    -X warn_default_encoding (3.10+)."""
-    if getattr(sys.flags, "warn_default_encoding", 0):
-        warnings.warn("'encoding' argument not specified.", EncodingWarning,  # noqa: F821 (3.10+)
-                      stacklevel=caller_stacklevel())
-    if sys.flags.utf8_mode:
-        return "utf-8"
-    getencoding = getattr(locale, "getencoding", None)  # 3.11+
-    return getencoding() if getencoding is not None else locale.getpreferredencoding(False)
-
-
+_locale_encoding = text_encoding
 _argv = argv_of  # the shared translation lives in osl_pg.popen
 
 
