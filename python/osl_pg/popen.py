@@ -395,24 +395,26 @@ class Popen(subprocess.Popen):
             pass  # exited meanwhile (subprocess's bpo-40550 rule)
 
     # -- lifetime ------------------------------------------------------------------------------
-    def end_tree(self) -> None:
+    def _end_tree(self) -> None:
         """SIGTERM the whole group, wait up to `grace` seconds, SIGKILL what
-        is left; the leader's status becomes `returncode`."""
+        is left (ProcessGroup.terminate); the leader's status becomes
+        `returncode`. A no-op once the group is released, or without one."""
         group = self.group
-        if group is not None and not group.released:
-            group.terminate(self.grace)
+        if group is None or group.released:
+            return
+        group.terminate(self.grace)
         if self.returncode is None and self._osl_proc is not None:
-            rc = self._osl_proc.poll()
-            if rc is not None:
-                self.returncode = rc
+            self.returncode = self._osl_proc.poll()
 
     def __exit__(self, exc_type: Any, value: Any, traceback: Any) -> None:
-        if exc_type is None:
+        if exc_type is None or self.group is None:
             try:
-                super().__exit__(None, None, None)  # closes the pipes, waits for the leader
+                super().__exit__(exc_type, value, traceback)  # closes the pipes, waits for the leader
             finally:
-                self.end_tree()  # what the leader left in its group
+                self._end_tree()  # what the leader left in its group (all of it if the wait was interrupted)
             return
+        # An exception in the block: end the whole tree, bounded by the
+        # grace, where subprocess would wait for the child (for ever).
         try:
             for f in (self.stdout, self.stderr, self.stdin):
                 if f:
@@ -421,7 +423,7 @@ class Popen(subprocess.Popen):
                     except OSError:  # flushing stdin into a dead child
                         pass
         finally:
-            self.end_tree()
+            self._end_tree()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if not self._child_created:
