@@ -11,11 +11,12 @@ three seams are replaced:
   process group (a new session with ``start_new_session=True``); ``.group``
   is its ProcessGroup.
 - ``_internal_poll``/``_wait``/``_try_wait`` read the leader's status through
-  osl_pg's Process handle, never ``os.waitpid``: while the group handle is
-  open the leader stays an unreaped zombie (WNOWAIT), so its pid, and with
-  it the pgid, cannot be reused. ``poll()``/``wait()`` return the leader's
-  status as subprocess does; the group is released (the leader reaped)
-  once the leader has exited and no member is left.
+  osl_pg's Process handle, never ``os.waitpid``: the ProcessGroup pins the
+  leader unreaped (WNOWAIT) while it runs, so the pgid cannot be reused
+  under a signal. ``poll()``/``wait()`` return the leader's status as
+  subprocess does and hand the leader to the group, which reaps it and
+  releases itself when no member is left (one killpg(pgid, 0)); members that
+  are left stay reachable through the handle (osl_pg.group).
 - ``send_signal``/``terminate``/``kill`` signal the whole group, through the
   handle, which refuses a released pgid; ``with`` exit waits for the leader
   as subprocess does, then ends what is left of the group (SIGTERM,
@@ -328,10 +329,7 @@ class Popen(subprocess.Popen):
         group = self.group
         if group is None or group.released:
             return
-        try:
-            group.wait(timeout=0)  # nobody left: reaps the leader, releases the handle
-        except WaitTimeout:
-            pass  # members still run: the zombie leader keeps pinning the pgid
+        group.release_if_empty()  # one killpg(pgid, 0); members left: they stay reachable through the handle
 
     # subprocess's _waitpid_lock discipline: a poll() that finds another
     # thread waiting knows nothing yet (None); waits take turns.
