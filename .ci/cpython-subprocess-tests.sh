@@ -44,6 +44,8 @@ DIVERGENCES = {
 # Keywords the native layer maps (ProcessSpawnOperation.with_user etc.):
 # until a build has them they raise NotImplementedError.
 NEEDS = {"test_user": "with_user", "test_group": "with_group", "test_extra_groups": "with_extra_groups",
+         "test_extra_groups_empty_list": "with_extra_groups",  # 3.12+
+         "test_extra_groups_invalid_gid_t_values": "with_extra_groups",  # 3.12+
          "test_umask": "with_umask", "test_restore_signals": "with_restore_signals"}
 for name, builder in NEEDS.items():
     if not hasattr(ProcessSpawnOperation, builder):

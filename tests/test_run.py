@@ -506,6 +506,7 @@ BAD_INPUT = [
     ("unknown user", ["true"], dict(user="osl-pg-no-such-user")),
     ("unknown group", ["true"], dict(group="osl-pg-no-such-group")),
     ("extra_groups string", ["true"], dict(extra_groups="wheel")),
+    ("new session joining a group", ["true"], dict(start_new_session=True, process_group=os.getpgrp())),
 ]
 
 

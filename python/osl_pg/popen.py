@@ -47,7 +47,7 @@ import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .context import ExecutionContext
-from .errors import SecurityViolation, Unsupported, caller_stacklevel
+from .errors import OslPermissionError, SecurityViolation, Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import ProcessSpawnOperation
@@ -182,9 +182,9 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
     if executable is not None and not shell:
         op = op.with_executable(executable)
     if process_group is not None and process_group > 0:
-        if start_new_session:
-            raise ValueError("start_new_session and process_group > 0 contradict: a new session's only "
-                             "group is its own")
+        if start_new_session:  # subprocess's child fails setpgid() after setsid() the same way
+            raise OslPermissionError(errno.EPERM, f"start_new_session=True and process_group={process_group}: "
+                                                  "a new session's leader cannot join another group")
         op = op.with_process_group(process_group)
     elif start_new_session:
         op = op.with_detach_from_terminal()
