@@ -600,3 +600,65 @@ def test_pipesize_as_subprocess():
     code = "import fcntl, sys; sys.stdin.read(); print(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ))"
     got = osl_pg.run(py(code), input=b"", capture_output=True, pipesize=1 << 20)
     assert int(got.stdout) == 1 << 20
+
+
+# --------------------------------------------------------------------------
+# user, group, extra_groups, umask, restore_signals: applied in the child
+
+NATIVE_IDS = hasattr(ProcessSpawnOperation, "with_user")
+needs_native_ids = pytest.mark.skipif(not NATIVE_IDS or os.name == "nt",
+                                      reason="needs the native user/group/umask support (POSIX)")
+ROOT = os.name != "nt" and os.geteuid() == 0
+as_root = pytest.mark.skipif(not ROOT, reason="changing ids needs root")
+as_user = pytest.mark.skipif(ROOT or os.name == "nt", reason="what an unprivileged caller gets")
+IDS = py("import os; print(os.getresuid(), os.getresgid(), sorted(os.getgroups()))")
+SIG_IGN = [SH, "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status"]
+
+CREDENTIALS = [
+    pytest.param(IDS, dict(user="nobody"), marks=as_root, id="user name"),
+    pytest.param(IDS, dict(user=65534), marks=as_root, id="user id"),
+    pytest.param(IDS, dict(group=65534), marks=as_root, id="group"),
+    pytest.param(IDS, dict(extra_groups=[65534, 0]), marks=as_root, id="extra_groups"),
+    pytest.param(IDS, dict(extra_groups=[]), marks=as_root, id="no extra_groups"),
+    pytest.param(IDS, dict(user="nobody", group=65534, extra_groups=[]), marks=as_root, id="all three"),
+    pytest.param(IDS, dict(user=0), marks=as_user, id="root refused"),
+    pytest.param(IDS, dict(extra_groups=[0]), marks=as_user, id="setgroups refused"),
+    pytest.param(IDS, dict(user=os.getuid() if os.name != "nt" else 0), id="own user"),
+    pytest.param(SIG_IGN, dict(restore_signals=False), id="restore_signals=False"),
+    pytest.param(SIG_IGN, dict(restore_signals=True), id="restore_signals=True"),
+]
+
+
+@needs_native_ids
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("args,kwargs", CREDENTIALS)
+def test_credentials_and_signals_as_subprocess(runner, args, kwargs):
+    if kwargs in ({"user": 0}, {"extra_groups": [0]}):  # refused to an unprivileged caller
+        expected = raised_by(subprocess.run, args, capture_output=True, **kwargs)
+        got = raised_by(runner, args, capture_output=True, **kwargs)
+        assert isinstance(got, type(expected)) and got.errno == expected.errno, (got, expected)
+        return
+    expected = subprocess.run(args, capture_output=True, text=True, check=True, **kwargs)
+    got = runner(args, capture_output=True, text=True, check=True, **kwargs)
+    assert got.stdout == expected.stdout and got.stdout
+
+
+@needs_native_ids
+@as_root
+def test_popen_user_is_the_childs_uid_in_proc():
+    nobody = __import__("pwd").getpwnam("nobody").pw_uid
+    with osl_pg.Popen(["sleep", "300"], user="nobody") as p:
+        with open(f"/proc/{p.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert uids == [str(nobody)] * 4  # real, effective, saved, filesystem
+        assert os.getpgid(p.pid) == p.pid
+        p.kill()
+
+
+@needs_native_ids
+@pytest.mark.parametrize("runner", RUNNERS + [pytest.param(subprocess.run, id="subprocess.run")])
+@pytest.mark.parametrize("mask", [0o077, 0o027, 0])
+def test_umask_sets_the_mode_of_created_files(runner, mask, tmp_path):
+    path = tmp_path / "f"
+    runner([SH, "-c", f"touch {path}"], umask=mask, check=True)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
