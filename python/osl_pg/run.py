@@ -31,7 +31,6 @@ concerned:
 import os
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import PIPE, JoinGroup, ProcessSignalOperation
 from .pipe_holders import pipe_writers
-from .popen import PREEXEC_FN_REFUSED, argv_of, default_executor, resolve_ids, spawn_operation, text_encoding
+from .popen import PREEXEC_FN_REFUSED, default_executor, resolve_ids, spawn_operation, text_encoding
 from ._pipe_threads import LoopPipes, ThreadedPipes
 from ._timeouts import check_grace, check_timeout
 from .process import _THREADED_PIPES, Process, read_pipes, read_so_far
@@ -106,10 +105,6 @@ class CompletedRun(subprocess.CompletedProcess):
         return f"{base[:-1]}, leftovers=[{'; '.join(str(x) for x in self.leftovers)}])"
 
 
-_locale_encoding = text_encoding
-_argv = argv_of  # the shared translation lives in osl_pg.popen
-
-
 class _Plan:
     """Everything decided before the spawn: subprocess.run()'s argument
     checks and text handling, and the spawn operation."""
@@ -134,7 +129,7 @@ class _Plan:
             raise subprocess.SubprocessError("Cannot disambiguate when both text and universal_newlines are "
                                              "supplied but different. Pass one or the other.")
         self.text = bool(encoding or errors or text or universal_newlines)
-        self.encoding = encoding or (_locale_encoding() if self.text else None)
+        self.encoding = encoding or (text_encoding() if self.text else None)
         self.errors = errors or "strict"
         if input is not None:
             input = input.encode(self.encoding, self.errors) if self.text else memoryview(input)
