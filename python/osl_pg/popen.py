@@ -126,6 +126,13 @@ def _id(value: Any, by_name: Any, what: str, kind: str) -> int:
     return value
 
 
+def _fits_id_t(value: int, what: str) -> int:
+    """subprocess's OverflowError for a uid/gid beyond the C type."""
+    if value > 2**32 - 1:
+        raise OverflowError(f"{what} is greater than maximum")
+    return value
+
+
 def resolve_ids(user: Any, group: Any, extra_groups: Any) -> Any:
     """(uid, gid, gids) as subprocess.Popen resolves them (names through
     pwd/grp: KeyError for an unknown one), None where not given."""
@@ -209,9 +216,9 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
     if gids is not None:
         op = _builder(op, "with_extra_groups", "extra_groups")(list(gids))
     if gid is not None:
-        op = _builder(op, "with_group", "group")(gid)
+        op = _builder(op, "with_group", "group")(_fits_id_t(gid, "gid"))
     if uid is not None:
-        op = _builder(op, "with_user", "user")(uid)
+        op = _builder(op, "with_user", "user")(_fits_id_t(uid, "uid"))
     if umask >= 0:
         op = _builder(op, "with_umask", "umask")(umask)
     return op
