@@ -589,8 +589,10 @@ def test_idle_timeout_spares_a_command_that_keeps_talking(runner):
 def test_idle_timeout_needs_captured_output():
     with pytest.raises(ValueError, match="captured output"):
         osl_pg.run(["true"], idle_timeout=1)
-    with pytest.raises(ValueError):
-        osl_pg.run(["true"], capture_output=True, idle_timeout=0)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError):
+            osl_pg.run(["true"], capture_output=True, idle_timeout=bad)
+    assert osl_pg.run(["true"], capture_output=True, idle_timeout=float("inf")).returncode == 0
 
 
 @pytest.mark.skipif(not hasattr(__import__("fcntl") if os.name != "nt" else None, "F_GETPIPE_SZ"),

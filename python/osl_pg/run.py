@@ -267,6 +267,8 @@ def _check_idle_timeout(idle: Optional[float], stdout: Any, stderr: Any) -> Opti
         return None
     if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle > 0:
         raise ValueError(f"idle_timeout must be a positive number of seconds, not {idle!r}")
+    if idle == float("inf"):
+        return None  # no limit, as timeout=inf
     if stdout != PIPE and stderr != PIPE:
         raise ValueError("idle_timeout watches the captured output: it needs stdout=PIPE, stderr=PIPE "
                          "or capture_output=True")
