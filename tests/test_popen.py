@@ -188,3 +188,15 @@ def test_argv_list_for_a_spawn_operation():
     assert ProcessSpawnOperation(["echo"], args=["x"]).args == ("x",)
     with pytest.raises(ValueError):
         ProcessSpawnOperation([])
+
+
+def test_status_comes_from_the_process_handle_never_os_waitpid(monkeypatch):
+    def waitpid(*args):
+        raise AssertionError("os.waitpid called: it would reap the leader behind the group handle")
+    monkeypatch.setattr(os, "waitpid", waitpid)
+    with osl_pg.Popen([SH, "-c", "exit 9"]) as p:
+        assert p.wait() == 9
+    p = osl_pg.Popen(["sleep", "300"])
+    assert p.poll() is None
+    p.kill()
+    assert p.wait() == -signal.SIGKILL and reaped(p.pid)
