@@ -607,9 +607,7 @@ def test_pipesize_as_subprocess():
 # --------------------------------------------------------------------------
 # user, group, extra_groups, umask, restore_signals: applied in the child
 
-NATIVE_IDS = hasattr(ProcessSpawnOperation, "with_user")
-needs_native_ids = pytest.mark.skipif(not NATIVE_IDS or os.name == "nt",
-                                      reason="needs the native user/group/umask support (POSIX)")
+needs_native_ids = pytest.mark.skipif(os.name == "nt", reason="POSIX credentials and umask")
 ROOT = os.name != "nt" and os.geteuid() == 0
 as_root = pytest.mark.skipif(not ROOT, reason="changing ids needs root")
 as_user = pytest.mark.skipif(ROOT or os.name == "nt", reason="what an unprivileged caller gets")
