@@ -2,8 +2,8 @@
 
 ``Popen`` *is* a ``subprocess.Popen`` (a subclass): ``isinstance(p,
 subprocess.Popen)`` holds, and the constructor's checks, the pipes, text
-mode, ``communicate()`` and its timeouts are subprocess's own code. Only
-three seams are replaced:
+mode, ``communicate()`` and its timeouts are subprocess's own code. What is
+replaced:
 
 - ``_execute_child`` spawns through osl_pg's ProcessExecutor (policy,
   audit log, posix_spawn/vfork: never fork(), never Python in the child)
@@ -21,7 +21,8 @@ three seams are replaced:
   handle, which refuses a released pgid; ``with`` exit waits for the leader
   as subprocess does, then ends what is left of the group (SIGTERM,
   ``grace`` seconds, SIGKILL). An exception in the block ends the whole
-  tree the same way instead of waiting (subprocess would wait for ever).
+  tree the same way instead of waiting (subprocess would wait for the
+  child however long it runs).
 
 Why a subclass rather than a wrapper: code that type-checks or
 isinstance-checks ``subprocess.Popen`` (asyncio's, pexpect's, typeshed's
@@ -32,9 +33,9 @@ signatures differ between versions (3.11 added ``process_group``), which
 test_subprocess runs against this class (.ci/cpython-subprocess-tests.sh).
 
 What cannot be had without fork or Python in the child: ``preexec_fn``
-raises TypeError. A dropped, still-running Popen warns (ResourceWarning) as
-subprocess does; its tree is left running and the leader is reaped later
-without blocking (osl_pg.process's sweep), not through ``subprocess._active``.
+raises TypeError. A dropped, still-running Popen warns (ResourceWarning) and
+waits on ``subprocess._active`` to be polled by the next Popen, as
+subprocess's does; its tree is left running. Its finalizer takes no lock.
 """
 import errno
 import locale
