@@ -200,3 +200,26 @@ def test_status_comes_from_the_process_handle_never_os_waitpid(monkeypatch):
     assert p.poll() is None
     p.kill()
     assert p.wait() == -signal.SIGKILL and reaped(p.pid)
+
+
+def test_threads_polling_and_waiting_all_see_the_leaders_status():
+    import threading
+    wrong = []
+    for _ in range(100):
+        p = osl_pg.Popen([SH, "-c", "exit 7"])
+        seen = []
+
+        def poll_until_done():
+            while (rc := p.poll()) is None:
+                pass
+            seen.append(rc)
+        threads = [threading.Thread(target=poll_until_done), threading.Thread(target=lambda: seen.append(p.wait())),
+                   threading.Thread(target=poll_until_done),
+                   threading.Thread(target=lambda: seen.append(p.wait(timeout=60)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if seen != [7] * 4 or p.returncode != 7:
+            wrong.append(seen)
+    assert wrong == []
