@@ -586,6 +586,13 @@ def test_idle_timeout_spares_a_command_that_keeps_talking(runner):
     assert got.returncode == 0 and got.stdout.split() == [str(i).encode() for i in range(1, 9)]
 
 
+def test_idle_timeout_with_reader_threads_as_on_windows(monkeypatch):
+    monkeypatch.setattr(sys.modules["osl_pg.run"], "_THREADED_PIPES", True)
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        run_async([SH, "-c", "echo a; exec sleep 300"], capture_output=True, idle_timeout=0.5, timeout=120)
+    assert e.value.timeout == 0.5 and e.value.stdout == b"a\n"
+
+
 def test_idle_timeout_needs_captured_output():
     with pytest.raises(ValueError, match="captured output"):
         osl_pg.run(["true"], idle_timeout=1)

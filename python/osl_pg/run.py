@@ -655,7 +655,6 @@ class _AsyncPipes(LoopPipes):
         import asyncio
         self.loop = asyncio.get_running_loop()
         self.eof = self.loop.create_future()
-        self.last_output = time.monotonic()  # for idle_timeout
         if self.stdin is not None and not len(self.input):
             self.stdin.close()
             self.stdin = None
@@ -674,7 +673,6 @@ class _AsyncPipes(LoopPipes):
             return
         if data:
             self.chunks[f].append(data)
-            self.last_output = time.monotonic()
             return
         self.loop.remove_reader(f.fileno())
         f.close()
@@ -714,7 +712,7 @@ class _AsyncPipes(LoopPipes):
 async def _communicate_async(proc: Process, pipes: _AsyncPipes, plan: _Plan) -> int:
     import asyncio
     deadline = plan.deadline
-    if plan.idle_timeout is not None and isinstance(pipes, _AsyncPipes):
+    if plan.idle_timeout is not None:
         rc = await _wait_watching_idle(proc, pipes, plan, deadline)
     else:
         try:
@@ -726,26 +724,28 @@ async def _communicate_async(proc: Process, pipes: _AsyncPipes, plan: _Plan) -> 
     return rc
 
 
-async def _wait_watching_idle(proc: Process, pipes: "_AsyncPipes", plan: _Plan, deadline: Optional[float]) -> int:
+async def _wait_watching_idle(proc: Process, pipes: LoopPipes, plan: _Plan, deadline: Optional[float]) -> int:
     """Await the leader; raise TimeoutExpired at the deadline, or when the
-    captured pipes (while any is open) gave nothing for idle_timeout."""
+    captured pipes (while any is open) gave nothing for idle_timeout,
+    looked at four times per idle_timeout as in _read_watching_idle."""
     import asyncio
     idle = plan.idle_timeout
     assert idle is not None
     waiter = asyncio.ensure_future(proc.wait_async())
+    seen, last_change = 0, time.monotonic()
     try:
         while True:
-            limits = [] if deadline is None else [deadline]
-            if pipes.open:
-                limits.append(pipes.last_output + idle)
-            delay = None if not limits else max(0.0, min(limits) - time.monotonic())
+            delay = idle / 4 if deadline is None else max(0.0, min(idle / 4, deadline - time.monotonic()))
             done, _ = await asyncio.wait({waiter}, timeout=delay)
             if done:
                 return waiter.result()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise subprocess.TimeoutExpired(plan.args, plan.timeout)  # type: ignore[arg-type]
-            if pipes.open and now >= pipes.last_output + idle:
+            got = sum(len(chunks) for chunks in pipes.chunks.values())
+            if got != seen or not pipes.open:
+                seen, last_change = got, now
+            elif now - last_change >= idle:
                 plan.idle_expired = True
                 raise subprocess.TimeoutExpired(plan.args, idle)
     finally:
