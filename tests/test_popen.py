@@ -223,3 +223,13 @@ def test_threads_polling_and_waiting_all_see_the_leaders_status():
         if seen != [7] * 4 or p.returncode != 7:
             wrong.append(seen)
     assert wrong == []
+
+
+def test_wait_timeouts_as_subprocess():
+    with osl_pg.Popen(["sleep", "300"]) as p:
+        for timeout in (0, -1, 0.05):
+            with pytest.raises(subprocess.TimeoutExpired) as e:
+                p.wait(timeout)
+            assert e.value.timeout == timeout and e.value.cmd == ["sleep", "300"]
+        p.kill()
+        assert p.wait(float("inf")) == -signal.SIGKILL  # inf: no limit, as subprocess

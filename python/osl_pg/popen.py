@@ -43,6 +43,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -360,8 +361,9 @@ class Popen(subprocess.Popen):
             return self.returncode
         proc = self._osl_proc
         assert proc is not None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._waitpid_lock.acquire(timeout=-1 if timeout is None else timeout):
+        limit = None if timeout is None or timeout == float("inf") else max(0.0, timeout)  # inf: no limit
+        deadline = None if limit is None else time.monotonic() + limit
+        if not self._waitpid_lock.acquire(timeout=-1 if limit is None else min(limit, threading.TIMEOUT_MAX)):
             raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
         try:
             if self.returncode is None:  # else another thread waited
@@ -408,7 +410,11 @@ class Popen(subprocess.Popen):
         group = self.group
         if group is None or group.released:
             return
-        group.terminate(self.grace)
+        try:
+            group.terminate(self.grace)
+        except BaseException:
+            group.close()  # interrupted (a second Ctrl-C in the grace): SIGKILL what is left
+            raise
         if self.returncode is None and self._osl_proc is not None:
             self.returncode = self._osl_proc.poll()
 
