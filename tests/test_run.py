@@ -469,3 +469,209 @@ def test_run_async_with_reader_threads_as_on_windows(monkeypatch):
     assert r.leftovers and not [x.pid for x in r.leftovers if alive(x.pid)]
     with pytest.raises(subprocess.TimeoutExpired):
         run_async([SH, "-c", "sleep 300 & sleep 300"], capture_output=True, timeout=0.5)
+
+
+# --------------------------------------------------------------------------
+# every subprocess.run() keyword, side by side with subprocess.run
+
+POPEN_DEFAULTS = dict(bufsize=-1, restore_signals=True, pipesize=-1, creationflags=0, startupinfo=None,
+                      extra_groups=None, user=None, group=None, umask=-1, process_group=None, preexec_fn=None)
+if sys.version_info < (3, 11):
+    del POPEN_DEFAULTS["process_group"]  # not in this Python's subprocess
+if sys.version_info < (3, 10):
+    del POPEN_DEFAULTS["pipesize"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_every_popen_keyword_at_its_default(runner):
+    cmd = [SH, "-c", "echo $$; exit 3"]
+    expected = subprocess.run(cmd, capture_output=True, **POPEN_DEFAULTS)
+    got = runner(cmd, capture_output=True, **POPEN_DEFAULTS)
+    assert got.returncode == expected.returncode == 3
+    assert int(got.stdout) == got.pgid  # still a group leader
+
+
+BAD_INPUT = [
+    ("int argument", [SH, "-c", "true", 1], dict()),
+    ("None argument", [None], dict()),
+    ("env value None", ["true"], dict(env={"A": None})),
+    ("env value int", ["true"], dict(env={"A": 1})),
+    ("env key int", ["true"], dict(env={1: "x"})),
+    ("env key with =", ["true"], dict(env={"A=B": "x"})),
+    ("bufsize not int", ["true"], dict(bufsize="1")),
+    ("creationflags on POSIX", ["true"], dict(creationflags=0x200)),
+    ("startupinfo on POSIX", ["true"], dict(startupinfo=object())),
+    ("negative user", ["true"], dict(user=-1)),
+    ("user float", ["true"], dict(user=1.5)),
+    ("unknown user", ["true"], dict(user="osl-pg-no-such-user")),
+    ("unknown group", ["true"], dict(group="osl-pg-no-such-group")),
+    ("extra_groups string", ["true"], dict(extra_groups="wheel")),
+]
+if sys.version_info >= (3, 11) and os.name != "nt":  # subprocess's process_group
+    BAD_INPUT.append(("new session joining a group", ["true"], dict(start_new_session=True,
+                                                                    process_group=os.getpgrp())))
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX meanings of these keywords")
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("name,args,kwargs", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_raises_what_subprocess_raises(runner, name, args, kwargs):
+    before = {c.pid for c in psutil.Process().children()}
+    expected = raised_by(subprocess.run, args, **kwargs)
+    got = raised_by(runner, args, **kwargs)
+    assert type(got) is type(expected) or isinstance(got, type(expected)), (got, expected)
+    assert {c.pid for c in psutil.Process().children()} == before  # refused before the spawn
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_preexec_fn_is_refused_saying_why(runner):
+    with pytest.raises(TypeError, match="no Python in the child"):
+        runner(["true"], preexec_fn=os.setpgrp)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="EncodingWarning is 3.10+")
+def test_encoding_warning_under_warn_default_encoding_as_subprocess():
+    # subprocess.run, then run(), run_async() and osl_pg.Popen (through subprocess.run's own body).
+    code = ("import asyncio, subprocess, warnings, osl_pg\n"
+            "def popen(*a, **k):\n"
+            "    subprocess.Popen, saved = osl_pg.Popen, subprocess.Popen\n"
+            "    try: subprocess.run(*a, **k)\n"
+            "    finally: subprocess.Popen = saved\n"
+            "runs = [subprocess.run, osl_pg.run, lambda *a, **k: asyncio.run(osl_pg.run_async(*a, **k)), popen]\n"
+            "for f in runs:\n"
+            "    with warnings.catch_warnings(record=True) as w:\n"
+            "        warnings.simplefilter('always')\n"
+            "        f(['true'], capture_output=True, text=True)\n"
+            "        f(['true'], capture_output=True, text=True, encoding='utf-8')\n"
+            "    print([type(x.message).__name__ for x in w], w[0].filename == '<string>')\n")
+    out = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-c", code], capture_output=True,
+                         text=True, encoding="utf-8", check=True).stdout
+    assert out.splitlines() == ["['EncodingWarning'] True"] * 4
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_process_group_joins_group_n(runner):
+    with osl_pg.Popen(["sleep", "300"]) as leader:
+        got = runner(py("import os; print(os.getpgrp())"), capture_output=True, text=True,
+                     process_group=leader.pid)
+        assert int(got.stdout) == leader.pid == got.pgid
+        assert alive(leader.pid)  # the group is not ours: run() ended nothing in it
+        leader.kill()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups are POSIX")
+def test_process_group_timeout_kills_the_child_alone():
+    with osl_pg.Popen(["sleep", "300"]) as leader:
+        with pytest.raises(subprocess.TimeoutExpired):
+            osl_pg.run(["sleep", "300"], timeout=0.3, process_group=leader.pid)
+        assert alive(leader.pid)
+        leader.kill()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_idle_timeout_ends_the_tree_when_output_stops(runner):
+    cmd = [SH, "-c", "sleep 300 & echo $!; exec sleep 300"]
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        runner(cmd, capture_output=True, idle_timeout=0.5, timeout=120)
+    assert e.value.timeout == 0.5  # the limit that ran out
+    grandchild = int(e.value.stdout)
+    assert not alive(grandchild)
+    assert e.value.leftovers and all(x.outcome in ("terminated", "killed", "exited") for x in e.value.leftovers)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_idle_timeout_spares_a_command_that_keeps_talking(runner):
+    # 8 lines, 0.1 s apart: never 1 s without output, 0.8 s in all.
+    got = runner([SH, "-c", "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.1; done"], capture_output=True,
+                 idle_timeout=1.0)
+    assert got.returncode == 0 and got.stdout.split() == [str(i).encode() for i in range(1, 9)]
+
+
+def test_idle_timeout_with_reader_threads_as_on_windows(monkeypatch):
+    monkeypatch.setattr(sys.modules["osl_pg.run"], "_THREADED_PIPES", True)
+    with pytest.raises(subprocess.TimeoutExpired) as e:
+        run_async([SH, "-c", "echo a; exec sleep 300"], capture_output=True, idle_timeout=0.5, timeout=120)
+    assert e.value.timeout == 0.5 and e.value.stdout == b"a\n"
+
+
+def test_idle_timeout_needs_captured_output():
+    with pytest.raises(ValueError, match="captured output"):
+        osl_pg.run(["true"], idle_timeout=1)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError):
+            osl_pg.run(["true"], capture_output=True, idle_timeout=bad)
+    assert osl_pg.run(["true"], capture_output=True, idle_timeout=float("inf")).returncode == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl") if os.name != "nt" else None, "F_GETPIPE_SZ"),
+                    reason="Linux pipe sizes")
+def test_pipesize_as_subprocess():
+    # Read after stdin's EOF, which run() sends only after sizing the pipes.
+    code = "import fcntl, sys; sys.stdin.read(); print(fcntl.fcntl(1, fcntl.F_GETPIPE_SZ))"
+    got = osl_pg.run(py(code), input=b"", capture_output=True, pipesize=1 << 20)
+    assert int(got.stdout) == 1 << 20
+
+
+# --------------------------------------------------------------------------
+# user, group, extra_groups, umask, restore_signals: applied in the child
+
+needs_native_ids = pytest.mark.skipif(os.name == "nt", reason="POSIX credentials and umask")
+ROOT = os.name != "nt" and os.geteuid() == 0
+as_root = pytest.mark.skipif(not ROOT, reason="changing ids needs root")
+as_user = pytest.mark.skipif(ROOT or os.name == "nt", reason="what an unprivileged caller gets")
+IDS = [SH, "-c", "id -ru; id -u; id -rg; id -g; id -G"]  # not Python: our interpreter may be unreadable to them
+SIG_IGN = [SH, "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status"]
+
+CREDENTIALS = [
+    pytest.param(IDS, dict(user="nobody"), marks=as_root, id="user name"),
+    pytest.param(IDS, dict(user=65534), marks=as_root, id="user id"),
+    pytest.param(IDS, dict(group=65534), marks=as_root, id="group"),
+    pytest.param(IDS, dict(extra_groups=[65534, 0]), marks=as_root, id="extra_groups"),
+    pytest.param(IDS, dict(extra_groups=[]), marks=as_root, id="no extra_groups"),
+    pytest.param(IDS, dict(user="nobody", group=65534, extra_groups=[]), marks=as_root, id="all three"),
+    pytest.param(IDS, dict(user=0), marks=as_user, id="root refused"),
+    pytest.param(IDS, dict(extra_groups=[0]), marks=as_user, id="setgroups refused"),
+    pytest.param(IDS, dict(user=2**64), id="uid overflow"),
+    pytest.param(IDS, dict(group=2**64), id="gid overflow"),
+    pytest.param(IDS, dict(user=os.getuid() if os.name != "nt" else 0), id="own user"),
+    pytest.param(SIG_IGN, dict(restore_signals=False), id="restore_signals=False"),
+    pytest.param(SIG_IGN, dict(restore_signals=True), id="restore_signals=True"),
+]
+
+
+@needs_native_ids
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("args,kwargs", CREDENTIALS)
+def test_credentials_and_signals_as_subprocess(runner, request, args, kwargs):
+    if request.node.callspec.id.split("-")[0] in ("root refused", "setgroups refused", "uid overflow",
+                                                  "gid overflow"):
+        expected = raised_by(subprocess.run, args, capture_output=True, **kwargs)
+        got = raised_by(runner, args, capture_output=True, **kwargs)
+        assert isinstance(got, type(expected)) and getattr(got, "errno", None) == getattr(expected, "errno", None), (
+            got, expected)
+        return
+    expected = subprocess.run(args, capture_output=True, text=True, check=True, **kwargs)
+    got = runner(args, capture_output=True, text=True, check=True, **kwargs)
+    assert got.stdout == expected.stdout and got.stdout
+
+
+@needs_native_ids
+@as_root
+def test_popen_user_is_the_childs_uid_in_proc():
+    nobody = __import__("pwd").getpwnam("nobody").pw_uid
+    with osl_pg.Popen(["sleep", "300"], user="nobody") as p:
+        with open(f"/proc/{p.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert uids == [str(nobody)] * 4  # real, effective, saved, filesystem
+        assert os.getpgid(p.pid) == p.pid
+        p.kill()
+
+
+@needs_native_ids
+@pytest.mark.parametrize("runner", RUNNERS + [pytest.param(subprocess.run, id="subprocess.run")])
+@pytest.mark.parametrize("mask", [0o077, 0o027, 0])
+def test_umask_sets_the_mode_of_created_files(runner, mask, tmp_path):
+    path = tmp_path / "f"
+    runner([SH, "-c", f"touch {path}"], umask=mask, check=True)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

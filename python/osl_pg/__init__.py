@@ -18,6 +18,7 @@ from .process import Process, WaitTimeout
 from .result import ExecutionResult
 from .tiers import Escapee
 from .run import CompletedRun, Leftover, LeftoverProcessWarning, run, run_async
+from .popen import Popen
 
 __version__ = "0.1.0"
 
@@ -39,5 +40,5 @@ __all__ = [
     "SecurityContext", "SecurityPolicy", "SecurityViolation", "TargetFacts", "TerminateReport", "Unsupported",
     "WaitTimeout", "set_child_subreaper", "write_audit_log",
     "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits",
-    "CompletedRun", "Leftover", "LeftoverProcessWarning", "run", "run_async", "ChildrenAutoReapedWarning",
+    "CompletedRun", "Leftover", "LeftoverProcessWarning", "Popen", "run", "run_async", "ChildrenAutoReapedWarning",
 ]

@@ -351,8 +351,15 @@ class ProcessSpawnOperation(_Operation):
     signal_reset: str = "restore"  # one of SIGNAL_RESETS
     operation_type: OperationType = OperationType.PROCESS_SPAWN
 
-    def __init__(self, command: Union[str, "os.PathLike[str]"] = "", *args: Any, **kwargs: Any):
-        # Positional form of the contract: ProcessSpawnOperation("sleep").
+    def __init__(self, command: Union[str, "os.PathLike[str]", Sequence[Any]] = "", *args: Any, **kwargs: Any):
+        # Positional form of the contract: ProcessSpawnOperation("sleep"),
+        # or an argv list: ProcessSpawnOperation(["sleep", "1"]).
+        if not isinstance(command, (str, bytes, os.PathLike)) and hasattr(command, "__iter__"):
+            argv = list(command)
+            if not argv:
+                raise InvalidOperation("empty command")
+            command = argv[0]
+            kwargs["args"] = (*argv[1:], *kwargs.get("args", ()))
         _init_fields(self, dict(kwargs, command=command), args)
         self.validate()
 

@@ -28,11 +28,9 @@ concerned:
 - On any other exception (KeyboardInterrupt, cancellation) the whole group is
   killed (subprocess.run() kills its one child).
 """
-import locale
 import os
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,11 +38,12 @@ from typing import IO, Any, Dict, Generator, List, Mapping, Optional, Sequence, 
 
 from ._backend import backend
 from .context import ExecutionContext
-from .errors import caller_stacklevel
+from .errors import Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
-from .operations import PIPE, ProcessSignalOperation, ProcessSpawnOperation
+from .operations import PIPE, JoinGroup, ProcessSignalOperation
 from .pipe_holders import pipe_writers
+from .popen import PREEXEC_FN_REFUSED, default_executor, resolve_ids, spawn_operation, text_encoding
 from ._pipe_threads import LoopPipes, ThreadedPipes
 from ._timeouts import check_grace, check_timeout
 from .process import _THREADED_PIPES, Process, read_pipes, read_so_far
@@ -55,9 +54,6 @@ DEFAULT_PIPE_DRAIN = 1.0
 SIGTERM = int(getattr(signal, "SIGTERM", 15))
 SIGKILL = int(getattr(signal, "SIGKILL", 9))
 SIGINT = int(getattr(signal, "SIGINT", 2))
-
-_default_executor: Optional[ProcessExecutor] = None
-
 
 class LeftoverProcessWarning(UserWarning):
     """The command exited and left processes behind (see Leftover)."""
@@ -109,29 +105,6 @@ class CompletedRun(subprocess.CompletedProcess):
         return f"{base[:-1]}, leftovers=[{'; '.join(str(x) for x in self.leftovers)}])"
 
 
-def _locale_encoding() -> str:
-    """subprocess's default text encoding."""
-    if sys.flags.utf8_mode:
-        return "utf-8"
-    getencoding = getattr(locale, "getencoding", None)  # 3.11+
-    return getencoding() if getencoding is not None else locale.getpreferredencoding(False)
-
-
-def _argv(args: Any, shell: bool) -> List[Any]:
-    """The argument list subprocess.Popen would build on POSIX."""
-    if isinstance(args, (str, bytes)):
-        argv = [args]
-    elif isinstance(args, os.PathLike):
-        if shell:
-            raise TypeError("path-like args is not allowed when shell is true")
-        argv = [args]
-    else:
-        argv = list(args)
-    if shell:
-        argv = ["/system/bin/sh" if hasattr(sys, "getandroidapilevel") else "/bin/sh", "-c"] + argv
-    return argv
-
-
 class _Plan:
     """Everything decided before the spawn: subprocess.run()'s argument
     checks and text handling, and the spawn operation."""
@@ -141,7 +114,9 @@ class _Plan:
                  errors: Optional[str], text: Optional[bool], env: Optional[Mapping[Any, Any]],
                  universal_newlines: Optional[bool], start_new_session: bool, close_fds: bool, grace: float,
                  pipe_drain_timeout: float, kill_leftovers: bool, executor: Optional[ProcessExecutor],
-                 context: Optional[ExecutionContext], executable: Any = None, pass_fds: Sequence[int] = ()):
+                 context: Optional[ExecutionContext], executable: Any = None, pass_fds: Sequence[int] = (),
+                 idle_timeout: Optional[float] = None, **popen: Any):
+        _check_popen_keywords(popen)
         if input is not None:
             if stdin is not None:
                 raise ValueError("stdin and input arguments may not both be used.")
@@ -154,53 +129,37 @@ class _Plan:
             raise subprocess.SubprocessError("Cannot disambiguate when both text and universal_newlines are "
                                              "supplied but different. Pass one or the other.")
         self.text = bool(encoding or errors or text or universal_newlines)
-        self.encoding = encoding or (_locale_encoding() if self.text else None)
+        self.encoding = encoding or (text_encoding() if self.text else None)
         self.errors = errors or "strict"
         if input is not None:
             input = input.encode(self.encoding, self.errors) if self.text else memoryview(input)
         self.input = input
         self.args = args
         self.timeout = timeout
+        self.idle_timeout = _check_idle_timeout(idle_timeout, stdout, stderr)
+        self.idle_expired = False
         self.check = check
         self.grace = grace
         self.drain = pipe_drain_timeout
         self.kill_leftovers = kill_leftovers
         self.context = context
-        global _default_executor
-        if executor is None:
-            if _default_executor is None:
-                _default_executor = ProcessExecutor("osl_pg.run")
-            executor = _default_executor
-        self.executor = executor
-        argv = _argv(args, shell)
-        if not argv:
-            raise ValueError("empty command")
-        if shell and executable is not None:
-            argv[0] = executable  # subprocess: the shell to run, and its argv[0]
-        op = ProcessSpawnOperation(argv[0]).with_args(argv[1:])
-        if executable is not None and not shell:
-            op = op.with_executable(executable)
-        op = op.with_detach_from_terminal() if start_new_session else op.with_new_process_group()
-        if pass_fds:
-            if not close_fds:
-                warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=caller_stacklevel())
-                close_fds = True
-            op = op.with_pass_fds(pass_fds)
-        if not close_fds:
-            op = op.with_close_fds(False)
-        if cwd is not None:
-            op = op.working_dir(cwd)
-        if env is not None:
-            op = op.with_clean_env().with_env(env)
-        if stdin is not None:
-            op = op.with_stdin(stdin)
-        if stdout is not None:
-            op = op.with_stdout(stdout)
-        if stderr is not None:
-            op = op.with_stderr(stderr)
-        self.op = op
-        # The child shares our terminal only when it inherits our stdin.
-        self.terminal = ForegroundTerminal(0) if stdin is None else None
+        self.executor = executor if executor is not None else default_executor()
+        if pass_fds and not close_fds:
+            warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=caller_stacklevel())
+            close_fds = True
+        uid, gid, gids = resolve_ids(popen.get("user"), popen.get("group"), popen.get("extra_groups"))
+        process_group = popen.get("process_group")
+        self.op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
+                                  start_new_session=start_new_session, process_group=process_group,
+                                  close_fds=close_fds, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  restore_signals=popen.get("restore_signals", True), uid=uid, gid=gid, gids=gids,
+                                  umask=popen.get("umask", -1))
+        self.pipesize = popen.get("pipesize", -1)
+        # process_group=N (> 0): the child joins a group that is not ours.
+        self.joins_group = isinstance(self.op.process_group, JoinGroup)
+        # The child shares our terminal only when it inherits our stdin
+        # (and leads its own group, which can be given the terminal).
+        self.terminal = ForegroundTerminal(0) if stdin is None and not self.joins_group else None
 
     @property
     def deadline(self) -> Optional[float]:
@@ -215,7 +174,16 @@ class _Plan:
     def spawned(self, result: Any) -> Tuple[Process, ProcessGroup]:
         proc, group = result.process, result.group
         assert proc is not None and group is not None
+        self.size_pipes(proc)
         return proc, group
+
+    def size_pipes(self, proc: Process) -> None:
+        """pipesize=N: F_SETPIPE_SZ on each pipe, as subprocess (Linux)."""
+        if self.pipesize > 0 and os.name != "nt":
+            import fcntl
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                if f is not None:
+                    fcntl.fcntl(f.fileno(), fcntl.F_SETPIPE_SZ, self.pipesize)
 
     def give_terminal(self, group: ProcessGroup) -> None:
         self.group = group
@@ -232,7 +200,8 @@ class _Plan:
     def timeout_error(self, out: Optional[bytes], err: Optional[bytes], pgid: int,
                       leftovers: List[Leftover]) -> subprocess.TimeoutExpired:
         # As subprocess: bytes even in text mode, None when nothing came.
-        exc = subprocess.TimeoutExpired(self.args, self.timeout, out or None, err or None)
+        limit = self.idle_timeout if self.idle_expired else self.timeout
+        exc = subprocess.TimeoutExpired(self.args, limit, out or None, err or None)  # type: ignore[arg-type]
         exc.pgid = pgid  # type: ignore[attr-defined]
         exc.leftovers = leftovers  # type: ignore[attr-defined]
         return exc
@@ -259,6 +228,52 @@ def _warn_stuck(group: ProcessGroup) -> None:
     warnings.warn(ResourceWarning(
         f"process group {group.pgid}: members outlived SIGKILL (stuck in the kernel?); its handle stays open, "
         "pinning the pgid, until they are gone"), stacklevel=caller_stacklevel())
+
+
+def _check_popen_keywords(popen: Dict[str, Any]) -> None:
+    """subprocess.run() passes these on to Popen: each is accepted at its
+    default; non-default values are checked here as subprocess checks them
+    and mapped by spawn_operation()."""
+    unknown = set(popen) - set(_POPEN_DEFAULTS)
+    if unknown:
+        raise TypeError(f"run() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+    if popen.get("preexec_fn") is not None:
+        raise TypeError(PREEXEC_FN_REFUSED)
+    for name in ("bufsize", "pipesize"):
+        value = popen.get(name, -1)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an integer")
+    if popen.get("pipesize") is None:
+        popen["pipesize"] = -1
+    if os.name != "nt":
+        if popen.get("startupinfo") is not None:
+            raise ValueError("startupinfo is only supported on Windows platforms")
+        if popen.get("creationflags", 0) != 0:
+            raise ValueError("creationflags is only supported on Windows platforms")
+    elif popen.get("startupinfo") is not None or popen.get("creationflags", 0) != 0:
+        raise Unsupported("startupinfo and creationflags are not supported: osl_pg creates the process itself "
+                          "(suspended, in a Job Object)")
+    process_group = popen.get("process_group")
+    if process_group is not None and (isinstance(process_group, bool) or not isinstance(process_group, int)):
+        raise TypeError("process_group must be an int")
+
+
+_POPEN_DEFAULTS: Dict[str, Any] = dict(bufsize=-1, preexec_fn=None, restore_signals=True, startupinfo=None,
+                                       creationflags=0, user=None, group=None, extra_groups=None, umask=-1,
+                                       pipesize=-1, process_group=None)
+
+
+def _check_idle_timeout(idle: Optional[float], stdout: Any, stderr: Any) -> Optional[float]:
+    if idle is None:
+        return None
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle > 0:
+        raise ValueError(f"idle_timeout must be a positive number of seconds, not {idle!r}")
+    if idle == float("inf"):
+        return None  # no limit, as timeout=inf
+    if stdout != PIPE and stderr != PIPE:
+        raise ValueError("idle_timeout watches the captured output: it needs stdout=PIPE, stderr=PIPE "
+                         "or capture_output=True")
+    return float(idle)
 
 
 def _leftover_message(args: Any, leftovers: List[Leftover]) -> str:
@@ -475,8 +490,11 @@ def _communicate(proc: Process, plan: _Plan) -> int:
     if proc.stdin is not None or proc.stdout is not None or proc.stderr is not None:
         wake = backend.open_exit_fd(proc.pid)  # the leader's exit ends the no-polling phase
         try:
-            read_pipes(proc, plan.input, plan.timeout, stop_when=_DrainClock(proc, plan.drain, deadline),
-                       wake_fd=wake)
+            stop = _DrainClock(proc, plan.drain, deadline)
+            if plan.idle_timeout is None:
+                read_pipes(proc, plan.input, plan.timeout, stop_when=stop, wake_fd=wake)
+            else:
+                _read_watching_idle(proc, plan, deadline, stop, wake)
         finally:
             if wake is not None:
                 os.close(wake)
@@ -485,6 +503,34 @@ def _communicate(proc: Process, plan: _Plan) -> int:
         if not plan.terminal.wait_in_foreground(proc, plan.group, deadline):
             raise subprocess.TimeoutExpired(plan.args, plan.timeout)
     return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def _read_watching_idle(proc: Process, plan: _Plan, deadline: Optional[float], stop: "_DrainClock",
+                        wake: Optional[int]) -> None:
+    """read_pipes in slices of a quarter of idle_timeout (it resumes where
+    it stopped): when no byte came on the captured pipes for idle_timeout
+    seconds (measured to within a slice) while the leader runs, raise
+    TimeoutExpired as the deadline would, with plan.idle_expired set."""
+    idle = plan.idle_timeout
+    assert idle is not None
+    seen, last_change = 0, time.monotonic()
+    while True:
+        now = time.monotonic()
+        window = idle / 4 if deadline is None else min(idle / 4, deadline - now)
+        try:
+            read_pipes(proc, plan.input, max(0.0, window), stop_when=stop, wake_fd=wake)
+            return
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise
+            out, err, _ = read_so_far(proc)
+            got = len(out or b"") + len(err or b"")
+            if got != seen or proc.poll() is not None:  # output came, or the drain clock is running
+                seen, last_change = got, now
+            elif now - last_change >= idle:
+                plan.idle_expired = True
+                raise
 
 
 def _tail(proc: Process, drain: float) -> None:
@@ -496,31 +542,74 @@ def _tail(proc: Process, drain: float) -> None:
     proc.close_pipes()
 
 
+def _run_in_foreign_group(plan: _Plan) -> CompletedRun:
+    """run() for process_group=N: the child joins a group that is not
+    ours, so it is handled as subprocess.run() handles its child: a
+    timeout (or any exception) kills the child alone, then waits for it."""
+    result = plan.executor.execute(plan.op, plan.context)
+    proc = result.process
+    assert proc is not None
+    plan.size_pipes(proc)
+    try:
+        try:
+            rc = _communicate(proc, plan)
+        except subprocess.TimeoutExpired:
+            _kill_child(proc)
+            _tail(proc, plan.drain)
+            out, err, _ = read_so_far(proc)
+            raise plan.timeout_error(out, err, result.pgid, []) from None
+    finally:
+        _kill_child(proc)  # a no-op once it has exited (after an exception: as subprocess.run)
+        proc.close_pipes()
+    out, err, _ = read_so_far(proc)
+    return plan.finish(rc, out, err, result.pgid, [], had_terminal=False)
+
+
+def _kill_child(proc: Process) -> None:
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: Any = None, input: Any = None,
         stdout: Any = None, stderr: Any = None, capture_output: bool = False, shell: bool = False,
         cwd: Any = None, timeout: Optional[float] = None, check: bool = False, encoding: Optional[str] = None,
         errors: Optional[str] = None, text: Optional[bool] = None, env: Optional[Mapping[Any, Any]] = None,
         universal_newlines: Optional[bool] = None, start_new_session: bool = False, close_fds: bool = True,
         pass_fds: Sequence[int] = (), executable: Any = None, grace: float = DEFAULT_GRACE,
-        pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True, executor: Optional[ProcessExecutor] = None,
-        context: Optional[ExecutionContext] = None) -> CompletedRun:
+        pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
+        executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None,
+        idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun:
     """Run `args` as the leader of a new process group and wait for it, as
     subprocess.run() does, ending the whole tree on timeout and what it
     leaves behind when it exits (see the module docstring).
 
-    subprocess.run() keywords that are not here (`preexec_fn`,
-    `user`/`group`, `process_group`...) raise TypeError: the spawn never
-    forks, so no Python runs in the child, and the group is always a new
-    one. `executable` and `pass_fds` (POSIX) work as in subprocess.run().
+    Every other keyword subprocess.run() passes to Popen is accepted:
+    `bufsize`, `startupinfo`, `creationflags` at their defaults (POSIX, as
+    subprocess); `pipesize`; `user`, `group`, `extra_groups`, `umask` and
+    `restore_signals` are applied in the spawned child without Python
+    there. `preexec_fn` raises TypeError: the spawn never forks, so no
+    Python can run in the child. `process_group=N` (> 0) makes the child
+    join group N: that group is not ours, so run() then acts as
+    subprocess.run() does (a timeout kills the child alone, no leftovers
+    are looked for, the terminal is not handed over).
 
     The extra keywords: `grace` (seconds between SIGTERM and SIGKILL),
     `pipe_drain_timeout` (how long pipes may stay open after the command
-    exited), `kill_leftovers`, and the `executor`/`context` whose policy
-    and audit log the spawn and the signals go through."""
+    exited), `kill_leftovers`, `idle_timeout` (seconds without output on the
+    captured pipes after which the tree is ended as on `timeout`, and
+    TimeoutExpired raised with `timeout` = idle_timeout), and the
+    `executor`/`context` whose policy and audit log the spawn and the
+    signals go through."""
     timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
-                 kill_leftovers, executor, context, executable, pass_fds)
+                 kill_leftovers, executor, context, executable, pass_fds, idle_timeout, **popen_kwargs)
+    if plan.joins_group:
+        return _run_in_foreign_group(plan)
     proc, group = plan.spawned(plan.executor.execute(plan.op, plan.context))
     try:
         try:
@@ -628,13 +717,71 @@ class _AsyncPipes(LoopPipes):
 async def _communicate_async(proc: Process, pipes: _AsyncPipes, plan: _Plan) -> int:
     import asyncio
     deadline = plan.deadline
-    try:
-        rc = await asyncio.wait_for(proc.wait_async(), plan.timeout)
-    except asyncio.TimeoutError:
-        raise subprocess.TimeoutExpired(plan.args, plan.timeout) from None
+    if plan.idle_timeout is not None:
+        rc = await _wait_watching_idle(proc, pipes, plan, deadline)
+    else:
+        try:
+            rc = await asyncio.wait_for(proc.wait_async(), plan.timeout)
+        except asyncio.TimeoutError:
+            raise subprocess.TimeoutExpired(plan.args, plan.timeout) from None
     drain = plan.drain if deadline is None else min(plan.drain, max(0.0, deadline - time.monotonic()))
     await pipes.wait_eof(drain)
     return rc
+
+
+async def _wait_watching_idle(proc: Process, pipes: LoopPipes, plan: _Plan, deadline: Optional[float]) -> int:
+    """Await the leader; raise TimeoutExpired at the deadline, or when the
+    captured pipes (while any is open) gave nothing for idle_timeout,
+    looked at four times per idle_timeout as in _read_watching_idle."""
+    import asyncio
+    idle = plan.idle_timeout
+    assert idle is not None
+    waiter = asyncio.ensure_future(proc.wait_async())
+    seen, last_change = 0, time.monotonic()
+    try:
+        while True:
+            delay = idle / 4 if deadline is None else max(0.0, min(idle / 4, deadline - time.monotonic()))
+            done, _ = await asyncio.wait({waiter}, timeout=delay)
+            if done:
+                return waiter.result()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise subprocess.TimeoutExpired(plan.args, plan.timeout)  # type: ignore[arg-type]
+            got = sum(len(chunks) for chunks in pipes.chunks.values())
+            if got != seen or not pipes.open:
+                seen, last_change = got, now
+            elif now - last_change >= idle:
+                plan.idle_expired = True
+                raise subprocess.TimeoutExpired(plan.args, idle)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+
+
+async def _run_in_foreign_group_async(plan: _Plan) -> CompletedRun:
+    """run_async() for process_group=N; see _run_in_foreign_group."""
+    result = await plan.executor.execute_async(plan.op, plan.context)
+    proc = result.process
+    assert proc is not None
+    plan.size_pipes(proc)
+    pipes: Optional[Union[_AsyncPipes, ThreadedPipes]] = None
+    try:
+        pipes = ThreadedPipes(proc, plan.input) if _THREADED_PIPES else _AsyncPipes(proc, plan.input)
+        try:
+            rc = await _communicate_async(proc, pipes, plan)
+        except subprocess.TimeoutExpired:
+            _kill_child(proc)
+            await pipes.wait_eof(plan.drain)
+            pipes.close()
+            out, err = pipes.output()
+            raise plan.timeout_error(out, err, result.pgid, []) from None
+    finally:
+        _kill_child(proc)
+        if pipes is not None:
+            pipes.close()
+        proc.close_pipes()
+    out, err = pipes.output()
+    return plan.finish(rc, out, err, result.pgid, [], had_terminal=False)
 
 
 async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: Any = None,
@@ -645,14 +792,17 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
                     start_new_session: bool = False, close_fds: bool = True, pass_fds: Sequence[int] = (),
                     executable: Any = None, grace: float = DEFAULT_GRACE,
                     pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
-                    executor: Optional[ProcessExecutor] = None,
-                    context: Optional[ExecutionContext] = None) -> CompletedRun:
+                    executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None,
+                    idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun:
     """run() for asyncio: the loop watches the leader's pidfd and the pipes
-    (no thread per child). Cancelling the task kills the whole group."""
+    (no thread per child). Cancelling the task kills the whole group. The
+    keywords are run()'s."""
     timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
-                 kill_leftovers, executor, context, executable, pass_fds)
+                 kill_leftovers, executor, context, executable, pass_fds, idle_timeout, **popen_kwargs)
+    if plan.joins_group:
+        return await _run_in_foreign_group_async(plan)
     proc, group = plan.spawned(await plan.executor.execute_async(plan.op, plan.context))
     pipes: Optional[Union[_AsyncPipes, ThreadedPipes]] = None
     try:
