@@ -119,8 +119,8 @@ def _close_open_groups():
     failed assertion leaves nothing behind; returns their pgids."""
     from osl_pg import group as group_module
     running = []
-    for g in list(group_module._owned.values()):
-        if not g.released and not g.detached:
+    for g in group_module.open_groups():
+        if not g.detached:
             if g.alive:
                 running.append(g.pgid)
             g.close()

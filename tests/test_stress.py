@@ -252,5 +252,5 @@ def test_nothing_is_left_behind():
     # directory of ours is left over from the tests above (the suite-wide
     # check covers the processes they marked).
     assert zombie_children() == []
-    assert [g.pgid for g in list(osl_pg.group._owned.values()) if not g.released] == []
+    assert [g.pgid for g in osl_pg.group.open_groups()] == []
     assert our_cgroups() == []

@@ -115,7 +115,7 @@ class ProcessExecutor:
     def execute(self, op: Operation, ctx: Optional[ExecutionContext] = None) -> ExecutionResult:
         ctx = resolve_context(ctx)
         handler = self._handlers.get(type(op))
-        op_type = getattr(getattr(op, "operation_type", None), "value", type(op).__name__)
+        op_type = _op_type(op)
         record = audit.AuditRecord(getattr(op, "operation_id", "?"), op_type, self.name, ctx.principal)
         start = time.perf_counter()
         try:
@@ -127,24 +127,24 @@ class ProcessExecutor:
             _describe_target(op, record)
             # 2. policy
             decision = self.authorize(op, ctx, facts)
-            record["decision"] = "allowed" if decision.allowed else "denied"
-            record["reason"] = decision.reason or None
+            record.fields["decision"] = "allowed" if decision.allowed else "denied"
+            record.fields["reason"] = decision.reason or None
             if not decision.allowed:
                 raise SecurityViolation(decision.reason, decision.policy)
             # 3. backend
             result = handler(op, ctx, facts, record)
             result.started_at = time.time() - (time.perf_counter() - start)
             result.duration = time.perf_counter() - start
-            record["outcome"] = "ok"
+            record.fields["outcome"] = "ok"
             return result
         except BaseException as e:
-            record["outcome"] = "error"
-            record["errno"] = getattr(e, "errno", None)
-            record["error"] = f"{type(e).__name__}: {e}"
+            record.fields["outcome"] = "error"
+            record.fields["errno"] = getattr(e, "errno", None)
+            record.fields["error"] = f"{type(e).__name__}: {e}"
             raise
         finally:
             # 4. audit
-            record["duration_ms"] = round((time.perf_counter() - start) * 1000, 3)
+            record.fields["duration_ms"] = round((time.perf_counter() - start) * 1000, 3)
             audit.emit(record)
 
     async def execute_async(self, op: Operation, ctx: Optional[ExecutionContext] = None) -> ExecutionResult:
@@ -205,8 +205,8 @@ class ProcessExecutor:
             # rather than leave it running unowned.
             _end_unowned(proc, group, cgroups)
             raise
-        record["target_pid"] = spawned.pid
-        record["target_pgid"] = pgid
+        record.fields["target_pid"] = spawned.pid
+        record.fields["target_pgid"] = pgid
         pid, name = spawned.pid, self.name
 
         def metadata() -> Dict[str, str]:  # built when first read: not on run()'s path
@@ -222,7 +222,7 @@ class ProcessExecutor:
                 "user": ctx.principal,
                 **_containment_metadata(group),
             }
-        op_type = op.operation_type.value
+        op_type = _op_type(op)
         return ExecutionResult(op.operation_id, op_type, metadata, process=proc, group=group)
 
     def _signal(self, op: ProcessSignalOperation, ctx: ExecutionContext, facts: TargetFacts,
@@ -253,13 +253,13 @@ class ProcessExecutor:
             affected = 1
             meta["target_pid"] = str(op.pid)
         meta["processes_affected"] = str(affected)
-        record["processes_affected"] = affected
+        record.fields["processes_affected"] = affected
         return ExecutionResult(op.operation_id, op.operation_type.value, meta)
 
     def _kill(self, op: ProcessKillOperation, ctx: ExecutionContext, facts: TargetFacts,
               record: audit.AuditRecord) -> ExecutionResult:
         _signal_one(op.pid, SIGKILL)
-        record["processes_affected"] = 1
+        record.fields["processes_affected"] = 1
         return ExecutionResult(op.operation_id, op.operation_type.value, {
             "operation_type": op.operation_type.value,
             "operation_id": op.operation_id,
@@ -315,13 +315,21 @@ def _signal_one(pid: int, sig: int) -> None:
 
 def _describe_target(op: Operation, record: audit.AuditRecord) -> None:
     if isinstance(op, ProcessSignalOperation):
-        record["target_pgid" if op.target_group else "target_pid"] = op.pid
-        record["signal"] = op.signal
+        record.fields["target_pgid" if op.target_group else "target_pid"] = op.pid
+        record.fields["signal"] = op.signal
     elif isinstance(op, ProcessKillOperation):
-        record["target_pid"] = op.pid
-        record["signal"] = SIGKILL
+        record.fields["target_pid"] = op.pid
+        record.fields["signal"] = SIGKILL
     elif isinstance(op, ProcessSpawnOperation) and isinstance(op.process_group, JoinGroup):
-        record["target_pgid"] = op.process_group.pgid
+        record.fields["target_pgid"] = op.process_group.pgid
+
+
+def _op_type(op: object) -> str:
+    """The operation type's text: the enum member's _value_ attribute (its
+    .value is a Python property call, twice per operation on run()'s path).
+    Per operation, not per class: a signal operation may target a group."""
+    kind = getattr(op, "operation_type", None)
+    return str(getattr(kind, "_value_", None) or type(op).__name__)
 
 
 def _quote(a: str) -> str:

@@ -105,9 +105,10 @@ class TerminateReport:
 
 # Open groups created by this process, by pgid: how a group "this process
 # created" is found again, and what the default security policy trusts. A
-# WeakValueDictionary: no lock, and no callback of ours runs from the garbage
-# collector (its own removal of dead entries is GC-safe).
-_owned: "weakref.WeakValueDictionary[int, ProcessGroup]" = weakref.WeakValueDictionary()
+# plain dict of weak references without callbacks: no lock, and nothing of
+# ours runs from the garbage collector; an entry goes when its handle is
+# released or dropped, and only if it is still that handle's.
+_owned: "Dict[int, weakref.ref[ProcessGroup]]" = {}
 
 # Set by set_child_subreaper(): only then are orphans of our groups that
 # were reparented to us ours to reap.
@@ -147,8 +148,15 @@ def sweep_dropped() -> None:
 
 
 def owned_group(pgid: int) -> Optional["ProcessGroup"]:
-    group = _owned.get(pgid)
+    ref = _owned.get(pgid)
+    group = ref() if ref is not None else None
     return group if group is not None and not group.released else None
+
+
+def open_groups() -> List["ProcessGroup"]:
+    """The handles of this process's groups that are not released."""
+    groups = [ref() for ref in list(_owned.values())]
+    return [g for g in groups if g is not None and not g.released]
 
 
 def _scan(pgid: int) -> List[Member]:
@@ -250,7 +258,8 @@ class ProcessGroup:
         self._kill_on_parent_death = False
         if leader is not None:
             leader._pin()
-        _owned[pgid] = self
+        self._wref = weakref.ref(self)
+        _owned[pgid] = self._wref
 
     def __del__(self) -> None:
         # Dropped without close(): see the module docstring. Nothing here
@@ -258,6 +267,8 @@ class ProcessGroup:
         if getattr(self, "_released", True):
             return
         try:
+            if _owned.get(self.pgid) is self._wref:
+                _owned.pop(self.pgid, None)  # one dict operation: no lock
             running = False
             leader = self.leader
             if leader is not None and not self._leader_reaped:
@@ -605,11 +616,8 @@ class ProcessGroup:
         self._kill_on_parent_death = True
 
     def _unregister(self) -> None:
-        if _owned.get(self.pgid) is self:
-            try:
-                del _owned[self.pgid]
-            except KeyError:
-                pass
+        if _owned.get(self.pgid) is self._wref:
+            _owned.pop(self.pgid, None)
 
     def _release(self) -> None:
         self._released = True

@@ -25,11 +25,17 @@ class Decision:
 
     @classmethod
     def allow(cls, policy: str = "") -> "Decision":
-        return cls(True, "", policy)
+        hit = _ALLOWED.get(policy)  # immutable: one per policy name, not one per operation
+        if hit is None:
+            hit = _ALLOWED[policy] = cls(True, "", policy)
+        return hit
 
     @classmethod
     def deny(cls, reason: str, policy: str = "") -> "Decision":
         return cls(False, reason, policy)
+
+
+_ALLOWED: Dict[str, Decision] = {}
 
 
 class SecurityPolicy(Protocol):

@@ -113,11 +113,15 @@ _sweep_lock = threading.Lock()
 
 # Live handles by pid: lets a group tell its own children from adopted
 # orphans, and policies recognise processes this program spawned.
-_children: "weakref.WeakValueDictionary[int, Process]" = weakref.WeakValueDictionary()
+# A plain dict of weak references without callbacks (a WeakValueDictionary
+# costs three Python calls per spawn): an entry goes when its child is
+# reaped or its handle dropped, and only if it is still that handle's.
+_children: "Dict[int, weakref.ref[Process]]" = {}
 
 
 def child_by_pid(pid: int) -> Optional["Process"]:
-    return _children.get(pid)
+    ref = _children.get(pid)
+    return ref() if ref is not None else None
 
 
 def _abandon(state: _ChildState) -> None:
@@ -179,13 +183,17 @@ class Process:
                 pidfd = None
         self._state = _ChildState(pid, pidfd)
         self._pinned = False
-        _children[pid] = self
+        self._wref = weakref.ref(self)
+        _children[pid] = self._wref
         _reaped_pids.pop(pid, None)  # the number is ours again
 
     def __del__(self) -> None:
         # A dropped handle whose child was not reaped yet: hand the child to
         # the sweep, which reaps it (without blocking) once it has exited.
         state = getattr(self, "_state", None)
+        wref = getattr(self, "_wref", None)
+        if wref is not None and _children.get(self.pid) is wref:
+            _children.pop(self.pid, None)  # one dict operation: no lock
         if state is not None and not state.reaped:
             try:
                 _abandon(state)
