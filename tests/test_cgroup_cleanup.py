@@ -13,17 +13,21 @@ import psutil
 import pytest
 
 from conftest import linux_only, py
-from test_containment import needs_cgroup2
+from osl_pg import ProcessSpawnOperation
+from test_containment import cgroup_dir, needs_cgroup2
 from test_limits import _controller_problem
 
 # Makes three cgroup-tier groups whose members have exited (their
 # directories empty, the handles open), says where they are, then waits to
 # be SIGKILLed: nothing of its own removes them.
 OWNER = textwrap.dedent("""
-    import os, time
+    import json, os, sys, time
     from osl_pg import ProcessExecutor, ProcessSpawnOperation
+    op = ProcessSpawnOperation("true").with_containment("cgroup")
+    if len(sys.argv) > 1:
+        op = op.with_limits(**json.loads(sys.argv[1]))
     ex = ProcessExecutor("owner")
-    groups = [ex.execute(ProcessSpawnOperation("true").with_containment("cgroup")).group for _ in range(3)]
+    groups = [ex.execute(op).group for _ in range(3)]
     for g in groups:
         while open(os.path.join(g.cgroup_path, "cgroup.procs")).read().strip():
             time.sleep(0.01)
@@ -112,6 +116,45 @@ def test_a_killed_owners_directories_go_and_a_live_owner_with_its_pid_keeps_its_
         if ns.poll() is None:
             ns.kill()
             ns.communicate()
+
+
+def _dirs_of(pid, hierarchies):
+    """The directories named <pid>-<n> in our osl_pg subtree of each
+    hierarchy, with their inodes (read from /proc and the cgroup mounts)."""
+    found = {}
+    for name in hierarchies:
+        subtree = os.path.join(cgroup_dir(os.getpid(), name), "osl_pg")
+        if os.path.isdir(subtree):
+            for d in os.listdir(subtree):
+                if d.startswith(f"{pid}-"):
+                    found[os.path.join(subtree, d)] = os.stat(os.path.join(subtree, d)).st_ino
+    return found
+
+
+@linux_only
+@needs_cgroup2
+@pytest.mark.parametrize("limits", [None, {"max_processes": 9}], ids=["cgroup2", "with-limits"])
+def test_the_next_cgroup_made_by_a_long_lived_process_sweeps_too(executor, limits):
+    if limits and _controller_problem("pids"):
+        pytest.skip(f"no pids controller here: {_controller_problem('pids')}")
+    first = executor.execute(ProcessSpawnOperation("true").with_containment("cgroup"))  # not our first one
+    first.group.wait(30)
+    owner = subprocess.Popen(py(OWNER) + ([json.dumps(limits)] if limits else []), stdout=subprocess.PIPE, text=True)
+    try:
+        assert len(owner.stdout.readline().split()) == 3
+    finally:
+        owner.kill()
+        owner.wait()
+    stale = _dirs_of(owner.pid, ["cgroup2", "pids"])
+    # Three in cgroup2; with the limit, three more in a v1 pids hierarchy
+    # where cgroup2 does not pass pids down (as on a hybrid host).
+    assert len(stale) in ((3,) if not limits else (3, 6)), stale
+    op = ProcessSpawnOperation("true").with_containment("cgroup")
+    r = executor.execute(op.with_limits(**limits) if limits else op)
+    try:
+        assert not any(_same_dir(d, ino) for d, ino in stale.items()), "a dead owner's directory survived"
+    finally:
+        r.group.wait(30)
 
 
 # A child with RLIMIT_NOFILE at 64 fills its fd table but for `free` fds
@@ -231,10 +274,10 @@ OWNER_THAT_FORKS = textwrap.dedent("""
     child = os.fork()
     if child == 0:
         r.group._strategy.cgroups.remove()  # the parent's directory: not the child's to remove
-        print("child", os.path.isdir(path), flush=True)
+        os.write(1, b"child %s\\n" % str(os.path.isdir(path)).encode())  # one write: the parent writes too
         time.sleep(600)
         os._exit(0)
-    print(child, path, flush=True)
+    os.write(1, f"{child} {path}\\n".encode())
     time.sleep(600)
 """)
 
@@ -246,6 +289,7 @@ def test_a_forked_child_neither_removes_nor_keeps_alive_its_parents_directory():
     child = None
     try:
         lines = sorted([owner.stdout.readline().split(), owner.stdout.readline().split()])
+        assert [len(x) for x in lines] == [2, 2], lines
         (child, path), said = lines[0], lines[1]
         child = int(child)
         assert said == ["child", "True"], "a forked child left its parent's directory alone"
