@@ -71,8 +71,19 @@ def remove(path, deadline):
     except OSError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st, now = os.fstat(fd), os.stat(path)
+        pause = 0.001
+        while True:
+            # Our EOF may come before the exiting parent's fds are all
+            # closed, its lock among them; a sweeper may hold it briefly.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+        st, now = os.fstat(fd), os.stat(path)  # gone meanwhile: OSError
         if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
             return
         pause = 0.001
