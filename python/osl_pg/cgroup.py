@@ -63,12 +63,12 @@ import time
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple
 
-from .errors import CgroupPermissionError, CgroupUnavailable, LimitUnavailable, OslOSError, from_errno
-
 try:
     import fcntl
 except ImportError:  # Windows: no cgroups; this module is imported but unused
     fcntl = None  # type: ignore[assignment]
+
+from .errors import CgroupPermissionError, CgroupUnavailable, LimitUnavailable, OslError, OslOSError, from_errno
 from .operations import Limits
 
 SUBTREE = "osl_pg"
@@ -97,7 +97,7 @@ def _fd_shortage(e: BaseException) -> bool:
 def _raise_os_error(e: OSError, what: str, path: str) -> NoReturn:
     """A missing file stays a FileNotFoundError (callers expect it: a
     removed cgroup); anything else becomes a typed error naming `path`."""
-    if isinstance(e, FileNotFoundError) or isinstance(e, OslOSError):
+    if isinstance(e, (FileNotFoundError, OslError)):
         raise e
     raise from_errno(e.errno or errno.EIO, f"{what} {path}") from None
 
@@ -350,10 +350,10 @@ def _remove_subtree_if_empty(subtree: str) -> None:
             pass  # another group (of any process) still has a directory in it
 
 
-# Every Cgroup holding a lock fd, so that a forked child can close its
-# copies: else a long-lived child would keep its dead parent's directories
-# locked (looking owned) for as long as it runs.
-# Plain dict operations, atomic under the GIL: no lock to take on the way.
+# Every Cgroup holding a lock fd: a sweep skips them, and a forked child
+# closes its copies (else a long-lived child would keep its dead parent's
+# directories locked, looking owned, for as long as it runs). Plain dict
+# operations, atomic under the GIL: no lock to take on the way.
 _locked: Dict[str, "Cgroup"] = {}  # path -> its Cgroup
 
 
@@ -438,7 +438,6 @@ def _sweep(subtree: str) -> None:
             pass
         finally:
             os.close(fd)
-    return True
 
 
 def _new_dir(subtree: str) -> Optional[Tuple[str, int]]:
@@ -452,9 +451,9 @@ def _new_dir(subtree: str) -> Optional[Tuple[str, int]]:
         # dead one's), or the subtree was removed under us.
         return None
     try:
-        fd = _open_dir(path)
-    except FileNotFoundError:
-        return None  # a sweeper removed it between our mkdir and open
+        # None: a sweeper removed it since our mkdir, or holds its lock
+        # (and removes it).
+        fd = _lock_if_unowned(path)
     except OSError as e:
         # No fd for the lock: take the directory back (unlocked, it is
         # nobody's yet) and say what could not be opened.
@@ -463,17 +462,7 @@ def _new_dir(subtree: str) -> Optional[Tuple[str, int]]:
         except OSError:
             pass
         _raise_os_error(e, "cannot open (to lock it) the new cgroup", path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if _still_names(path, fd):
-            return path, fd
-    except BlockingIOError:
-        pass  # a sweeper holds it: it removes it
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return None
+    return None if fd is None else (path, fd)
 
 
 def _create(hierarchy: Hierarchy, controllers: Tuple[str, ...] = ()) -> Cgroup:
@@ -499,11 +488,10 @@ def _create(hierarchy: Hierarchy, controllers: Tuple[str, ...] = ()) -> Cgroup:
 
 
 def _enable(subtree: str, controllers: Tuple[str, ...]) -> None:
-    control = os.path.join(subtree, "cgroup.subtree_control")
-    enabled = set(_read(control).split())
+    enabled = set(_read(os.path.join(subtree, "cgroup.subtree_control")).split())
     missing = [c for c in controllers if c not in enabled]
     if missing:
-        with open(control, "w") as f:
+        with open(os.path.join(subtree, "cgroup.subtree_control"), "w") as f:
             f.write(" ".join("+" + c for c in missing))
 
 
