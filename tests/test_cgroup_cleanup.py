@@ -385,3 +385,41 @@ def test_a_forked_child_neither_removes_nor_keeps_alive_its_parents_directory():
         owner.wait()
         if child is not None:
             os.kill(child, 9)
+
+
+# A group is spawned; then, with no process slot left for this user
+# (RLIMIT_NPROC below what it runs), it is put on the watchdog's list.
+WATCHDOG_WITHOUT_PROCESSES = textwrap.dedent("""
+    import json, os, resource
+    import psutil
+    from osl_pg import DEVNULL, OslError, ProcessExecutor, ProcessSpawnOperation, watchdog
+    ex = ProcessExecutor("nproc")
+    g = ex.execute(ProcessSpawnOperation("sleep").arg("60").with_new_process_group().with_stdout(DEVNULL)).group
+    pipes = lambda: sum(os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:") for fd in os.listdir("/proc/self/fd")
+                        if os.path.exists(f"/proc/self/fd/{fd}"))
+    before = pipes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    resource.setrlimit(resource.RLIMIT_NPROC, (1, hard))
+    try:
+        g._kill_with_parent()
+        outcome = ["ok"]
+    except Exception as e:
+        outcome = [type(e).__name__, isinstance(e, OslError) and isinstance(e, OSError), str(e)]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
+    left = {"registered": list(watchdog._groups), "children": len(psutil.Process().children()),
+            "pipes": pipes() - before}
+    g.close()
+    print(json.dumps({"outcome": outcome, "left": left}))
+""")
+
+
+@linux_only
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is not held to RLIMIT_NPROC (run the suite as a normal user)")
+def test_a_watchdog_without_a_process_slot_keeps_no_registration_process_or_pipe():
+    out = subprocess.run(py(WATCHDOG_WITHOUT_PROCESSES), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    name, typed, message = row["outcome"]
+    assert typed and "watchdog" in message and "Resource temporarily unavailable" in message, row
+    assert row["left"] == {"registered": [], "children": 1, "pipes": 0}, row  # only the sleep
