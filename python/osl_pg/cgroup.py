@@ -27,9 +27,9 @@ group goes.
 Directories whose owner died
 ----------------------------
 An owner that is SIGKILLed removes nothing. Its empty directories are
-removed when any process next creates a cgroup in the same subtree
-(``_sweep``), and by the kill-on-parent-death watchdog for the groups it
-ends. Who owns a directory is not read from its name but from a lock: the
+removed when any process next makes a group that uses cgroups (``_sweep``,
+in every hierarchy), and by the kill-on-parent-death watchdog for the
+groups it ends. Who owns a directory is not read from its name but from a lock: the
 creator holds an exclusive flock() on the directory itself (an O_CLOEXEC fd,
 one per directory) from right after its mkdir until it removes it. A sweeper
 removes a directory only if it can take that lock. Why a lock rather than
@@ -154,9 +154,17 @@ def _read_proc(path: str) -> str:
         _raise_os_error(e, "cannot read", path)
 
 
+# While prepare() runs on a thread, the hierarchies it read once (reading
+# mountinfo and our cgroups costs ~100 us; one group's setup asks often).
+_during_prepare = threading.local()
+
+
 def hierarchies() -> List[Hierarchy]:
     """Every cgroup hierarchy mounted here in which our own cgroup is
     visible (a mount whose root is outside our cgroup is skipped)."""
+    known = getattr(_during_prepare, "hierarchies", None)
+    if known is not None:
+        return known
     own = _own_paths()
     found: List[Hierarchy] = []
     seen = set()
@@ -411,11 +419,12 @@ def _sweep(subtree: str) -> None:
     """Remove the empty <pid>-<n> directories of `subtree` whose creator is
     gone (nobody holds their lock). Best effort: a directory that still
     has processes, or that we may not remove, stays; with no fd left the
-    sweep stops (the create that follows says so). Run before every
-    create, so no directory of a dead owner outlives the next cgroup made
-    in its subtree, by any process: our own directories are known and
-    skipped, another's costs an open, a flock and a close (9 us measured
-    here), only while that owner lives."""
+    sweep stops (the create that follows says so). Run in every
+    hierarchy before each group's cgroups are made, so no directory of a
+    dead owner outlives the next group that uses cgroups, whoever makes
+    it: our own directories are known and skipped, another's costs an
+    open, a flock and a close (9 us measured here), only while that
+    owner lives."""
     try:
         names = os.listdir(subtree)
     except OSError:
@@ -467,12 +476,10 @@ def _new_dir(subtree: str) -> Optional[Tuple[str, int]]:
 
 def _create(hierarchy: Hierarchy, controllers: Tuple[str, ...] = ()) -> Cgroup:
     """mkdir <own cgroup>/osl_pg/<pid>-<n> and lock it, enabling
-    `controllers` (cgroup v2) in the subtree first; the ownerless
-    directories of the subtree are swept before.
-    Another process may remove the empty subtree between our two mkdirs:
-    then it is made again."""
+    `controllers` (cgroup v2) in the subtree first. Another process may
+    remove the empty subtree between our two mkdirs: then it is made
+    again."""
     subtree = os.path.join(hierarchy.own_dir, SUBTREE)
-    _sweep(subtree)
     for _ in range(100):
         with _subtree_lock:
             try:
@@ -677,6 +684,12 @@ def prepare(containment: Optional[str], limits: Optional[Limits]) -> Optional[Cg
     requested = limits.requested() if limits is not None else {}
     if containment is None and not requested:
         return None
+    found = hierarchies()
+    # Every hierarchy, not only those this group will use: a dead owner's
+    # v1 limit directories go with the next group of any kind.
+    for h in found:
+        _sweep(os.path.join(h.own_dir, SUBTREE))
+    _during_prepare.hierarchies = found
     cgs = CgroupSet()
     try:
         if containment is not None:
@@ -693,6 +706,8 @@ def prepare(containment: Optional[str], limits: Optional[Limits]) -> Optional[Cg
     except BaseException:
         cgs.remove()
         raise
+    finally:
+        _during_prepare.hierarchies = None
     return cgs
 
 
