@@ -1,6 +1,7 @@
 """Containment tiers: a process group leaks a member that calls setsid(), a
 cgroup does not. Checked against the OS: /proc/PID/cgroup, cgroup.procs,
 cgroup.events, getsid/getpgid, psutil."""
+import json
 import os
 import shutil
 import signal
@@ -297,15 +298,22 @@ def test_no_cgroup2_fails_or_falls_back(executor, monkeypatch):
         r.group.close()
 
 
+# Run as root without capabilities, inside a cgroup the test made. The
+# premise is read here, from the machine: whether this caller may create its
+# group's directory by the mode bits alone (the osl_pg subtree if one is
+# left over, else our own cgroup, where the subtree would be made).
 WITHOUT_CAPS = textwrap.dedent("""
     import os
     from osl_pg import ProcessExecutor, ProcessSpawnOperation, cgroup
-    if os.access(os.path.join(cgroup.cgroup2().own_dir, "."), os.W_OK):
-        raise SystemExit("writable")
+    own = cgroup.cgroup2().own_dir
+    subtree = os.path.join(own, cgroup.SUBTREE)
+    where = subtree if os.path.isdir(subtree) else own
+    print("may-create" if os.access(where, os.W_OK) else "may-not-create", os.path.basename(own))
     op = ProcessSpawnOperation("true").with_detach_from_terminal()
     try:
-        ProcessExecutor("capless").execute(op.with_containment("cgroup"))
-        print("no error")
+        r = ProcessExecutor("capless").execute(op.with_containment("cgroup"))
+        print("no error", r.group.tier)
+        r.group.wait(30)
     except PermissionError as e:
         print(type(e).__name__, e)
     r = ProcessExecutor("capless").execute(op.with_containment("best_available"))
@@ -314,56 +322,103 @@ WITHOUT_CAPS = textwrap.dedent("""
 """)
 
 
+@pytest.fixture
+def test_cgroup():
+    """A cgroup v2 directory of the test's own, read-only by its mode bits
+    (as a cgroup root is): a caller without capabilities cannot create
+    cgroups in it. Removed again afterwards, with whatever is left in it."""
+    own = cg_module.cgroup2().own_dir
+    path = os.path.join(own, f"osl_pg_test-{os.getpid()}")
+    os.mkdir(path)
+    os.chmod(path, 0o555)
+    yield path
+    for root, dirs, _ in os.walk(path, topdown=False):
+        for d in dirs:
+            os.rmdir(os.path.join(root, d))
+    os.rmdir(path)
+
+
 @needs_cgroup2
-@pytest.mark.skipif(not shutil.which("setpriv") or os.geteuid() != 0, reason="needs root and setpriv")
-def test_caller_without_privileges_gets_a_permission_error_or_the_fallback():
-    # Root with an empty capability bounding set: no CAP_DAC_OVERRIDE or
-    # CAP_SYS_ADMIN, so only the cgroup directory's mode bits decide.
-    out = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"] + py(WITHOUT_CAPS),
-                         capture_output=True, text=True, timeout=60)
-    if out.stderr.strip() == "writable":
-        pytest.skip("our cgroup2 directory is writable without capabilities here")
+@pytest.mark.skipif(not shutil.which("setpriv") or os.geteuid() != 0,
+                    reason="needs root (to make a cgroup and drop capabilities) and setpriv")
+@pytest.mark.parametrize("leftover", [False, True], ids=["no-leftover-subtree", "leftover-subtree"])
+def test_caller_without_privileges_gets_a_permission_error_or_the_fallback(test_cgroup, leftover):
+    stale = None
+    if leftover:
+        # What earlier runs leave: an osl_pg subtree (root's, mode 755) and
+        # an empty directory whose creator was SIGKILLed (nobody holds it).
+        os.mkdir(os.path.join(test_cgroup, cg_module.SUBTREE))
+        stale = os.path.join(test_cgroup, cg_module.SUBTREE, "4194303-1")
+        os.mkdir(stale)
+    # The shell, still root with every capability, moves itself into the
+    # test's cgroup; then root with an empty capability bounding set (no
+    # CAP_DAC_OVERRIDE, no CAP_SYS_ADMIN) runs the check: only mode bits decide.
+    argv = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', test_cgroup,
+            "setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"] + py(WITHOUT_CAPS)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    first, second = out.stdout.splitlines()
-    assert first.startswith(CgroupPermissionError.__name__) and "delegated" in first
-    assert second == "tier session session"
+    premise, first, second = out.stdout.splitlines()
+    assert premise.split()[1] == os.path.basename(test_cgroup), "the check ran in the test's cgroup"
+    if leftover:
+        # The subtree's mode bits let its owner (uid 0) create directories
+        # in it, capabilities or not: the cgroup tier works.
+        assert premise.split()[0] == "may-create"
+        assert first == "no error cgroup" and second == "tier cgroup cgroup"
+        assert not os.path.exists(stale), "the first cgroup made in a process removes the ownerless directory"
+    else:
+        assert premise.split()[0] == "may-not-create"
+        assert first.startswith(CgroupPermissionError.__name__) and "delegated" in first
+        assert second == "tier session session"
 
 
 PARENT_OF_CONTAINED = textwrap.dedent("""
-    import sys
+    import json, sys
     from osl_pg import PIPE, ProcessExecutor, ProcessSpawnOperation
-    r = ProcessExecutor("parent").execute(
-        ProcessSpawnOperation(sys.executable).with_args(["-c", sys.argv[1]]).with_new_process_group()
-        .with_containment("cgroup").with_kill_on_parent_death().with_stdin(PIPE).with_stdout(PIPE))
+    op = (ProcessSpawnOperation(sys.executable).with_args(["-c", sys.argv[1]]).with_new_process_group()
+          .with_containment("cgroup").with_kill_on_parent_death().with_stdin(PIPE).with_stdout(PIPE))
+    if sys.argv[2]:
+        op = op.with_limits(**json.loads(sys.argv[2]))
+    r = ProcessExecutor("parent").execute(op)
     daemon = r.process.stdout.readline().decode().strip()
-    print(daemon, r.group.cgroup_path, flush=True)
+    print(daemon, json.dumps(r.group.limits_applied), flush=True)
     sys.stdin.read()          # until the test kills us
 """)
 
 
-@needs_cgroup2
-def test_parent_death_ends_setsid_escapees_in_the_cgroup_tier():
-    parent = subprocess.Popen(py(PARENT_OF_CONTAINED) + [DOUBLE_FORK], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    daemon, path = None, None
+def parent_death_ends_the_cgroup_tier_group(limits=None):
+    """A parent with a kill-on-parent-death group in the cgroup tier (with
+    `limits`, which may need v1 directories) is SIGKILLed: the watchdog ends
+    the setsid daemon that left the process group, and removes every cgroup
+    directory of the group. Returns those directories."""
+    parent = subprocess.Popen(py(PARENT_OF_CONTAINED) + [DOUBLE_FORK, json.dumps(limits) if limits else ""],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    daemon, dirs = None, []
     try:
-        daemon, path = parent.stdout.readline().split()
+        daemon, applied = parent.stdout.readline().split(" ", 1)
         daemon = int(daemon)
         assert os.getsid(daemon) not in (os.getsid(0), os.getsid(parent.pid))  # it left the session
-        assert cgroup_dir(daemon) == path
+        # The daemon's cgroups, read from /proc: the group's v2 directory
+        # and one per v1 hierarchy a limit needed.
+        dirs = [cgroup_dir(daemon)] + [cgroup_dir(daemon, mech.split(":")[1]) for mech in
+                                       json.loads(applied).values() if mech.startswith("cgroup1:")]
+        assert all("/osl_pg/" in d and os.path.isdir(d) for d in dirs), dirs
         parent.kill()  # SIGKILL: no cleanup code of the parent runs
         parent.wait()
         assert wait_for(lambda: not alive(daemon), timeout=10), "the watchdog's cgroup.kill must end it"
+        assert wait_for(lambda: not any(os.path.exists(d) for d in dirs), timeout=10), \
+            "the watchdog removes the directories of the groups it ended"
     finally:
         parent.kill()
         parent.wait()
         if daemon is not None:
             kill_and_reap(daemon)
-        if path is not None and os.path.isdir(path):
-            assert wait_for(lambda: not read(os.path.join(path, "cgroup.procs")).strip())
-            os.rmdir(path)  # its owner died: nobody else removes it
-            parent_dir = os.path.dirname(path)
-            try:
-                os.rmdir(parent_dir)  # the dead parent's osl_pg/<pid>-... subtree, if it has one
-            except OSError:
-                pass
+        for path in dirs:
+            if os.path.isdir(path):
+                wait_for(lambda: not read(os.path.join(path, "cgroup.procs")).strip())
+                os.rmdir(path)
+    return dirs
+
+
+@needs_cgroup2
+def test_parent_death_ends_setsid_escapees_in_the_cgroup_tier():
+    assert len(parent_death_ends_the_cgroup_tier_group()) == 1

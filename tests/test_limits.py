@@ -12,7 +12,7 @@ from conftest import alive, read, wait_for
 from osl_pg import PIPE, InvalidOperation, Limits, ProcessSpawnOperation
 from osl_pg import cgroup as cg_module
 from osl_pg.errors import LimitUnavailable
-from test_containment import cgroup_dir, needs_cgroup2
+from test_containment import cgroup_dir, needs_cgroup2, parent_death_ends_the_cgroup_tier_group
 
 
 def _controller_problem(controller):
@@ -179,3 +179,11 @@ def test_no_controller_anywhere_is_a_clear_error(executor, monkeypatch):
     with pytest.raises(LimitUnavailable, match="max_processes needs the pids controller") as info:
         executor.execute(ProcessSpawnOperation("sleep").arg("120").with_limits(max_processes=3))
     assert isinstance(info.value, NotImplementedError)
+
+
+@needs("pids")
+@needs_cgroup2
+def test_parent_death_removes_the_limit_cgroups_too():
+    # pids in the v2 directory where cgroup2 passes it down, else in a v1
+    # pids directory of its own: either way the watchdog removes them all.
+    parent_death_ends_the_cgroup_tier_group({"max_processes": 50})

@@ -24,6 +24,29 @@ processes in it that would need moving them (this process included) to a
 leaf first. The empty ``osl_pg`` subtree is removed again when its last
 group goes.
 
+Directories whose owner died
+----------------------------
+An owner that is SIGKILLed removes nothing. Its empty directories are
+removed when any process next makes a group that uses cgroups (``_sweep``,
+in every hierarchy), and by the kill-on-parent-death watchdog for the
+groups it ends. Who owns a directory is not read from its name but from a lock: the
+creator holds an exclusive flock() on the directory itself (an O_CLOEXEC fd,
+one per directory) from right after its mkdir until it removes it. A sweeper
+removes a directory only if it can take that lock. Why a lock rather than
+the creator's pid and start time in the name: a pid (and the start time read
+through /proc) means something only in the pid namespace of whoever wrote
+it, and processes of several pid namespaces share one cgroup subtree (a
+sweeper on the host would read another process's /proc entry, or none, for
+a creator inside a container, and remove a live directory); time namespaces
+shift start times as well. A flock is checked by the kernel on the inode,
+whichever namespace asks, and dies with its holder however it dies. The
+creator checks after taking the lock that the name still leads to the
+directory it locked (a sweeper may have removed it between mkdir and flock:
+then it takes the next name), and every remover holds the lock while it
+calls rmdir, so a live creator's directory is never removed, not even
+between its mkdir and the child's join. (Directories of an older osl_pg,
+which took no lock, count as ownerless once empty.)
+
 Limits use a cgroup v2 controller when the subtree has it, else the cgroup
 v1 hierarchy of that controller (a process can be in a v2 cgroup and in v1
 cgroups at once; the child joins each before exec), else they fail with
@@ -33,13 +56,19 @@ so limits the caller is under keep applying.
 import errno
 import itertools
 import os
+import re
 import select
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, Optional, Tuple
+from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple
 
-from .errors import CgroupPermissionError, CgroupUnavailable, LimitUnavailable, OslOSError
+try:
+    import fcntl
+except ImportError:  # Windows: no cgroups; this module is imported but unused
+    fcntl = None  # type: ignore[assignment]
+
+from .errors import CgroupPermissionError, CgroupUnavailable, LimitUnavailable, OslError, OslOSError, from_errno
 from .operations import Limits
 
 SUBTREE = "osl_pg"
@@ -55,6 +84,22 @@ NOTIFY_INTERVAL = 0.010
 
 _counter = itertools.count(1)
 _subtree_lock = threading.Lock()
+_GROUP_NAME = re.compile(r"[0-9]+-[0-9]+\Z")  # <creator pid>-<n>
+# A full fd table (or system file table) is not "no cgroups here": it is
+# raised, typed, never taken for a missing file or a reason to fall back.
+_FD_SHORTAGE = (errno.EMFILE, errno.ENFILE)
+
+
+def _fd_shortage(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _FD_SHORTAGE
+
+
+def _raise_os_error(e: OSError, what: str, path: str) -> NoReturn:
+    """A missing file stays a FileNotFoundError (callers expect it: a
+    removed cgroup); anything else becomes a typed error naming `path`."""
+    if isinstance(e, (FileNotFoundError, OslError)):
+        raise e
+    raise from_errno(e.errno or errno.EIO, f"{what} {path}") from None
 
 
 # --------------------------------------------------------------------------
@@ -86,32 +131,44 @@ def _own_paths() -> Dict[str, str]:
     """Our cgroup per hierarchy from /proc/self/cgroup: key "" is cgroup v2,
     else each v1 controller of the line."""
     paths: Dict[str, str] = {}
-    try:
-        with open(OWN_CGROUP) as f:
-            for line in f:
-                _, ctrls, path = line.rstrip("\n").split(":", 2)
-                if ctrls == "":
-                    paths[""] = path
-                for c in ctrls.split(","):
-                    if c and not c.startswith("name="):
-                        paths[c] = path
-    except OSError:
-        pass
+    for line in _read_proc(OWN_CGROUP).splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if ctrls == "":
+            paths[""] = path
+        for c in ctrls.split(","):
+            if c and not c.startswith("name="):
+                paths[c] = path
     return paths
+
+
+def _read_proc(path: str) -> str:
+    """A /proc file: "" where there is none (no /proc: no cgroups); any
+    other failure (EMFILE...) is raised, typed: reading nothing there would
+    say "no cgroup hierarchy" when the truth is "no fd left"."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        _raise_os_error(e, "cannot read", path)
+
+
+# While prepare() runs on a thread, the hierarchies it read once (reading
+# mountinfo and our cgroups costs ~100 us; one group's setup asks often).
+_during_prepare = threading.local()
 
 
 def hierarchies() -> List[Hierarchy]:
     """Every cgroup hierarchy mounted here in which our own cgroup is
     visible (a mount whose root is outside our cgroup is skipped)."""
+    known = getattr(_during_prepare, "hierarchies", None)
+    if known is not None:
+        return known
     own = _own_paths()
     found: List[Hierarchy] = []
     seen = set()
-    try:
-        with open(MOUNTINFO) as f:
-            lines = f.readlines()
-    except OSError:
-        return []
-    for line in lines:
+    for line in _read_proc(MOUNTINFO).splitlines():
         left, _, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
@@ -163,11 +220,15 @@ def cgroup1(controller: str) -> Optional[Hierarchy]:
 
 
 def _read(path: str) -> str:
+    """A cgroup file's text; "" when the file (or its cgroup) is gone.
+    Other failures are raised, typed."""
     try:
         with open(path) as f:
             return f.read()
-    except OSError:
-        return ""
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) or e.errno == errno.ENODEV:  # ENODEV: removed under us
+            return ""
+        _raise_os_error(e, "cannot read", path)
 
 
 # --------------------------------------------------------------------------
@@ -177,9 +238,15 @@ def _read(path: str) -> str:
 class Cgroup:
     """A cgroup directory this process created for one group."""
 
-    def __init__(self, hierarchy: Hierarchy, path: str):
+    def __init__(self, hierarchy: Hierarchy, path: str, lock_fd: Optional[int] = None):
         self.hierarchy = hierarchy
         self.path = path
+        # The flock that says "my creator lives" (see the module docstring);
+        # closed when the directory is removed.
+        self.lock_fd = lock_fd
+        self._creator = os.getpid()
+        if lock_fd is not None:
+            _locked[path] = self
 
     def __repr__(self) -> str:
         return f"<Cgroup {self.path}>"
@@ -191,12 +258,18 @@ class Cgroup:
         return os.path.exists(self.file(name))
 
     def read(self, name: str) -> str:
-        with open(self.file(name)) as f:
-            return f.read()
+        try:
+            with open(self.file(name)) as f:
+                return f.read()
+        except OSError as e:
+            _raise_os_error(e, "cannot read", self.file(name))
 
     def write(self, name: str, value: str) -> None:
-        with open(self.file(name), "w") as f:
-            f.write(value)
+        try:
+            with open(self.file(name), "w") as f:
+                f.write(value)
+        except OSError as e:
+            _raise_os_error(e, f"cannot write {value!r} to", self.file(name))
 
     def keyed(self, name: str) -> Dict[str, int]:
         """A flat keyed file ("populated 1\\nfrozen 0\\n") as a dict;
@@ -219,7 +292,10 @@ class Cgroup:
 
     def open_procs(self) -> int:
         """An O_CLOEXEC fd on cgroup.procs for the child to join through."""
-        return os.open(self.file("cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            return os.open(self.file("cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as e:
+            _raise_os_error(e, "cannot open", self.file("cgroup.procs"))
 
     def move_out(self) -> None:
         """Move whatever still runs here to our own cgroup of the hierarchy,
@@ -233,7 +309,25 @@ class Cgroup:
 
     def remove(self) -> bool:
         """rmdir, moving leftover processes out first; then the osl_pg
-        subtree too when it is empty. True once the directory is gone."""
+        subtree too when it is empty. True once the directory is gone.
+        Our lock goes in any case: a directory left behind (still busy)
+        is then removed by a later sweep once it is empty. In a child
+        forked from the creator this only drops the lock fd: the
+        directory is the parent's."""
+        try:
+            if os.getpid() != self._creator:
+                return False
+            return self._remove()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self.lock_fd = self.lock_fd, None
+        if fd is not None:
+            _locked.pop(self.path, None)
+            os.close(fd)
+
+    def _remove(self) -> bool:
         for attempt in range(50):
             try:
                 os.rmdir(self.path)
@@ -245,7 +339,10 @@ class Cgroup:
                     return False
                 # Populated: someone we did not kill (a detached group, an
                 # escapee of a limits-only cgroup) or a process still exiting.
-                self.move_out()
+                try:
+                    self.move_out()
+                except OSError:  # no fd to read cgroup.procs: retry
+                    pass
                 time.sleep(0.001 * attempt)
         else:
             return False
@@ -261,10 +358,127 @@ def _remove_subtree_if_empty(subtree: str) -> None:
             pass  # another group (of any process) still has a directory in it
 
 
+# Every Cgroup holding a lock fd: a sweep skips them, and a forked child
+# closes its copies (else a long-lived child would keep its dead parent's
+# directories locked, looking owned, for as long as it runs). Plain dict
+# operations, atomic under the GIL: no lock to take on the way.
+_locked: Dict[str, "Cgroup"] = {}  # path -> its Cgroup
+
+
+def _close_locks_in_child() -> None:
+    for cg in list(_locked.values()):
+        fd, cg.lock_fd = cg.lock_fd, None
+        if fd is not None:
+            try:
+                os.close(fd)  # not flock(LOCK_UN): the parent's lock stays
+            except OSError:
+                pass
+    _locked.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _still_names(path: str, fd: int) -> bool:
+    """Whether `path` is still the directory `fd` was opened on (not
+    removed, nor removed and made again by someone else)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    was = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (was.st_dev, was.st_ino)
+
+
+def _lock_if_unowned(path: str) -> Optional[int]:
+    """The fd of `path` holding its lock, or None when its creator (or
+    another sweeper) holds it, or it is gone."""
+    try:
+        fd = _open_dir(path)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _still_names(path, fd):
+            return fd
+    except BlockingIOError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def _sweep(subtree: str) -> None:
+    """Remove the empty <pid>-<n> directories of `subtree` whose creator is
+    gone (nobody holds their lock). Best effort: a directory that still
+    has processes, or that we may not remove, stays; with no fd left the
+    sweep stops (the create that follows says so). Run in every
+    hierarchy before each group's cgroups are made, so no directory of a
+    dead owner outlives the next group that uses cgroups, whoever makes
+    it: our own directories are known and skipped, another's costs an
+    open, a flock and a close (9 us measured here), only while that
+    owner lives."""
+    try:
+        names = os.listdir(subtree)
+    except OSError:
+        return  # none yet; or no fd left
+    for name in names:
+        path = os.path.join(subtree, name)
+        if not _GROUP_NAME.match(name) or path in _locked:
+            continue
+        try:
+            fd = _lock_if_unowned(path)
+        except OSError as e:
+            if _fd_shortage(e):
+                return
+            continue  # not ours to open (EACCES) or not a directory
+        if fd is None:
+            continue
+        try:
+            os.rmdir(path)  # EBUSY while processes are in it: it stays
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _new_dir(subtree: str) -> Optional[Tuple[str, int]]:
+    """mkdir subtree/<pid>-<n> and take its lock: (path, lock fd), or None
+    when the name was taken or a sweeper got in first (try the next)."""
+    path = os.path.join(subtree, f"{os.getpid()}-{next(_counter)}")
+    try:
+        os.mkdir(path)
+    except (FileExistsError, FileNotFoundError):
+        # Taken (by a process with our pid in another pid namespace, or a
+        # dead one's), or the subtree was removed under us.
+        return None
+    try:
+        # None: a sweeper removed it since our mkdir, or holds its lock
+        # (and removes it).
+        fd = _lock_if_unowned(path)
+    except OSError as e:
+        # No fd for the lock: take the directory back (unlocked, it is
+        # nobody's yet) and say what could not be opened.
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+        _raise_os_error(e, "cannot open (to lock it) the new cgroup", path)
+    return None if fd is None else (path, fd)
+
+
 def _create(hierarchy: Hierarchy, controllers: Tuple[str, ...] = ()) -> Cgroup:
-    """mkdir <own cgroup>/osl_pg/<pid>-<n>, enabling `controllers` (cgroup
-    v2) in the subtree first. Another process may remove the empty subtree
-    between our two mkdirs: then it is made again."""
+    """mkdir <own cgroup>/osl_pg/<pid>-<n> and lock it, enabling
+    `controllers` (cgroup v2) in the subtree first. Another process may
+    remove the empty subtree between our two mkdirs: then it is made
+    again."""
     subtree = os.path.join(hierarchy.own_dir, SUBTREE)
     for _ in range(100):
         with _subtree_lock:
@@ -274,14 +488,9 @@ def _create(hierarchy: Hierarchy, controllers: Tuple[str, ...] = ()) -> Cgroup:
                 pass
             if hierarchy.version == 2 and controllers:
                 _enable(subtree, controllers)
-        path = os.path.join(subtree, f"{os.getpid()}-{next(_counter)}")
-        try:
-            os.mkdir(path)
-            return Cgroup(hierarchy, path)
-        except FileExistsError:
-            continue  # left by a dead process with our pid: take the next name
-        except FileNotFoundError:
-            continue  # the subtree was removed under us
+        made = _new_dir(subtree)
+        if made is not None:
+            return Cgroup(hierarchy, *made)
     raise OslOSError(errno.EAGAIN, f"could not create a cgroup under {subtree}")
 
 
@@ -326,7 +535,15 @@ class CgroupSet:
         return ([self.v2] if self.v2 is not None else []) + list(self.v1.values())
 
     def open_join_fds(self) -> List[int]:
-        self.join_fds = [cg.open_procs() for cg in self.all]
+        """One cgroup.procs fd per directory; on failure (no fd left) those
+        already opened are closed again and a typed error names the file."""
+        self.close_join_fds()
+        try:
+            for cg in self.all:
+                self.join_fds.append(cg.open_procs())
+        except BaseException:
+            self.close_join_fds()
+            raise
         return self.join_fds
 
     def close_join_fds(self) -> None:
@@ -356,7 +573,10 @@ class CgroupSet:
         """Remove every directory (snapshotting the limit events first)."""
         self.close_join_fds()
         if self._final_events is None:
-            self._final_events = self.limit_events()
+            try:
+                self._final_events = self.limit_events()
+            except OSError:  # no fd to read them: the directories go all the same
+                self._final_events = {}
         for cg in self.all:
             cg.remove()
 
@@ -371,7 +591,9 @@ class CgroupSet:
             return None
         try:
             self.v2 = _create(h, tuple(c for c in needed if c in h.controllers))
-        except OSError:
+        except OSError as e:
+            if _fd_shortage(e):
+                raise
             return None
         return self.v2
 
@@ -383,7 +605,9 @@ class CgroupSet:
         if cg is None:
             try:
                 cg = self.v1[h.mount] = _create(h)
-            except OSError:
+            except OSError as e:
+                if _fd_shortage(e):
+                    raise
                 return None
         return cg
 
@@ -460,13 +684,21 @@ def prepare(containment: Optional[str], limits: Optional[Limits]) -> Optional[Cg
     requested = limits.requested() if limits is not None else {}
     if containment is None and not requested:
         return None
+    found = hierarchies()
+    # Every hierarchy, not only those this group will use: a dead owner's
+    # v1 limit directories go with the next group of any kind.
+    for h in found:
+        _sweep(os.path.join(h.own_dir, SUBTREE))
+    _during_prepare.hierarchies = found
     cgs = CgroupSet()
     try:
         if containment is not None:
             try:
                 cgs.v2 = _containment_cgroup(tuple(CONTROLLER[n] for n in requested))
             except (OSError, NotImplementedError) as e:
-                if containment == "cgroup":
+                # Falling back is for "no cgroups for us here", not for a
+                # full fd table, which the fallback would hit next anyway.
+                if containment == "cgroup" or _fd_shortage(e):
                     raise
                 cgs.containment_error = e
         if requested:
@@ -474,6 +706,8 @@ def prepare(containment: Optional[str], limits: Optional[Limits]) -> Optional[Cg
     except BaseException:
         cgs.remove()
         raise
+    finally:
+        _during_prepare.hierarchies = None
     return cgs
 
 
@@ -501,8 +735,15 @@ class EventsWatch:
 
     def __init__(self, cg: Cgroup):
         self.cg = cg
-        self.fd = os.open(cg.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-        self.epoll = select.epoll()
+        try:
+            self.fd = os.open(cg.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            _raise_os_error(e, "cannot open", cg.file("cgroup.events"))
+        try:
+            self.epoll = select.epoll()
+        except OSError as e:
+            os.close(self.fd)
+            _raise_os_error(e, "cannot make an epoll fd to watch", cg.file("cgroup.events"))
         self.epoll.register(self.fd, select.EPOLLPRI)
 
     def read(self) -> Dict[str, int]:

@@ -612,8 +612,11 @@ class ProcessGroup:
         if self._strategy.cgroup_path is not None:
             candidate = os.path.join(self._strategy.cgroup_path, "cgroup.kill")
             kill_file = candidate if os.path.exists(candidate) else None
-        watchdog.register(self.pgid, kill_file)
+        cgroups = getattr(self._strategy, "cgroups", None)
+        dirs = [cg.path for cg in cgroups.all] if cgroups is not None else []
+        # Set first: whatever register() did before failing, release unregisters.
         self._kill_on_parent_death = True
+        watchdog.register(self.pgid, kill_file, dirs)
 
     def _unregister(self) -> None:
         if _owned.get(self.pgid) is self._wref:

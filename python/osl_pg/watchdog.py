@@ -12,18 +12,32 @@ worth killing.
 The watchdog starts on the first registration (one interpreter start-up,
 ~20 ms, once) and exits when the last group is unregistered: the parent then
 closes the pipe with an empty list, which the watchdog takes as "done".
+After killing, it removes the cgroup directories of the groups it ended
+(their owner, dead, cannot), once the last process in each has gone.
+
+If the watchdog cannot be started (no fd for its pipe, no process slot),
+register() raises a typed error and keeps nothing: the group is not on the
+list, no watchdog process or pipe is left behind.
 """
+import errno
 import os
 import sys
 import threading
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
+
+from .errors import from_errno
 
 # Runs in the watchdog (python -I -S: no site, no user paths: a fast start).
-# Lines: "+PGID" or "+PGID CGROUP_KILL_FILE" registers, "-PGID" forgets. A
-# group in the cgroup tier is ended through its cgroup.kill file as well,
-# which also reaches members that left the process group (setsid).
+# Lines: "+PGID KILL DIR..." registers, "-PGID" forgets. Paths go hex-encoded
+# (any byte may be in a path), "-" for none. KILL is the group's cgroup.kill
+# file in the cgroup tier: writing it also reaches members that left the
+# process group (setsid). DIR... are the group's cgroup directories, removed
+# after the kill. Like every remover (osl_pg.cgroup), the watchdog takes a
+# directory's flock first (free: its creator is dead) and checks the name
+# still leads to the directory it locked; a sweeping process that holds the
+# lock is removing it already.
 _WATCHDOG_CODE = r"""
-import os, signal
+import errno, fcntl, os, signal, time
 groups = {}
 f = os.fdopen(0, "rb", buffering=0)
 buf = b""
@@ -35,14 +49,14 @@ while True:
     *lines, buf = buf.split(b"\n")
     for line in lines:
         if line[:1] == b"+":
-            pgid, _, kill_file = line[1:].partition(b" ")
-            groups[int(pgid)] = kill_file
+            pgid, *paths = line[1:].split(b" ")
+            groups[int(pgid)] = [b"" if p == b"-" else bytes.fromhex(p.decode()) for p in paths]
         elif line[:1] == b"-":
             groups.pop(int(line[1:]), None)
-for pgid, kill_file in groups.items():
-    if kill_file:
+for pgid, paths in groups.items():
+    if paths and paths[0]:
         try:
-            with open(kill_file, "wb") as k:
+            with open(paths[0], "wb") as k:
                 k.write(b"1")
         except OSError:
             pass
@@ -50,43 +64,119 @@ for pgid, kill_file in groups.items():
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+
+def remove(path, deadline):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        pause = 0.001
+        while True:
+            # Our EOF may come before the exiting parent's fds are all
+            # closed, its lock among them; a sweeper may hold it briefly.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+        st, now = os.fstat(fd), os.stat(path)  # gone meanwhile: OSError
+        if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+            return
+        pause = 0.001
+        while True:  # EBUSY until the killed processes have exited
+            try:
+                os.rmdir(path)
+                break
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    return
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(os.path.dirname(path))  # the osl_pg subtree, once empty
+    except OSError:
+        pass
+
+# Bounded: a process stuck in the kernel (D state) must not keep us here;
+# what stays is removed by the next process's sweep once it is empty.
+deadline = time.monotonic() + 10
+for paths in groups.values():
+    for path in paths[1:]:
+        remove(path, deadline)
 """
 
 _lock = threading.Lock()
-_groups: Dict[int, Optional[str]] = {}  # pgid -> cgroup.kill file
+# pgid -> (cgroup.kill file or None, cgroup directories)
+_groups: Dict[int, Tuple[Optional[str], Tuple[str, ...]]] = {}
 _proc = None  # the watchdog's Process handle
 _pipe: Optional[int] = None
 
 
-def register(pgid: int, cgroup_kill_file: Optional[str] = None) -> None:
+def register(pgid: int, cgroup_kill_file: Optional[str] = None, cgroup_dirs: Sequence[str] = ()) -> None:
     """Kill group `pgid` (and everything in `cgroup_kill_file`'s cgroup)
-    when this process dies."""
-    global _proc, _pipe
-    if cgroup_kill_file is not None and (" " in cgroup_kill_file or "\n" in cgroup_kill_file):
-        raise ValueError(f"cgroup path not usable by the watchdog: {cgroup_kill_file!r}")
+    when this process dies, then remove `cgroup_dirs`. Raises a typed
+    OSError (and registers nothing) if no watchdog can be started."""
+    entry = (cgroup_kill_file, tuple(cgroup_dirs))
     with _lock:
-        _groups[pgid] = cgroup_kill_file
+        _groups[pgid] = entry
         try:
-            if _pipe is None:
-                _proc, _pipe = _start()
-            os.write(_pipe, _line(pgid, cgroup_kill_file))
+            _send(_line(pgid, entry))
+        except BaseException as e:
+            del _groups[pgid]
+            if isinstance(e, OSError):
+                raise _start_error(e) from e
+            raise
+
+
+def _start_error(e: OSError) -> OSError:
+    """The same typed error, saying that the watchdog could not start."""
+    err = e.errno or errno.EIO
+    cls = type(from_errno(err, ""))
+    return cls(err, f"cannot start the kill-on-parent-death watchdog: {e.strerror or e}")
+
+
+def _send(data: bytes) -> None:
+    """Write to the watchdog; if there is none (the first group, or it
+    died: the OOM killer, a stray kill), start one and give it every group,
+    the new one included. On failure no watchdog process or pipe is kept."""
+    global _proc, _pipe
+    if _pipe is not None:
+        try:
+            _write_all(_pipe, data)
+            return
         except BrokenPipeError:
-            # The watchdog died (OOM killer, a stray kill): start another
-            # and give it every group, this one included.
             _discard_watchdog()
-            _proc, _pipe = _start()
-            os.write(_pipe, b"".join(_line(p, k) for p, k in _groups.items()))
+    _proc, _pipe = _start()
+    try:
+        _write_all(_pipe, b"".join(_line(p, e) for p, e in _groups.items()))
+    except BaseException:
+        _discard_watchdog()
+        raise
 
 
-def _line(pgid: int, cgroup_kill_file: Optional[str]) -> bytes:
-    line = b"+%d" % pgid
-    if cgroup_kill_file:
-        line += b" " + os.fsencode(cgroup_kill_file)
-    return line + b"\n"
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _line(pgid: int, entry: Tuple[Optional[str], Tuple[str, ...]]) -> bytes:
+    kill_file, dirs = entry
+    paths = [os.fsencode(p).hex().encode() if p else b"-" for p in (kill_file, *dirs)]
+    return b"+%d %s\n" % (pgid, b" ".join(paths))
 
 
 def _discard_watchdog() -> None:
-    """Forget a dead watchdog: close our end, reap it."""
+    """Forget a watchdog: close our end (with nothing registered it exits
+    on EOF without killing; a dead one is just reaped), reap it."""
     global _proc, _pipe
     if _pipe is not None:
         os.close(_pipe)
@@ -104,7 +194,7 @@ def unregister(pgid: int) -> None:
         if _pipe is None:
             return
         try:
-            os.write(_pipe, b"-%d\n" % pgid)
+            _write_all(_pipe, b"-%d\n" % pgid)
         except BrokenPipeError:
             _discard_watchdog()  # dead already: the next register() starts one
             return
@@ -141,5 +231,11 @@ def _start():
     op = (ProcessSpawnOperation(sys.executable).with_args(["-I", "-S", "-c", _WATCHDOG_CODE])
           .with_detach_from_terminal().with_stdin(PIPE))
     spawned = backend.spawn(op)
-    proc = Process(spawned.pid, [sys.executable, "watchdog"])
+    try:
+        proc = Process(spawned.pid, [sys.executable, "watchdog"])
+    except BaseException:
+        # Started, but we cannot keep it: EOF with nothing registered ends it.
+        os.close(spawned.stdin)
+        os.waitpid(spawned.pid, 0)
+        raise
     return proc, spawned.stdin
