@@ -261,8 +261,9 @@ def test_no_arguments_prints_usage_and_version_prints_the_version():
     out = osl_pg()
     assert out.returncode == 2 and out.stderr.startswith("usage: osl-pg") and "required" not in out.stderr
     assert "run" in out.stderr and "kill" in out.stderr
-    version = osl_pg("--version")
-    assert version.returncode == 0 and version.stdout.strip() == f"osl-pg {__version__}"
+    for args in (["--version"], ["run", "--version"]):
+        version = osl_pg(*args)
+        assert version.returncode == 0 and version.stdout.strip() == f"osl-pg {__version__}"
 
 
 DURATIONS = ["1", "1s", ".5", "5.", "+1", "0", "0.0", "1m", "1h", "1d", "1.5d", "1e1", "0x1p1", "inf", "INF",
@@ -325,8 +326,13 @@ SIDE_BY_SIDE = [
 @pytest.mark.parametrize("options,duration,command", SIDE_BY_SIDE,
                          ids=[" ".join(o + [d] + c) for o, d, c in SIDE_BY_SIDE])
 def test_exit_status_is_timeouts(options, duration, command):
-    want = subprocess.run(["timeout", *options, duration, *command], capture_output=True, timeout=60).returncode
-    got = osl_pg("run", *options, "--timeout", duration, "--", *command)
+    # Only PATH directories this user may search: execvp() reports a
+    # command it could not look for in one (EACCES) as 126, not 127.
+    path = ":".join(d for d in os.environ["PATH"].split(":") if os.access(d or ".", os.X_OK))
+    env = dict(os.environ, PATH=path)
+    want = subprocess.run(["timeout", *options, duration, *command], capture_output=True, timeout=60,
+                          env=env).returncode
+    got = osl_pg("run", *options, "--timeout", duration, "--", *command, env=env)
     # timeout, in the group it signals, dies of its own SIGKILL: a shell
     # shows 137 for both; osl-pg is outside the group and exits with 137.
     assert shell_status(got.returncode) == shell_status(want), got.stderr

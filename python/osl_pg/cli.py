@@ -672,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = _subcommand(sub, "run", "run a command as a process group leader; end the whole tree with it "
                                   "(coreutils timeout's options)", RUN_DESCRIPTION, RUN_EPILOG)
     run.usage_status = EXIT_FAILED  # type: ignore[attr-defined]
+    run.add_argument("--version", action="version", version=f"osl-pg {__version__}")  # as timeout --version
     run.add_argument("-t", "--timeout", metavar="DURATION", type=parse_duration, default=0.0,
                      help="signal the whole tree after DURATION (default 0: no timeout)")
     run.add_argument("-s", "--signal", metavar="SIG", type=parse_signal, default=int(signal.SIGTERM),
