@@ -731,8 +731,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.cmd is None:
         parser.print_help(sys.stderr)
         return 2
-    if extra:  # the subcommand's own usage status (125 for run)
-        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # with the subcommand's own usage status (125 for run)
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     # A refusal is reported once, by the line below; without a handler the
     # audit logger's WARNING for it would reach stderr as a second line.
     audit_logger = logging.getLogger("osl_pg.audit")
