@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from . import __version__
 from ._backend import backend
@@ -19,6 +19,7 @@ from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup, scan_group, set_child_subreaper
 from .operations import CONTAINMENT, ProcessSignalOperation, ProcessSpawnOperation, signal_name
 from .process import Process, WaitTimeout
+from .result import ExecutionResult
 from .terminal import ForegroundTerminal
 from .tiers import ExitWatch, PgidTier
 
@@ -359,6 +360,21 @@ def _sweep(group: ProcessGroup, grace: float, keep: bool, say: bool) -> Tuple[Li
             [{"pid": pid, "name": name, "pgid": pgid} for pid, (name, pgid) in sorted(escaped.items())])
 
 
+def _start(op: ProcessSpawnOperation) -> Union[ExecutionResult, int]:
+    """The spawn, or the exit status that says why there is none."""
+    try:
+        return ProcessExecutor("osl-pg-run").execute(op)
+    except (NotImplementedError, CgroupPermissionError, ValueError) as e:  # before the PermissionError below
+        _say(_error_line(e))
+        return EXIT_FAILED
+    except FileNotFoundError as e:
+        _say(_error_line(e))
+        return EXIT_NOT_FOUND
+    except OSError as e:
+        _say(_error_line(e))
+        return EXIT_CANNOT_RUN
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -377,31 +393,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             set_child_subreaper(True)
         except NotImplementedError:
             pass
-    try:
-        result = ProcessExecutor("osl-pg-run").execute(op)
-    except (NotImplementedError, CgroupPermissionError, ValueError) as e:  # before the PermissionError below
-        _say(_error_line(e))
-        return EXIT_FAILED
-    except FileNotFoundError as e:
-        _say(_error_line(e))
-        return EXIT_NOT_FOUND
-    except OSError as e:
-        _say(_error_line(e))
-        return EXIT_CANNOT_RUN
-    group: Optional[ProcessGroup] = result.group
-    proc = result.process
-    assert proc is not None
-    if args.verbose and group is not None:
-        _say(f"{command[0]!r} leads process group {group.pgid} (containment: {group.tier})")
-    sweep_grace = args.kill_after if args.kill_after and _limit(args.kill_after) else DEFAULT_GRACE
-    signaller = _Signaller(group, proc, command[0], _limit(args.kill_after), args.verbose, say)
-    terminal = ForegroundTerminal(0)
-    if group is not None:
-        terminal.give_to_group(group)  # the group gets the terminal while it runs
     catch = set(FORWARDED)
     if args.signal not in (0, _SIGKILL, getattr(signal, "SIGSTOP", None), _SIGCONT):
         catch.add(args.signal)
-    previous = {s: signal.signal(s, signaller.forward) for s in catch}
+    # A signal that comes while the command starts waits, blocked, for the
+    # handlers that pass it on: at its default action it would end osl-pg
+    # and leave the new tree running. (The child starts with an empty mask.)
+    sigmask = getattr(signal, "pthread_sigmask", None)  # not on Windows
+    unblocked = sigmask(signal.SIG_BLOCK, catch) if sigmask is not None else None
+    try:
+        result = _start(op)
+        if isinstance(result, int):
+            return result
+        group: Optional[ProcessGroup] = result.group
+        proc = result.process
+        assert proc is not None
+        signaller = _Signaller(group, proc, command[0], _limit(args.kill_after), args.verbose, say)
+        previous = {s: signal.signal(s, signaller.forward) for s in catch}
+    finally:
+        if sigmask is not None:
+            sigmask(signal.SIG_SETMASK, unblocked)
+    if args.verbose and group is not None:
+        _say(f"{command[0]!r} leads process group {group.pgid} (containment: {group.tier})")
+    sweep_grace = args.kill_after if args.kill_after and _limit(args.kill_after) else DEFAULT_GRACE
+    terminal = ForegroundTerminal(0)
+    if group is not None:
+        terminal.give_to_group(group)  # the group gets the terminal while it runs
     timed_out = False
     leftovers: List[dict] = []
     escaped: List[dict] = []
