@@ -494,3 +494,16 @@ def test_kill_force_lets_root_signal_another_users_group(executor):
         assert result.process.wait(10) == -signal.SIGTERM
     finally:
         result.group.close()
+
+
+def test_a_signal_while_the_command_starts_is_passed_on():
+    """The command signals osl-pg at once, racing its handlers: the signal
+    waits (blocked) until they are in, then ends the whole group. Before,
+    it could end osl-pg alone and leave the command running."""
+    out = osl_pg("run", "--", "sh", "-c", 'echo $$; kill -TERM $PPID; exec sleep 300 >/dev/null 2>&1')
+    leader = int(out.stdout.split()[0])
+    try:
+        assert out.returncode == -signal.SIGTERM, out.stderr
+        assert not alive(leader)
+    finally:
+        kill_pids([leader])
