@@ -1,0 +1,415 @@
+"""pytest plugin: find the processes a test leaves running, show them, end them.
+
+Off unless asked for: ``--leaked-processes=fail|warn|kill`` (or the ini option
+``leaked_processes``; ``-p osl_pg.pytest_plugin`` alone means ``fail``). With
+no option pytest only registers the option: no hook runs per test.
+
+For each test, from the start of its setup to the end of its teardown, this
+process is a child subreaper (Linux), so the orphans of a tree the test
+started (double forks, setsid daemons) are reparented to it rather than to
+init. A *leak* is a live process that descends from this one, did not exist
+when the test began (same pid *and* start time: a recycled pid is a new
+process), and is not owned by a fixture of a wider scope; processes sharing a
+new process group or session with a leak are leaks too. Leaks are printed as
+a tree, sent SIGTERM (and SIGCONT), then SIGKILL after a grace, and the mode
+decides the rest: ``fail`` reports the test's teardown as failed, ``warn``
+issues a LeakedProcessWarning, ``kill`` only ends them.
+
+A fixture of class, module, package or session scope owns the processes that
+appear while it sets up, and their descendants (or group mates) seen later;
+they are checked when the fixture is finalized and charged to it then.
+Zombies that were reparented to us are reaped, unless a live Popen object or
+osl_pg handle could still wait for them; children that existed before the
+test are never touched.
+"""
+import gc
+import os
+import signal
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple
+
+import psutil
+import pytest
+
+MODES = ("fail", "warn", "kill", "off")
+GRACE = 1.0         # seconds between SIGTERM and SIGKILL
+KILL_TIMEOUT = 5.0  # SIGKILL ends a process within milliseconds unless it is stuck in the kernel
+_LINUX = sys.platform.startswith("linux")
+_PR_GET_CHILD_SUBREAPER = 37
+
+Key = Tuple[int, float]  # (pid, start time): one process, never a later one with the same pid
+
+
+class LeakedProcessWarning(UserWarning):
+    """A test or fixture left processes running (``--leaked-processes=warn``)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    help = ("find processes a test leaves running and end them; fail (the test's teardown fails), "
+            "warn (LeakedProcessWarning) or kill (end them only); off by default")
+    parser.getgroup("osl_pg").addoption("--leaked-processes", choices=MODES, dest="leaked_processes", help=help)
+    parser.addini("leaked_processes", help + " (" + "|".join(MODES) + ")", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = config.getoption("leaked_processes") or config.getini("leaked_processes") or _mode_of_p(config)
+    if mode not in MODES:
+        raise pytest.UsageError(f"leaked_processes = {mode!r}: expected one of {', '.join(MODES)}")
+    if mode != "off":
+        config.pluginmanager.register(LeakWatcher(mode), "osl_pg-leak-watcher")
+
+
+def _mode_of_p(config: pytest.Config) -> str:
+    """"fail" when ``-p osl_pg.pytest_plugin`` was given, which with the
+    entry point installed would otherwise mean nothing."""
+    plugins = getattr(config.known_args_namespace, "plugins", None) or []
+    return "fail" if __name__ in plugins else "off"
+
+
+# --------------------------------------------------------------------------
+# what runs: our descendants, and who owns them
+
+
+class _Proc:
+    __slots__ = ("pid", "ppid", "pgid", "sid", "start", "zombie", "handle")
+
+    def __init__(self, p: psutil.Process):
+        with p.oneshot():
+            self.pid, self.ppid, self.start = p.pid, p.ppid(), p.create_time()
+            self.zombie = p.status() == psutil.STATUS_ZOMBIE
+        self.pgid, self.sid = (os.getpgid(p.pid), os.getsid(p.pid)) if os.name == "posix" else (0, 0)
+        self.handle = p  # psutil checks the start time again before it signals
+
+    @property
+    def key(self) -> Key:
+        return (self.pid, self.start)
+
+
+def _scan(new_ids: Iterable[int] = ()) -> Dict[int, _Proc]:
+    """Our descendants now, zombies included; with `new_ids` (process groups
+    and sessions made during the test), also every process in one of them:
+    members a setsid'd tree has outside our line of descent, whose orphans
+    went to init (no subreaper here, or the test switched it off). Only
+    descendants of the group's or session's maker can be in it."""
+    me = os.getpid()
+    ids = set(new_ids)
+    listing = [p for p in psutil.process_iter() if p.pid != me] if ids else psutil.Process().children(recursive=True)
+    found = {}
+    for p in listing:
+        try:
+            proc = _Proc(p)
+        except (psutil.Error, OSError):
+            continue  # gone since the listing
+        if not ids or proc.pgid in ids or proc.sid in ids:
+            found[proc.pid] = proc
+    if ids:
+        found.update(_scan())
+    return found
+
+
+def _command(proc: _Proc) -> str:
+    try:
+        return " ".join(proc.handle.cmdline()) or proc.handle.name()
+    except (psutil.Error, OSError):
+        return "?"
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class _Owners:
+    """Processes owned by fixtures wider than a test. A process belongs to
+    the fixture that owns it, an ancestor of it, or a process of its group
+    or session (unless that is pytest's own); once seen, it stays the
+    fixture's after its parent dies."""
+
+    def __init__(self) -> None:
+        self.by_fixture: Dict[Any, Set[Key]] = {}
+
+    def claimed(self) -> Set[Key]:
+        return set().union(*self.by_fixture.values()) if self.by_fixture else set()
+
+    def assign(self, table: Dict[int, _Proc], own_ids: Set[int]) -> Dict[int, Any]:
+        """{pid: owning fixture} over `table`, claiming what is new."""
+        owner_of_key = {k: f for f, keys in self.by_fixture.items() for k in keys}
+        if not owner_of_key:
+            return {}
+        owner_of_id = {}
+        for proc in table.values():
+            f = owner_of_key.get(proc.key)
+            if f is not None:
+                owner_of_id.update({i: f for i in (proc.pgid, proc.sid) if i not in own_ids})
+        owners: Dict[int, Any] = {}
+        for pid in table:
+            line, proc = [], table.get(pid)
+            f = None
+            while proc is not None and f is None and proc.pid not in line:
+                line.append(proc.pid)
+                f = (owners.get(proc.pid) or owner_of_key.get(proc.key)
+                     or owner_of_id.get(proc.pgid) or owner_of_id.get(proc.sid))
+                proc = table.get(proc.ppid)
+            if f is not None:
+                owners[pid] = f
+                self.by_fixture[f].add(table[pid].key)
+        return owners
+
+
+# --------------------------------------------------------------------------
+# ending them
+
+
+def _end(leaks: Dict[int, _Proc]) -> Dict[int, str]:
+    """SIGTERM (and SIGCONT, for stopped ones), SIGKILL after GRACE; how
+    each ended. psutil refuses to signal a pid whose start time changed."""
+    from .tiers import ExitWatch
+    how = {pid: "exited" for pid in leaks}
+
+    def send(sig: int) -> None:
+        for pid, proc in leaks.items():
+            if _running(proc.handle):
+                try:
+                    proc.handle.send_signal(sig)
+                    how[pid] = getattr(signal.Signals(sig), "name", str(sig))
+                except psutil.NoSuchProcess:
+                    pass
+                except psutil.AccessDenied:
+                    how[pid] = "not ours to signal"
+
+    def wait(seconds: float) -> List[int]:
+        deadline = time.monotonic() + seconds
+        with ExitWatch() as exits:
+            while True:
+                live = [pid for pid, proc in leaks.items() if _running(proc.handle)]
+                if not live or time.monotonic() >= deadline:
+                    return live
+                exits.wait(live, deadline)
+
+    send(signal.SIGTERM)
+    if os.name == "posix":
+        for proc in leaks.values():
+            try:
+                proc.handle.send_signal(signal.SIGCONT)
+            except psutil.Error:
+                pass
+    if wait(GRACE):
+        send(signal.SIGKILL)
+        for pid in wait(KILL_TIMEOUT):
+            how[pid] = "still running after SIGKILL"
+    return how
+
+
+def _held_pids() -> Set[int]:
+    """Pids some Popen object of this program (subprocess's, multiprocessing's,
+    asyncio's) may still wait for: reaping them would steal their status."""
+    held = set()
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "Popen":
+            attrs = getattr(obj, "__dict__", {})
+            if isinstance(attrs.get("pid"), int) and attrs.get("returncode") is None:
+                held.add(attrs["pid"])
+    return held
+
+
+def _reap(zombies: List[_Proc]) -> None:
+    """Reap our zombie children nobody else will wait for: orphans reparented
+    to us as subreaper, which init would have reaped."""
+    from .process import child_by_pid
+    me = os.getpid()
+    zombies = [z for z in zombies if z.ppid == me and child_by_pid(z.pid) is None]
+    held = _held_pids() if zombies else set()
+    for z in zombies:
+        if z.pid not in held:
+            try:
+                os.waitpid(z.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def _tree(leaks: Dict[int, _Proc], commands: Dict[int, str], how: Dict[int, str]) -> List[str]:
+    lines = [f"{'PID':>8} {'PPID':>8}  {'ENDED BY':<10} COMMAND"]
+    children: Dict[Optional[int], List[int]] = {}
+    for pid, proc in leaks.items():
+        children.setdefault(proc.ppid if proc.ppid in leaks else None, []).append(pid)
+
+    def show(parent: Optional[int], depth: int) -> None:
+        for pid in sorted(children.get(parent, [])):
+            lines.append(f"{pid:>8} {leaks[pid].ppid:>8}  {how[pid]:<10} {'  ' * depth}{commands[pid]}")
+            show(pid, depth + 1)
+
+    show(None, 0)
+    return lines
+
+
+# --------------------------------------------------------------------------
+# the per-test machinery, registered only when a mode is on
+
+
+class LeakWatcher:
+    """The plugin's active half (see the module docstring)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.owners = _Owners()
+        self.own_ids = {os.getpgrp(), os.getsid(0)} if os.name == "posix" else set()
+        self.baseline: Set[Key] = set()   # what ran when the current test began
+        self.old_ids: Set[int] = set()    # process groups and sessions that existed then
+        self.item: Optional[pytest.Item] = None
+        self.found: List[str] = []        # the current test's leak reports (fail mode)
+        self.summary: List[str] = []      # one line per offender, for the terminal summary
+        self.late: List[str] = []         # fail-mode reports made after the last test ran
+
+    # -- the span of one test: subreaper on, baseline taken
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, Any, None]:
+        previous = _get_subreaper()
+        if previous is not None:
+            _set_subreaper(True)
+        self.item, self.found = item, []
+        table = _scan()
+        self.baseline = {p.key for p in table.values()}
+        self.old_ids = self.own_ids | {i for p in table.values() for i in (p.pgid, p.sid)}
+        try:
+            yield
+        finally:
+            self.item = None
+            if previous is not None:
+                _set_subreaper(previous)
+
+    # -- fixtures wider than a test own what they start
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef: Any) -> Generator[None, Any, None]:
+        if fixturedef.scope == "function":
+            yield
+            return
+        before = {p.key for p in _scan().values()} | self.owners.claimed()
+        yield
+        self.owners.by_fixture.setdefault(fixturedef, set()).update(
+            p.key for p in _scan().values() if p.key not in before)
+
+    def pytest_fixture_post_finalizer(self, fixturedef: Any) -> None:
+        if fixturedef not in self.owners.by_fixture:
+            return
+
+        def mine(table: Dict[int, _Proc]) -> Dict[int, _Proc]:
+            owners = self.owners.assign(table, self.own_ids)
+            return {pid: p for pid, p in table.items() if owners.get(pid) is fixturedef}
+
+        who = f"The {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
+        name = f"fixture {fixturedef.argname!r} ({fixturedef.scope} scope, {fixturedef.baseid or 'root conftest'})"
+        self._handle(who, name, mine, _fixture_location(fixturedef))
+        del self.owners.by_fixture[fixturedef]
+
+    # -- the check, once the test's teardown is over
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, Any, None]:
+        yield
+
+        def mine(table: Dict[int, _Proc]) -> Dict[int, _Proc]:
+            new = {pid: p for pid, p in table.items() if p.key not in self.baseline}
+            ids = {i for p in new.values() if not p.zombie for i in (p.pgid, p.sid)} - self.old_ids
+            if ids:
+                table = _scan(ids)
+                new = {pid: p for pid, p in table.items() if p.key not in self.baseline}
+            owners = self.owners.assign(table, self.own_ids)
+            return {pid: p for pid, p in new.items() if pid not in owners}
+
+        self._handle("The test", item.nodeid, mine, (str(item.fspath), (item.location[1] or 0) + 1))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Generator[None, Any, None]:
+        outcome = yield
+        if call.when != "teardown" or not self.found or item is not self.item:
+            return
+        report = outcome.get_result()
+        text = "\n\n".join(self.found)
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = text
+        else:
+            report.sections.append(("osl_pg: leaked processes", text))
+
+    def _handle(self, who: str, name: str, select: Callable[[Dict[int, _Proc]], Dict[int, _Proc]],
+                where: Tuple[str, int]) -> bool:
+        """End the live processes select() picks from a scan, and what they
+        start while being ended; reap the zombies it picks; report them per
+        mode. True if there were any."""
+        leaks: Dict[int, _Proc] = {}
+        commands: Dict[int, str] = {}
+        how: Dict[int, str] = {}
+        for _ in range(4):  # each round: children forked while the previous one was ended
+            chosen = select(_scan())
+            live = {pid: p for pid, p in chosen.items() if not p.zombie and pid not in leaks}
+            if not live:
+                break
+            commands.update({pid: _command(p) for pid, p in live.items()})
+            how.update(_end(live))
+            leaks.update(live)
+        _reap([p for p in chosen.values() if p.zombie])
+        if not leaks:
+            return False
+        n = len(leaks)
+        s = "es" if n > 1 else ""
+        text = "\n".join([f"{who} left {n} process{s} running; osl_pg ended {'them' if n > 1 else 'it'}:"]
+                         + _tree(leaks, commands, how))
+        self.summary.append(f"{name}: {n} process{s} ({'; '.join(sorted(set(commands.values())))})")
+        if self.mode == "warn":
+            warnings.warn_explicit(LeakedProcessWarning(text), LeakedProcessWarning, where[0], where[1])
+        elif self.mode == "fail":
+            # After the last test (-x, Ctrl-C) there is no report to fail.
+            (self.found if self.item is not None else self.late).append(text)
+        return True
+
+    # -- the session
+
+    @pytest.hookimpl(trylast=True)  # after the runner finalized the fixtures left
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        for f in list(self.owners.by_fixture):  # fixtures pytest never finalized
+            self.pytest_fixture_post_finalizer(f)
+        if self.late and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.summary:
+            terminalreporter.write_sep("-", f"osl_pg ended leaked processes ({self.mode} mode)")
+            for line in self.summary:
+                terminalreporter.write_line(line)
+            for text in self.late:
+                terminalreporter.write_line(text)
+
+
+def _fixture_location(fixturedef: Any) -> Tuple[str, int]:
+    code = getattr(getattr(fixturedef, "func", None), "__code__", None)
+    return (code.co_filename, code.co_firstlineno) if code else ("<fixture>", 0)
+
+
+# --------------------------------------------------------------------------
+# PR_SET_CHILD_SUBREAPER (Linux)
+
+
+def _get_subreaper() -> Optional[bool]:
+    """Whether this process is a child subreaper now; None where there is
+    no such thing (not Linux)."""
+    if not _LINUX:
+        return None
+    import ctypes
+    value = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) != 0:
+        return None
+    return bool(value.value)
+
+
+def _set_subreaper(on: bool) -> None:
+    # The backend's prctl, not osl_pg.set_child_subreaper(): the plugin must
+    # not change what osl_pg's groups reap (the code under test's business).
+    from ._backend import backend
+    backend.set_child_subreaper(on)

@@ -1,0 +1,401 @@
+"""The pytest plugin (osl_pg.pytest_plugin), run on small test files through
+pytester. The inner tests write the pid and start time of each process they
+leave behind to pids.txt; the outer test checks with psutil what became of
+it. Whatever the plugin does not end, the outer test ends itself."""
+import os
+import signal
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from conftest import in_new_pid_namespace, linux_only, read
+
+pytest_plugins = ["pytester"]
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="the leaks below are made with sh")
+
+ON = ["-p", "osl_pg.pytest_plugin"]
+
+# Imported by each inner test file: leaves processes running and says which.
+HELPERS = """
+import os, subprocess, psutil
+
+def record(*pids):
+    with open(os.path.join(os.path.dirname(__file__), "pids.txt"), "a") as f:
+        for pid in pids:
+            f.write(f"{pid} {psutil.Process(pid).create_time()}\\n")
+
+def sh_leak(script):
+    '''Run `script` under sh, which prints the pids it leaves behind.'''
+    out = subprocess.run(["sh", "-c", script], stdout=subprocess.PIPE, text=True, check=True).stdout
+    pids = [int(w) for w in out.split()]
+    record(*pids)
+    return pids
+"""
+
+
+def recorded(pytester):
+    path = pytester.path / "pids.txt"
+    if not path.exists():
+        return []
+    return [(int(pid), float(start)) for pid, start in (line.split() for line in read(path).splitlines())]
+
+
+def state(pid, start):
+    """"gone" (no such process: reaped), "zombie" or "running"; a pid that
+    now names a later process counts as gone."""
+    try:
+        p = psutil.Process(pid)
+        if p.create_time() != start:
+            return "gone"
+        return "zombie" if p.status() == psutil.STATUS_ZOMBIE else "running"
+    except psutil.NoSuchProcess:
+        return "gone"
+
+
+@pytest.fixture
+def inner(pytester):
+    """pytester with the helpers importable; afterwards, ends whatever an
+    inner test recorded that is still running (a plugin that missed it)."""
+    pytester.makepyfile(leakhelpers=HELPERS)
+    yield pytester
+    for pid, start in recorded(pytester):
+        if state(pid, start) != "gone":
+            psutil.Process(pid).kill()
+            try:
+                os.waitpid(pid, 0)  # our child (we are the inner tests' process)
+            except ChildProcessError:
+                pass
+
+
+def run(pytester, *args):
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+# --------------------------------------------------------------------------
+# what it finds
+
+
+@linux_only
+def test_background_sleep_is_a_leak_of_the_test_and_is_reaped(inner):
+    inner.makepyfile(test_it="""
+        from leakhelpers import sh_leak
+        def test_leaks():
+            sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
+    """)
+    result = run(inner, *ON)
+    result.assert_outcomes(passed=1, errors=1)
+    (pid, start), = recorded(inner)
+    # Orphaned when sh exited: reparented to pytest (the subreaper), which
+    # ended it and reaped it.
+    result.stdout.re_match_lines([r".*ERROR at teardown of test_leaks.*",
+                                  r"The test left 1 process running; osl_pg ended it:",
+                                  rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])
+    assert state(pid, start) == "gone"
+
+
+@linux_only
+def test_double_forked_grandchild_is_found(inner):
+    inner.makepyfile(test_it="""
+        from leakhelpers import sh_leak
+        def test_double_fork():
+            # sh forks a subshell, which forks sleep and exits; then sh exits.
+            sh_leak("( sleep 300 >/dev/null 2>&1 & echo $! ) ; exit 0")
+    """)
+    result = run(inner, *ON)
+    result.assert_outcomes(passed=1, errors=1)
+    (pid, start), = recorded(inner)
+    result.stdout.re_match_lines([rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])
+    assert state(pid, start) == "gone"
+
+
+@linux_only
+def test_setsid_tree_is_shown_as_a_tree(inner):
+    inner.makepyfile(test_it="""
+        import os, time, psutil
+        from leakhelpers import sh_leak, record
+        def test_setsid():
+            leader, = sh_leak("setsid sh -c 'sleep 300 & sleep 301 & wait' >/dev/null 2>&1 & echo $!")
+            while len(psutil.Process(leader).children()) < 2:
+                time.sleep(0.01)
+            assert os.getsid(leader) == leader != os.getsid(0)  # a session of its own
+            record(*[c.pid for c in psutil.Process(leader).children()])
+    """)
+    result = run(inner, *ON)
+    result.assert_outcomes(passed=1, errors=1)
+    (leader, _), (a, _), (b, _) = recorded(inner)
+    first, second = sorted([a, b])
+    result.stdout.re_match_lines([r"The test left 3 processes running; osl_pg ended them:",
+                                  rf"\s+{leader}\s+{os.getpid()}\s+SIGTERM\s+sh -c sleep 300 & sleep 301 & wait",
+                                  rf"\s+{first}\s+{leader}\s+\S+\s+  sleep 30[01]",
+                                  rf"\s+{second}\s+{leader}\s+\S+\s+  sleep 30[01]"])
+    assert {state(pid, start) for pid, start in recorded(inner)} == {"gone"}
+
+
+SESSION_MAKER = """
+import os, subprocess, sys
+os.setsid()
+# A child that backgrounds sleep 300 and exits: the sleep is orphaned,
+# reparented away from the session leader (and from pytest, which is no
+# subreaper now), but stays in this session.
+sh = subprocess.Popen(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], stdout=subprocess.PIPE, text=True)
+orphan = sh.stdout.readline().strip()
+sh.wait()
+print(orphan, flush=True)
+os.execvp("sleep", ["sleep", "301"])
+"""
+
+
+@linux_only
+def test_a_new_session_is_searched_beyond_our_descendants(inner):
+    """With no subreaper (the test switched it off), an orphan of a tree our
+    child made into a session goes to init: not our descendant any more, it
+    is found as a member of that session."""
+    inner.makepyfile(session_maker=SESSION_MAKER, test_it="""
+        import os, subprocess, sys, psutil
+        import osl_pg
+        from leakhelpers import record
+        KEPT = []
+
+        def test_orphan_outside_our_tree():
+            osl_pg.set_child_subreaper(False)
+            leader = subprocess.Popen([sys.executable, "session_maker.py"], stdout=subprocess.PIPE, text=True)
+            KEPT.append(leader)
+            orphan = int(leader.stdout.readline())
+            assert os.getsid(orphan) == leader.pid
+            assert os.getpid() not in [p.pid for p in psutil.Process(orphan).parents()]
+            record(leader.pid, orphan)
+            leader.stdout.close()
+    """)
+    result = run(inner, *ON)
+    result.assert_outcomes(passed=1, errors=1)
+    (leader, _), (orphan, start) = recorded(inner)
+    result.stdout.re_match_lines([r"The test left 2 processes running; osl_pg ended them:"])
+    result.stdout.re_match_lines([rf"\s+{leader}\s+{os.getpid()}\s+SIGTERM\s+sleep 301"])
+    result.stdout.re_match_lines([rf"\s+{orphan}\s+\d+\s+SIGTERM\s+sleep 300"])
+    assert state(orphan, start) != "running"  # init's to reap (this machine's init is slow to)
+
+
+@linux_only
+def test_a_recycled_pid_is_a_new_process(pytester):
+    """A child that ran before the test ends; a leak then gets its pid. By pid
+    alone the leak would be "there before the test"; its start time says it
+    is new. In a pid namespace with pid_max 400, where pids cycle fast."""
+    pytester.makepyfile(test_it="""
+        import subprocess
+        for _ in range(400):  # past the first wrap: pids now cycle in 300..399
+            subprocess.run(["true"])
+        BEFORE = subprocess.Popen(["sleep", "300"])   # started at import: before the test
+        LEAK = []
+
+        def test_reuses_a_pid():
+            BEFORE.kill()
+            BEFORE.wait()
+            for _ in range(2000):
+                p = subprocess.Popen(["sleep", "300"])
+                if p.pid == BEFORE.pid:
+                    LEAK.append(p)
+                    return
+                p.kill()
+                p.wait()
+            raise AssertionError("pid never recycled")
+    """)
+    code = textwrap.dedent(f"""
+        import os, sys
+        with open("/proc/sys/kernel/pid_max", "w") as f:
+            f.write("400")
+        os.chdir({str(pytester.path)!r})
+        import pytest
+        print("exit status", int(pytest.main(["-q", "-p", "no:cacheprovider", "-p", "osl_pg.pytest_plugin"])))
+    """)
+    out = in_new_pid_namespace(code).stdout
+    assert "The test left 1 process running" in out and "1 passed, 1 error" in out, out
+    assert "exit status 1" in out, out
+
+
+# --------------------------------------------------------------------------
+# fixtures
+
+
+@linux_only
+def test_module_fixture_leak_is_charged_to_the_fixture(inner):
+    inner.makepyfile(test_it="""
+        import os, signal, subprocess
+        import pytest
+        from leakhelpers import record
+
+        @pytest.fixture(scope="module")
+        def careless_server():
+            p = subprocess.Popen(["sleep", "300"])  # never stopped
+            record(p.pid)
+            yield p
+
+        @pytest.fixture(scope="module")
+        def tidy_server():
+            # Its children start after setup returned; it stops them all.
+            p = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"], start_new_session=True)
+            yield p
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
+
+        def test_one(careless_server, tidy_server):
+            pass
+
+        def test_two(careless_server, tidy_server):
+            pass
+    """)
+    result = run(inner, *ON)
+    result.assert_outcomes(passed=2, errors=1)
+    (pid, start), = recorded(inner)
+    result.stdout.re_match_lines([r".*ERROR at teardown of test_two.*",
+                                  r"The module-scoped fixture 'careless_server' left 1 process running; .*",
+                                  rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])
+    result.stdout.no_fnmatch_line("*The test left*")
+    result.stdout.no_fnmatch_line("*tidy_server*")
+    assert state(pid, start) != "running"
+
+
+# --------------------------------------------------------------------------
+# the modes
+
+
+LEAK_ONE = """
+    from leakhelpers import sh_leak
+    def test_leaks():
+        sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("how", [["--leaked-processes=fail"], ["--leaked-processes=warn"],
+                                 ["--leaked-processes=kill"], ["-p", "osl_pg.pytest_plugin"], ["ini:warn"]])
+def test_modes(inner, how):
+    inner.makepyfile(test_it=LEAK_ONE)
+    if how[0].startswith("ini:"):
+        inner.makeini(f"[pytest]\nleaked_processes = {how[0][4:]}\n")
+        how = []
+    mode = next((a.split("=")[1] for a in how if a.startswith("--leaked")), None) or ("fail" if how else "warn")
+    result = run(inner, *how)
+    (pid, start), = recorded(inner)
+    if mode == "fail":
+        result.assert_outcomes(passed=1, errors=1)
+    else:
+        result.assert_outcomes(passed=1, warnings=1 if mode == "warn" else 0)
+    tree = f"*{pid}*SIGTERM*sleep 300*"
+    if mode == "kill":
+        result.stdout.no_fnmatch_line(tree)
+    else:
+        result.stdout.fnmatch_lines(["*LeakedProcessWarning: The test left 1 process*" if mode == "warn"
+                                     else "*ERROR at teardown of test_leaks*", tree])
+    result.stdout.fnmatch_lines([f"*osl_pg ended leaked processes ({mode} mode)*",
+                                 "test_it.py::test_leaks: 1 process (sleep 300)"])
+    assert state(pid, start) == "gone"
+
+
+def test_inactive_without_an_option(inner):
+    """The entry point loads the module; without a mode nothing else runs:
+    no subreaper, no watcher, the leak survives (the fixture ends it)."""
+    inner.makepyfile(test_it=LEAK_ONE + """
+    import ctypes, sys
+    def test_nothing_watches(pytestconfig):
+        assert pytestconfig.pluginmanager.has_plugin("osl_pg.pytest_plugin")
+        assert pytestconfig.pluginmanager.get_plugin("osl_pg-leak-watcher") is None
+        if sys.platform.startswith("linux"):
+            value = ctypes.c_int(-1)
+            assert ctypes.CDLL(None).prctl(37, ctypes.byref(value), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+            assert value.value == 0
+    """)
+    result = run(inner)
+    result.assert_outcomes(passed=2)
+    result.stdout.no_fnmatch_line("*osl_pg ended*")
+    (pid, start), = recorded(inner)
+    assert state(pid, start) == "running"
+
+
+def test_bad_ini_value_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\nleaked_processes = loud\n")
+    pytester.makepyfile(test_it="def test_x(): pass")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*leaked_processes = 'loud': expected one of fail, warn, kill, off*"])
+
+
+# --------------------------------------------------------------------------
+# what it must leave alone
+
+
+@linux_only
+def test_a_test_that_cleans_up_passes_and_its_zombies_are_reaped(inner):
+    inner.makepyfile(test_it="""
+        import subprocess, time, psutil
+        import osl_pg
+        from leakhelpers import sh_leak
+
+        def test_cleans_up():
+            p = subprocess.Popen(["sleep", "300"])
+            p.terminate()
+            p.wait()
+            osl_pg.run(["sh", "-c", "sleep 0 & sleep 0 & wait"], timeout=60)
+            # An orphan that exits on its own: reparented to us (the
+            # subreaper), a zombie nobody else will reap.
+            orphan, = sh_leak("sleep 0 >/dev/null 2>&1 & echo $!")
+            while psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.01)
+    """)
+    result = run(inner, "--leaked-processes=fail")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*osl_pg ended*")
+    (orphan, start), = recorded(inner)
+    assert state(orphan, start) == "gone"  # reaped by the plugin
+
+
+@linux_only
+def test_children_from_before_and_popen_handles_are_left_alone(inner):
+    inner.makepyfile(test_it="""
+        import signal, subprocess
+        from leakhelpers import record
+
+        BEFORE = subprocess.Popen(["sleep", "300"])  # started at import, before any test
+        record(BEFORE.pid)
+        KEPT = []
+
+        def test_leaks_a_popen():
+            KEPT.append(subprocess.Popen(["sleep", "300"]))
+            record(KEPT[0].pid)
+
+        def test_its_handle_still_gets_the_status():
+            assert KEPT[0].wait(timeout=60) == -signal.SIGTERM  # the plugin did not reap it
+            assert BEFORE.poll() is None
+
+        def test_end_before():
+            BEFORE.kill()
+            assert BEFORE.wait(timeout=60) == -signal.SIGKILL
+    """)
+    result = run(inner, "--leaked-processes=fail")
+    result.assert_outcomes(passed=3, errors=1)
+    (before, _), (kept, start) = recorded(inner)
+    result.stdout.re_match_lines([r".*ERROR at teardown of test_leaks_a_popen.*",
+                                  rf"\s+{kept}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])
+    result.stdout.no_fnmatch_line(f"*{before}*sleep 300*")
+    assert state(kept, start) == "gone"
+
+
+def test_restores_the_subreaper_setting(inner):
+    import osl_pg
+    from osl_pg.pytest_plugin import _get_subreaper
+    if _get_subreaper() is None:
+        pytest.skip("no child subreaper here")
+    inner.makepyfile(test_it="""
+        from osl_pg.pytest_plugin import _get_subreaper
+        def test_on():
+            assert _get_subreaper() is True
+    """)
+    for before in (False, True):
+        osl_pg.set_child_subreaper(before)
+        try:
+            run(inner, "--leaked-processes=kill").assert_outcomes(passed=1)
+            assert _get_subreaper() is before
+        finally:
+            osl_pg.set_child_subreaper(False)
