@@ -79,35 +79,24 @@ def run(pytester, *args):
 
 
 @linux_only
-def test_background_sleep_is_a_leak_of_the_test_and_is_reaped(inner):
-    inner.makepyfile(test_it="""
+@pytest.mark.parametrize("script", [
+    "sleep 300 >/dev/null 2>&1 & echo $!",               # sh exits, leaving its background job
+    "( sleep 300 >/dev/null 2>&1 & echo $! ) ; exit 0",  # a double fork: sh, a subshell, then sleep
+], ids=["background", "double-fork"])
+def test_an_orphaned_sleep_is_a_leak_of_the_test_and_is_reaped(inner, script):
+    inner.makepyfile(test_it=f"""
         from leakhelpers import sh_leak
         def test_leaks():
-            sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
+            sh_leak({script!r})
     """)
     result = run(inner, *ON)
     result.assert_outcomes(passed=1, errors=1)
     (pid, start), = recorded(inner)
-    # Orphaned when sh exited: reparented to pytest (the subreaper), which
-    # ended it and reaped it.
+    # Reparented to pytest (the subreaper) when its parent exited; ended
+    # and reaped by the plugin.
     result.stdout.re_match_lines([r".*ERROR at teardown of test_leaks.*",
                                   r"The test left 1 process running; osl_pg ended it:",
                                   rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])
-    assert state(pid, start) == "gone"
-
-
-@linux_only
-def test_double_forked_grandchild_is_found(inner):
-    inner.makepyfile(test_it="""
-        from leakhelpers import sh_leak
-        def test_double_fork():
-            # sh forks a subshell, which forks sleep and exits; then sh exits.
-            sh_leak("( sleep 300 >/dev/null 2>&1 & echo $! ) ; exit 0")
-    """)
-    result = run(inner, *ON)
-    result.assert_outcomes(passed=1, errors=1)
-    (pid, start), = recorded(inner)
-    result.stdout.re_match_lines([rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])
     assert state(pid, start) == "gone"
 
 
@@ -296,16 +285,15 @@ def test_modes(inner, how):
 
 def test_inactive_without_an_option(inner):
     """The entry point loads the module; without a mode nothing else runs:
-    no subreaper, no watcher, the leak survives (the fixture ends it)."""
-    inner.makepyfile(test_it=LEAK_ONE + """
-    import ctypes, sys
+    the subreaper setting is as it was, no watcher, the leak survives (the
+    fixture ends it)."""
+    from osl_pg.pytest_plugin import _get_subreaper
+    inner.makepyfile(test_it=LEAK_ONE + f"""
+    from osl_pg.pytest_plugin import _get_subreaper
     def test_nothing_watches(pytestconfig):
         assert pytestconfig.pluginmanager.has_plugin("osl_pg.pytest_plugin")
         assert pytestconfig.pluginmanager.get_plugin("osl_pg-leak-watcher") is None
-        if sys.platform.startswith("linux"):
-            value = ctypes.c_int(-1)
-            assert ctypes.CDLL(None).prctl(37, ctypes.byref(value), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
-            assert value.value == 0
+        assert _get_subreaper() is {_get_subreaper()}
     """)
     result = run(inner)
     result.assert_outcomes(passed=2)

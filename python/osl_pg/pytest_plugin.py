@@ -39,7 +39,7 @@ KILL_TIMEOUT = 5.0  # SIGKILL ends a process within milliseconds unless it is st
 _LINUX = sys.platform.startswith("linux")
 _PR_GET_CHILD_SUBREAPER = 37
 
-Key = Tuple[int, float]  # (pid, start time): one process, never a later one with the same pid
+_Key = Tuple[int, float]  # (pid, start time): one process, never a later one with the same pid
 
 
 class LeakedProcessWarning(UserWarning):
@@ -47,6 +47,7 @@ class LeakedProcessWarning(UserWarning):
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """The --leaked-processes option and the leaked_processes ini setting."""
     help = ("find processes a test leaves running and end them; fail (the test's teardown fails), "
             "warn (LeakedProcessWarning) or kill (end them only); off by default")
     parser.getgroup("osl_pg").addoption("--leaked-processes", choices=MODES, dest="leaked_processes", help=help)
@@ -54,6 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Registers the per-test hooks (LeakWatcher) only when a mode is on."""
     mode = config.getoption("leaked_processes") or config.getini("leaked_processes") or _mode_of_p(config)
     if mode not in MODES:
         raise pytest.UsageError(f"leaked_processes = {mode!r}: expected one of {', '.join(MODES)}")
@@ -73,18 +75,100 @@ def _mode_of_p(config: pytest.Config) -> str:
 
 
 class _Proc:
-    __slots__ = ("pid", "ppid", "pgid", "sid", "start", "zombie", "handle")
+    """One process as a scan saw it. `start` is its start time: in clock
+    ticks since boot from /proc, else psutil's create_time()."""
 
-    def __init__(self, p: psutil.Process):
-        with p.oneshot():
-            self.pid, self.ppid, self.start = p.pid, p.ppid(), p.create_time()
-            self.zombie = p.status() == psutil.STATUS_ZOMBIE
-        self.pgid, self.sid = (os.getpgid(p.pid), os.getsid(p.pid)) if os.name == "posix" else (0, 0)
-        self.handle = p  # psutil checks the start time again before it signals
+    __slots__ = ("pid", "ppid", "pgid", "sid", "start", "zombie", "_handle")
+
+    def __init__(self, pid: int, ppid: int, pgid: int, sid: int, start: float, zombie: bool,
+                 handle: Optional[psutil.Process] = None):
+        self.pid, self.ppid, self.pgid, self.sid, self.start, self.zombie = pid, ppid, pgid, sid, start, zombie
+        self._handle = handle
 
     @property
-    def key(self) -> Key:
+    def key(self) -> _Key:
         return (self.pid, self.start)
+
+    def handle(self) -> Optional[psutil.Process]:
+        """A psutil handle on this very process (psutil checks its start
+        time again before it signals), or None once it is gone."""
+        if self._handle is None:
+            try:
+                p = psutil.Process(self.pid)
+                # Read after psutil pinned its create_time: same start time,
+                # same process as the scan saw.
+                if _stat(self.pid).start == self.start:
+                    self._handle = p
+            except (psutil.Error, OSError, ValueError, IndexError):
+                pass
+        return self._handle
+
+
+def _stat(pid: int) -> _Proc:
+    """/proc/<pid>/stat, parsed. The command name may hold spaces and
+    parentheses: the fields start after the last ')'."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    return _Proc(pid, int(fields[1]), int(fields[2]), int(fields[3]), float(fields[19]), fields[0] == b"Z")
+
+
+def _children_files() -> bool:
+    """Whether the kernel lists children in /proc/<pid>/task/<tid>/children
+    (CONFIG_PROC_CHILDREN; Linux 3.5+): then a scan costs what our own
+    tree holds, not what the machine runs."""
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+_FAST = _LINUX and _children_files()
+
+
+def _descendants() -> List[Optional[_Proc]]:
+    if not _FAST:
+        return [_from_psutil(p) for p in psutil.Process().children(recursive=True)]
+    found: List[Optional[_Proc]] = []
+    todo = [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue  # gone (and its children with it, or reparented: the next scan sees them)
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    found.append(_stat(child))
+                except (OSError, ValueError, IndexError):
+                    continue
+                todo.append(child)
+    return found
+
+
+def _everyone() -> List[Optional[_Proc]]:
+    if not _FAST:
+        return [_from_psutil(p) for p in psutil.process_iter()]
+    found: List[Optional[_Proc]] = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found.append(_stat(int(entry)))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _from_psutil(p: psutil.Process) -> Optional[_Proc]:
+    try:
+        with p.oneshot():
+            ids = (os.getpgid(p.pid), os.getsid(p.pid)) if os.name == "posix" else (0, 0)
+            return _Proc(p.pid, p.ppid(), ids[0], ids[1], p.create_time(), p.status() == psutil.STATUS_ZOMBIE, p)
+    except (psutil.Error, OSError):
+        return None  # gone since the listing
 
 
 def _scan(new_ids: Iterable[int] = ()) -> Dict[int, _Proc]:
@@ -95,23 +179,17 @@ def _scan(new_ids: Iterable[int] = ()) -> Dict[int, _Proc]:
     descendants of the group's or session's maker can be in it."""
     me = os.getpid()
     ids = set(new_ids)
-    listing = [p for p in psutil.process_iter() if p.pid != me] if ids else psutil.Process().children(recursive=True)
-    found = {}
-    for p in listing:
-        try:
-            proc = _Proc(p)
-        except (psutil.Error, OSError):
-            continue  # gone since the listing
-        if not ids or proc.pgid in ids or proc.sid in ids:
-            found[proc.pid] = proc
+    found = {p.pid: p for p in _descendants() if p is not None}
     if ids:
-        found.update(_scan())
+        found.update({p.pid: p for p in _everyone()
+                      if p is not None and p.pid != me and p.pid not in found and (p.pgid in ids or p.sid in ids)})
     return found
 
 
 def _command(proc: _Proc) -> str:
+    p = proc.handle()
     try:
-        return " ".join(proc.handle.cmdline()) or proc.handle.name()
+        return (" ".join(p.cmdline()) or p.name()) if p is not None else "?"
     except (psutil.Error, OSError):
         return "?"
 
@@ -130,9 +208,9 @@ class _Owners:
     fixture's after its parent dies."""
 
     def __init__(self) -> None:
-        self.by_fixture: Dict[Any, Set[Key]] = {}
+        self.by_fixture: Dict[Any, Set[_Key]] = {}
 
-    def claimed(self) -> Set[Key]:
+    def claimed(self) -> Set[_Key]:
         return set().union(*self.by_fixture.values()) if self.by_fixture else set()
 
     def assign(self, table: Dict[int, _Proc], own_ids: Set[int]) -> Dict[int, Any]:
@@ -166,39 +244,39 @@ class _Owners:
 
 def _end(leaks: Dict[int, _Proc]) -> Dict[int, str]:
     """SIGTERM (and SIGCONT, for stopped ones), SIGKILL after GRACE; how
-    each ended. psutil refuses to signal a pid whose start time changed."""
+    each ended. Signals go through psutil handles, which refuse a pid whose
+    start time changed (a later process with the same number)."""
     from .tiers import ExitWatch
     how = {pid: "exited" for pid in leaks}
+    procs = {pid: h for pid, h in ((pid, p.handle()) for pid, p in leaks.items()) if h is not None}
 
-    def send(sig: int) -> None:
-        for pid, proc in leaks.items():
-            if _running(proc.handle):
-                try:
-                    proc.handle.send_signal(sig)
-                    how[pid] = getattr(signal.Signals(sig), "name", str(sig))
-                except psutil.NoSuchProcess:
-                    pass
-                except psutil.AccessDenied:
-                    how[pid] = "not ours to signal"
+    def live() -> List[int]:
+        return [pid for pid, p in procs.items() if _running(p)]
+
+    def send(sig: int, pids: List[int], note: bool = True) -> None:
+        for pid in pids:
+            try:
+                procs[pid].send_signal(sig)
+                if note:
+                    how[pid] = signal.Signals(sig).name
+            except psutil.NoSuchProcess:
+                pass
+            except psutil.AccessDenied:
+                how[pid] = "not ours to signal"
 
     def wait(seconds: float) -> List[int]:
         deadline = time.monotonic() + seconds
         with ExitWatch() as exits:
-            while True:
-                live = [pid for pid, proc in leaks.items() if _running(proc.handle)]
-                if not live or time.monotonic() >= deadline:
-                    return live
-                exits.wait(live, deadline)
+            while live() and time.monotonic() < deadline:
+                exits.wait(live(), deadline)
+        return live()
 
-    send(signal.SIGTERM)
+    termed = live()
+    send(signal.SIGTERM, termed)
     if os.name == "posix":
-        for proc in leaks.values():
-            try:
-                proc.handle.send_signal(signal.SIGCONT)
-            except psutil.Error:
-                pass
+        send(signal.SIGCONT, termed, note=False)
     if wait(GRACE):
-        send(signal.SIGKILL)
+        send(signal.SIGKILL, live())
         for pid in wait(KILL_TIMEOUT):
             how[pid] = "still running after SIGKILL"
     return how
@@ -256,8 +334,10 @@ class LeakWatcher:
     def __init__(self, mode: str):
         self.mode = mode
         self.owners = _Owners()
-        self.own_ids = {os.getpgrp(), os.getsid(0)} if os.name == "posix" else set()
-        self.baseline: Set[Key] = set()   # what ran when the current test began
+        # pytest's own group and session (0 stands for "none": Windows, or
+        # a session leader outside our pid namespace).
+        self.own_ids = {0} | ({os.getpgrp(), os.getsid(0)} if os.name == "posix" else set())
+        self.baseline: Set[_Key] = set()   # what ran when the current test began
         self.old_ids: Set[int] = set()    # process groups and sessions that existed then
         self.item: Optional[pytest.Item] = None
         self.found: List[str] = []        # the current test's leak reports (fail mode)
@@ -322,7 +402,7 @@ class LeakWatcher:
             owners = self.owners.assign(table, self.own_ids)
             return {pid: p for pid, p in new.items() if pid not in owners}
 
-        self._handle("The test", item.nodeid, mine, (str(item.fspath), (item.location[1] or 0) + 1))
+        self._handle("The test", item.nodeid, mine, (str(item.path), (item.location[1] or 0) + 1))
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Generator[None, Any, None]:
