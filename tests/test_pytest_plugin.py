@@ -143,7 +143,7 @@ def test_a_new_session_is_searched_beyond_our_descendants(inner):
     child made into a session goes to init: not our descendant any more, it
     is found as a member of that session."""
     inner.makepyfile(session_maker=SESSION_MAKER, test_it="""
-        import os, subprocess, sys, psutil
+        import os, subprocess, sys, time, psutil
         import osl_pg
         from leakhelpers import record
         KEPT = []
@@ -153,6 +153,8 @@ def test_a_new_session_is_searched_beyond_our_descendants(inner):
             leader = subprocess.Popen([sys.executable, "session_maker.py"], stdout=subprocess.PIPE, text=True)
             KEPT.append(leader)
             orphan = int(leader.stdout.readline())
+            while psutil.Process(leader.pid).cmdline() != ["sleep", "301"]:  # until it has exec'd
+                time.sleep(0.01)
             assert os.getsid(orphan) == leader.pid
             assert os.getpid() not in [p.pid for p in psutil.Process(orphan).parents()]
             record(leader.pid, orphan)

@@ -35,6 +35,7 @@ import pytest
 
 MODES = ("fail", "warn", "kill", "off")
 GRACE = 1.0         # seconds between SIGTERM and SIGKILL
+SETTLE = 1.0        # seconds a process already dying (a signal pending) gets to finish before it counts
 KILL_TIMEOUT = 5.0  # SIGKILL ends a process within milliseconds unless it is stuck in the kernel
 _LINUX = sys.platform.startswith("linux")
 _PR_GET_CHILD_SUBREAPER = 37
@@ -111,6 +112,38 @@ def _stat(pid: int) -> _Proc:
         data = f.read()
     fields = data[data.rindex(b")") + 2:].split()
     return _Proc(pid, int(fields[1]), int(fields[2]), int(fields[3]), float(fields[19]), fields[0] == b"Z")
+
+
+_PF_EXITING = 0x4  # include/linux/sched.h: the task is in do_exit()
+
+
+def _dying(pid: int) -> bool:
+    """Whether `pid` is on its way out: exiting, or a signal is pending
+    (kill() queues it before it returns, so a process the test's teardown
+    has just signalled shows it). Unknown (no /proc) counts as dying."""
+    if not _FAST:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):
+            return False
+        if int(fields[6]) & _PF_EXITING:
+            return True
+        with open(f"/proc/{pid}/status", "rb") as f:
+            pending = [line.split()[1] for line in f if line.startswith((b"SigPnd:", b"ShdPnd:"))]
+        return any(int(mask, 16) for mask in pending)
+    except (OSError, ValueError, IndexError):
+        return False  # gone
+
+
+def _settle(pids: List[int]) -> None:
+    """Up to SETTLE seconds for those of `pids` already dying to be gone:
+    a process the teardown killed is not a leak for being slow to die."""
+    deadline = time.monotonic() + SETTLE
+    while any(_dying(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _children_files() -> bool:
@@ -425,15 +458,21 @@ class LeakWatcher:
         leaks: Dict[int, _Proc] = {}
         commands: Dict[int, str] = {}
         how: Dict[int, str] = {}
-        for _ in range(4):  # each round: children forked while the previous one was ended
+        chosen = select(_scan())
+        if any(not p.zombie for p in chosen.values()):
+            _settle([pid for pid, p in chosen.items() if not p.zombie])
             chosen = select(_scan())
+        for _ in range(4):  # each round: children forked while the previous one was ended
             live = {pid: p for pid, p in chosen.items() if not p.zombie and pid not in leaks}
             if not live:
                 break
             commands.update({pid: _command(p) for pid, p in live.items()})
             how.update(_end(live))
             leaks.update(live)
+            chosen = select(_scan())
         _reap([p for p in chosen.values() if p.zombie])
+        # Gone before any signal: it was exiting on its own, not a leak.
+        leaks = {pid: p for pid, p in leaks.items() if how[pid] != "exited"}
         if not leaks:
             return False
         n = len(leaks)
