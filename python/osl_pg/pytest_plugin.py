@@ -22,16 +22,20 @@ Zombies that were reparented to us are reaped, unless a live Popen object or
 osl_pg handle could still wait for them; children that existed before the
 test are never touched.
 """
+from __future__ import annotations
+
 import gc
 import os
 import signal
 import sys
 import time
 import warnings
-from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple
 
-import psutil
 import pytest
+
+if TYPE_CHECKING:
+    import psutil  # imported where used: every pytest run imports this module, most never use it
 
 MODES = ("fail", "warn", "kill", "off")
 GRACE = 1.0         # seconds between SIGTERM and SIGKILL
@@ -93,6 +97,7 @@ class _Proc:
     def handle(self) -> Optional[psutil.Process]:
         """A psutil handle on this very process (psutil checks its start
         time again before it signals), or None once it is gone."""
+        import psutil
         if self._handle is None:
             try:
                 p = psutil.Process(self.pid)
@@ -157,6 +162,7 @@ _FAST = _LINUX and _children_files()
 
 
 def _descendants() -> List[Optional[_Proc]]:
+    import psutil
     if not _FAST:
         return [_from_psutil(p) for p in psutil.Process().children(recursive=True)]
     found: List[Optional[_Proc]] = []
@@ -183,6 +189,7 @@ def _descendants() -> List[Optional[_Proc]]:
 
 
 def _everyone() -> List[Optional[_Proc]]:
+    import psutil
     if not _FAST:
         return [_from_psutil(p) for p in psutil.process_iter()]
     found: List[Optional[_Proc]] = []
@@ -196,6 +203,7 @@ def _everyone() -> List[Optional[_Proc]]:
 
 
 def _from_psutil(p: psutil.Process) -> Optional[_Proc]:
+    import psutil
     try:
         with p.oneshot():
             ids = (os.getpgid(p.pid), os.getsid(p.pid)) if os.name == "posix" else (0, 0)
@@ -220,6 +228,7 @@ def _scan(new_ids: Iterable[int] = ()) -> Dict[int, _Proc]:
 
 
 def _command(proc: _Proc) -> str:
+    import psutil
     p = proc.handle()
     try:
         return (" ".join(p.cmdline()) or p.name()) if p is not None else "?"
@@ -228,6 +237,7 @@ def _command(proc: _Proc) -> str:
 
 
 def _running(p: psutil.Process) -> bool:
+    import psutil
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -279,6 +289,7 @@ def _end(leaks: Dict[int, _Proc]) -> Dict[int, str]:
     """SIGTERM (and SIGCONT, for stopped ones), SIGKILL after GRACE; how
     each ended. Signals go through psutil handles, which refuse a pid whose
     start time changed (a later process with the same number)."""
+    import psutil
     from .tiers import ExitWatch
     how = {pid: "exited" for pid in leaks}
     procs = {pid: h for pid, h in ((pid, p.handle()) for pid, p in leaks.items()) if h is not None}
