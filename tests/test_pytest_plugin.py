@@ -101,6 +101,26 @@ def test_an_orphaned_sleep_is_a_leak_of_the_test_and_is_reaped(inner, script):
 
 
 @linux_only
+def test_a_stopped_leak_is_continued_so_sigterm_reaches_it(inner):
+    inner.makepyfile(test_it="""
+        import os, signal, time, psutil
+        from leakhelpers import sh_leak
+        def test_leaks_a_stopped_sleep():
+            pid, = sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
+            while psutil.Process(pid).cmdline() != ["sleep", "300"]:  # stopped before its exec, it
+                time.sleep(0.01)                                    # would still hold run()'s pipe
+            os.kill(pid, signal.SIGSTOP)
+            while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+                time.sleep(0.01)
+    """)
+    result = run(inner, *ON)
+    result.assert_outcomes(passed=1, errors=1)
+    (pid, start), = recorded(inner)
+    result.stdout.re_match_lines([rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])  # not SIGKILL
+    assert state(pid, start) == "gone"
+
+
+@linux_only
 def test_setsid_tree_is_shown_as_a_tree(inner):
     inner.makepyfile(test_it="""
         import os, time, psutil

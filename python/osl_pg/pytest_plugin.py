@@ -20,13 +20,15 @@ appear while it sets up, and their descendants (or group mates) seen later;
 they are checked when the fixture is finalized and charged to it then.
 Zombies that were reparented to us are reaped, unless a live Popen object or
 osl_pg handle could still wait for them; children that existed before the
-test are never touched.
+test are never touched. Only at the end of a test: until then an orphan that
+exited is a zombie of pytest's (init would have reaped it at once), since a
+reaper running during the test (a thread, a SIGCHLD handler) could not tell
+adopted orphans from children a test spawned and waits for itself.
 """
 from __future__ import annotations
 
 import gc
 import os
-import signal
 import sys
 import time
 import warnings
@@ -297,12 +299,14 @@ def _end(leaks: Dict[int, _Proc]) -> Dict[int, str]:
     def live() -> List[int]:
         return [pid for pid, p in procs.items() if _running(p)]
 
-    def send(sig: int, pids: List[int], note: bool = True) -> None:
+    def send(action: str, pids: List[int], note: str = "") -> None:
+        """psutil's terminate(), kill() or resume() (SIGTERM, SIGKILL, SIGCONT;
+        TerminateProcess for the first two on Windows)."""
         for pid in pids:
             try:
-                procs[pid].send_signal(sig)
+                getattr(procs[pid], action)()
                 if note:
-                    how[pid] = signal.Signals(sig).name
+                    how[pid] = note
             except psutil.NoSuchProcess:
                 pass
             except psutil.AccessDenied:
@@ -316,11 +320,11 @@ def _end(leaks: Dict[int, _Proc]) -> Dict[int, str]:
         return live()
 
     termed = live()
-    send(signal.SIGTERM, termed)
+    send("terminate", termed, "SIGTERM")
     if os.name == "posix":
-        send(signal.SIGCONT, termed, note=False)
+        send("resume", termed)  # a stopped process gets SIGTERM only once it runs
     if wait(GRACE):
-        send(signal.SIGKILL, live())
+        send("kill", live(), "SIGKILL")
         for pid in wait(KILL_TIMEOUT):
             how[pid] = "still running after SIGKILL"
     return how
@@ -342,6 +346,8 @@ def _reap(zombies: List[_Proc]) -> None:
     """Reap our zombie children nobody else will wait for: orphans reparented
     to us as subreaper, which init would have reaped."""
     from .process import child_by_pid
+    if os.name != "posix":
+        return  # no zombies: a Windows process is gone once it exits
     me = os.getpid()
     zombies = [z for z in zombies if z.ppid == me and child_by_pid(z.pid) is None]
     held = _held_pids() if zombies else set()
@@ -490,7 +496,8 @@ class LeakWatcher:
         s = "es" if n > 1 else ""
         text = "\n".join([f"{who} left {n} process{s} running; osl_pg ended {'them' if n > 1 else 'it'}:"]
                          + _tree(leaks, commands, how))
-        self.summary.append(f"{name}: {n} process{s} ({'; '.join(sorted(set(commands.values())))})")
+        shown = sorted({commands[pid][:60] for pid in leaks})
+        self.summary.append(f"{name}: {n} process{s} ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''})")
         if self.mode == "warn":
             warnings.warn_explicit(LeakedProcessWarning(text), LeakedProcessWarning, where[0], where[1])
         elif self.mode == "fail":
