@@ -419,10 +419,12 @@ class LeakWatcher:
         if fixturedef.scope == "function":
             yield
             return
-        before = {p.key for p in _scan().values()} | self.owners.claimed()
+        before = {p.key for p in _scan().values()}
         yield
-        self.owners.by_fixture.setdefault(fixturedef, set()).update(
-            p.key for p in _scan().values() if p.key not in before)
+        taken = self.owners.claimed()  # by fixtures it set up itself (request.getfixturevalue)
+        new = {p.key for p in _scan().values() if p.key not in before and p.key not in taken}
+        if new:
+            self.owners.by_fixture.setdefault(fixturedef, set()).update(new)
 
     def pytest_fixture_post_finalizer(self, fixturedef: Any) -> None:
         if fixturedef not in self.owners.by_fixture:
