@@ -548,7 +548,7 @@ def _get_subreaper() -> Optional[bool]:
 
 
 def _set_subreaper(on: bool) -> None:
-    # The backend's prctl, not osl_pg.set_child_subreaper(): the plugin must
-    # not change what osl_pg's groups reap (the code under test's business).
-    from ._backend import backend
-    backend.set_child_subreaper(on)
+    # osl_pg's own switch, not the bare prctl: the groups osl_pg waits on
+    # then reap their members adopted by us, as init would have.
+    from .group import set_child_subreaper
+    set_child_subreaper(on)
