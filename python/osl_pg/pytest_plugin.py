@@ -21,9 +21,10 @@ they are checked when the fixture is finalized and charged to it then.
 Zombies that were reparented to us are reaped, unless a live Popen object or
 osl_pg handle could still wait for them; children that existed before the
 test are never touched. Only at the end of a test: until then an orphan that
-exited is a zombie of pytest's (init would have reaped it at once), since a
-reaper running during the test (a thread, a SIGCHLD handler) could not tell
-adopted orphans from children a test spawned and waits for itself.
+exited is a zombie of pytest's (init would have reaped it at once) unless an
+osl_pg group it is in is waited on, since a reaper running during the test
+(a thread, a SIGCHLD handler) could not tell adopted orphans from children
+the test spawned and waits for itself.
 """
 from __future__ import annotations
 
