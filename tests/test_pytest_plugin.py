@@ -79,44 +79,32 @@ def run(pytester, *args):
 
 
 @linux_only
-@pytest.mark.parametrize("script", [
-    "sleep 300 >/dev/null 2>&1 & echo $!",               # sh exits, leaving its background job
-    "( sleep 300 >/dev/null 2>&1 & echo $! ) ; exit 0",  # a double fork: sh, a subshell, then sleep
-], ids=["background", "double-fork"])
-def test_an_orphaned_sleep_is_a_leak_of_the_test_and_is_reaped(inner, script):
+@pytest.mark.parametrize("script, stop", [
+    ("sleep 300 >/dev/null 2>&1 & echo $!", False),               # sh exits, leaving its background job
+    ("( sleep 300 >/dev/null 2>&1 & echo $! ) ; exit 0", False),  # a double fork: sh, a subshell, then sleep
+    ("sleep 300 >/dev/null 2>&1 & echo $!", True),                # stopped: SIGTERM needs a SIGCONT to act
+], ids=["background", "double-fork", "stopped"])
+def test_an_orphaned_sleep_is_a_leak_of_the_test_and_is_reaped(inner, script, stop):
     inner.makepyfile(test_it=f"""
+        import os, signal, time, psutil
         from leakhelpers import sh_leak
         def test_leaks():
-            sh_leak({script!r})
+            pid, = sh_leak({script!r})
+            if {stop}:
+                while psutil.Process(pid).cmdline() != ["sleep", "300"]:  # stopped before its exec,
+                    time.sleep(0.01)                                    # it would hold run()'s pipe
+                os.kill(pid, signal.SIGSTOP)
+                while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+                    time.sleep(0.01)
     """)
     result = run(inner, *ON)
     result.assert_outcomes(passed=1, errors=1)
     (pid, start), = recorded(inner)
     # Reparented to pytest (the subreaper) when its parent exited; ended
-    # and reaped by the plugin.
+    # (by SIGTERM, not SIGKILL, stopped or not) and reaped by the plugin.
     result.stdout.re_match_lines([r".*ERROR at teardown of test_leaks.*",
                                   r"The test left 1 process running; osl_pg ended it:",
                                   rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])
-    assert state(pid, start) == "gone"
-
-
-@linux_only
-def test_a_stopped_leak_is_continued_so_sigterm_reaches_it(inner):
-    inner.makepyfile(test_it="""
-        import os, signal, time, psutil
-        from leakhelpers import sh_leak
-        def test_leaks_a_stopped_sleep():
-            pid, = sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
-            while psutil.Process(pid).cmdline() != ["sleep", "300"]:  # stopped before its exec, it
-                time.sleep(0.01)                                    # would still hold run()'s pipe
-            os.kill(pid, signal.SIGSTOP)
-            while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
-                time.sleep(0.01)
-    """)
-    result = run(inner, *ON)
-    result.assert_outcomes(passed=1, errors=1)
-    (pid, start), = recorded(inner)
-    result.stdout.re_match_lines([rf"\s+{pid}\s+{os.getpid()}\s+SIGTERM\s+sleep 300"])  # not SIGKILL
     assert state(pid, start) == "gone"
 
 
@@ -280,15 +268,19 @@ LEAK_ONE = """
 
 
 @linux_only
-@pytest.mark.parametrize("how", [["--leaked-processes=fail"], ["--leaked-processes=warn"],
-                                 ["--leaked-processes=kill"], ["-p", "osl_pg.pytest_plugin"], ["ini:warn"]])
-def test_modes(inner, how):
+@pytest.mark.parametrize("args, ini, mode", [
+    (["--leaked-processes=fail"], None, "fail"),
+    (["--leaked-processes=warn"], None, "warn"),
+    (["--leaked-processes=kill"], None, "kill"),
+    (["-p", "osl_pg.pytest_plugin"], None, "fail"),
+    ([], "warn", "warn"),
+    (["--leaked-processes=kill"], "fail", "kill"),  # the command line wins
+], ids=["fail", "warn", "kill", "-p", "ini", "cli-over-ini"])
+def test_modes(inner, args, ini, mode):
     inner.makepyfile(test_it=LEAK_ONE)
-    if how[0].startswith("ini:"):
-        inner.makeini(f"[pytest]\nleaked_processes = {how[0][4:]}\n")
-        how = []
-    mode = next((a.split("=")[1] for a in how if a.startswith("--leaked")), None) or ("fail" if how else "warn")
-    result = run(inner, *how)
+    if ini:
+        inner.makeini(f"[pytest]\nleaked_processes = {ini}\n")
+    result = run(inner, *args)
     (pid, start), = recorded(inner)
     if mode == "fail":
         result.assert_outcomes(passed=1, errors=1)
