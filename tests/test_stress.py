@@ -23,7 +23,8 @@ def open_fds():
 
 
 def zombie_children():
-    return [c.pid for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
+    """Our children that have exited and that nobody reaped: (pid, name)."""
+    return [(c.pid, c.name()) for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
 
 
 @linux_only
@@ -149,8 +150,18 @@ FULL_FD_TABLE = textwrap.dedent("""
         "parent-death": base.with_new_process_group().with_kill_on_parent_death(),
         "best_available": base.with_new_process_group().with_containment("best_available"),
     }
+    import fcntl
     def fds():
-        return sorted(int(x) for x in os.listdir("/proc/self/fd"))
+        # Without the fd listdir itself used (closed again by now), which
+        # takes the lowest free number and so differs from call to call.
+        listed = [int(x) for x in os.listdir("/proc/self/fd")]
+        def is_open(fd):
+            try:
+                fcntl.fcntl(fd, fcntl.F_GETFD)
+                return True
+            except OSError:
+                return False
+        return sorted(fd for fd in listed if is_open(fd))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     report = {}
     for name, op in kinds.items():
@@ -173,7 +184,7 @@ FULL_FD_TABLE = textwrap.dedent("""
             try:
                 r = ex.execute(op)
             except OslError as e:
-                outcome = type(e).__name__
+                outcome = f"{type(e).__name__}: {e}"
             except OSError as e:
                 outcome = "RAW " + repr(e)
             finally:
@@ -187,7 +198,8 @@ FULL_FD_TABLE = textwrap.dedent("""
                     r.group.close()
                 del r
             after = fds()
-            report[f"{name}/{free}"] = (outcome, after == before or sorted(set(after) - set(before)))
+            leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in set(after) - set(before)}
+            report[f"{name}/{free}"] = (outcome, after == before or leaked)
         again = ex.execute(op)
         again.process.wait()
         if again.group is not None:

@@ -478,6 +478,12 @@ class ProcessGroup:
             if self._released:
                 return self._all_gone(phase)
             known = [pid for pid, seen in self._seen.items() if seen.outcome == "running"]
+            if self.leader is not None and not self._leader_reaped and self.pgid in known \
+                    and self.leader.poll() is not None:
+                # The leader is our child: waitid() tells, with no fd (a
+                # full fd table must not keep a close() from ending).
+                known.remove(self.pgid)
+                self._seen[self.pgid].outcome = phase
             live = tier.live(known, exits) if known else []
             self._mark_dead(known, live, phase)
             if not live:

@@ -232,6 +232,9 @@ class Process:
         if not state.lock.acquire(blocking=not try_lock):
             return self.returncode
         try:
+            # Read once: _release() unpins without this lock (then waits for
+            # it), and a status read with WNOWAIT must not be taken for a reap.
+            pinned = self._pinned
             if self.returncode is None:
                 if state.reaped:  # the sweep reaped it (a dropped group's leader)
                     self.returncode = state.code if state.code is not None else 0
@@ -239,8 +242,8 @@ class Process:
                 try:
                     # A status peeked above still holds: only this lock's
                     # holders reap, and none has (state.reaped is False).
-                    code = peeked if peeked is not None and self._pinned else \
-                        backend.wait(self.pid, nohang=True, nowait=self._pinned)
+                    code = peeked if peeked is not None and pinned else \
+                        backend.wait(self.pid, nohang=True, nowait=pinned)
                 except OSError as e:
                     if e.errno != errno.ECHILD:
                         raise
@@ -254,9 +257,9 @@ class Process:
                 if code is None:
                     return None
                 self.returncode = code
-                if not self._pinned:
+                if not pinned:
                     state.mark_reaped()
-            elif not self._pinned and not state.reaped:
+            elif not pinned and not state.reaped:
                 try:
                     backend.wait(self.pid, nohang=True, nowait=False)
                 except OSError as e:

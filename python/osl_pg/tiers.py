@@ -158,6 +158,32 @@ class DescendantTracker:
 # who is still running
 
 
+def _exited_without_fd(pid: int) -> bool:
+    """Whether `pid` has exited, when there is no pidfd for it (no fd left,
+    or no pidfd_open): our own child is asked with waitid(WNOWAIT), which
+    needs no fd (a close() with a full fd table must still see its leader
+    die); anyone else through psutil (/proc, or the OS's own call)."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is not None:
+        try:
+            info = waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return info is not None and info.si_pid == pid
+        except ChildProcessError:
+            pass  # not our child
+        except OSError:
+            return False
+    try:
+        import psutil
+    except OSError:  # no fd to import it with: ask again later
+        return False
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except (psutil.Error, OSError):  # Wine: psutil fails with bare OSErrors
+        return False
+
+
 def _poll_ms(deadline: Optional[float]) -> Optional[int]:
     """poll()'s timeout until `deadline`: None for none (None or inf, a
     grace of float("inf")), at most INT_MAX ms (poll() refuses more; the
@@ -234,16 +260,9 @@ class ExitWatch:
                 poller.register(fd, select.POLLIN)
             for fd, _ in poller.poll(0):
                 self._mark_dead(polled[fd])
-        if unknown:
-            import psutil
         for pid in unknown:
-            try:
-                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                    self._dead.add(pid)
-            except psutil.NoSuchProcess:
+            if _exited_without_fd(pid):
                 self._dead.add(pid)
-            except (psutil.Error, OSError):  # Wine: psutil fails with bare OSErrors
-                pass
         return [pid for pid in pids if pid not in self._dead]
 
     def pidfds(self, pids: List[int]) -> Tuple[Dict[int, int], bool]:
