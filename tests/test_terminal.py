@@ -1,6 +1,7 @@
 """run() at a real terminal: Ctrl-Z under an interactive shell, and two
 threads that both want the terminal. Driven through a pty."""
 import os
+import re
 import select
 import signal
 import subprocess
@@ -36,6 +37,14 @@ class Pty:
             except OSError:  # EIO: the other side is closed
                 raise AssertionError(f"never saw {text!r}; output: {self.seen!r}") from None
 
+    def expect_re(self, pattern, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.seen):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.master], [], [], left)[0]:
+                raise AssertionError(f"never saw {pattern!r}; output so far: {self.seen!r}")
+            self.seen += os.read(self.master, 4096)
+
     def send(self, data):
         os.write(self.master, data)
 
@@ -68,8 +77,16 @@ RUN_AT_THE_SHELL = (
     "print('rc', r.returncode, flush=True)")
 
 
+CHILD = "echo child-pid:\\$\\$; read x; echo got:\\$x"  # $ escaped for bash: the child's sh expands them
+COMMANDS = {
+    "osl_pg.run": f"{sys.executable} -c \"{RUN_AT_THE_SHELL.replace('$', chr(92) + '$')}\"",
+    "osl-pg run": f"{sys.executable} -m osl_pg run -- sh -c \"{CHILD}\"",
+}
+
+
 @pytest.mark.skipif(not os.path.exists("/bin/bash"), reason="needs bash for an interactive shell")
-def test_ctrl_z_stops_run_as_a_nested_shell_and_fg_continues_it():
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_ctrl_z_stops_run_as_a_nested_shell_and_fg_continues_it(command):
     # Under an interactive bash: Ctrl-Z stops the child (the terminal sends
     # SIGTSTP to its group); run() must then take the terminal back and stop
     # itself, so bash says "Stopped" and has its prompt; `fg` continues both
@@ -79,11 +96,9 @@ def test_ctrl_z_stops_run_as_a_nested_shell_and_fg_continues_it():
     tty = Pty(["/bin/bash", "--norc", "--noprofile", "-i"], env=env)
     try:
         tty.expect("PROMPT$ ")
-        line = RUN_AT_THE_SHELL.replace("$", "\\$")  # for the child's sh, not for bash
-        tty.send(f"{sys.executable} -c \"{line}\"\n".encode())
-        tty.expect("child-pid:")
-        tty.expect("\n", timeout=10)
-        child = int(tty.seen.split(b"child-pid:")[1].split()[0])
+        tty.send(COMMANDS[command].encode() + b"\n")
+        tty.expect_re(rb"child-pid:(\d+)\s")  # the child's output, not bash's echo of the line
+        child = int(re.search(rb"child-pid:(\d+)\s", tty.seen).group(1))
         parent = psutil.Process(child).ppid()
         tty.send(b"\x1a")  # Ctrl-Z
         tty.expect("Stopped")
@@ -96,8 +111,10 @@ def test_ctrl_z_stops_run_as_a_nested_shell_and_fg_continues_it():
         assert os.tcgetpgrp(tty.master) == os.getpgid(child)  # the child's group has it again
         tty.send(b"hello\n")
         tty.expect("got:hello")
-        tty.expect("rc 0")
+        tty.seen = b""
         tty.expect("PROMPT$ ")
+        tty.send(b"echo status $?\n")  # the job's exit status, as bash saw it after fg
+        tty.expect("status 0")
         tty.send(b"exit\n")
         assert tty.proc.wait(20) == 0
     finally:

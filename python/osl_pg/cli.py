@@ -30,6 +30,8 @@ EXIT_CANNOT_RUN = 126
 EXIT_NOT_FOUND = 127
 EXIT_KILLED = 128 + 9
 
+_SIGINT = int(signal.SIGINT)
+_SIGTERM = int(signal.SIGTERM)
 _SIGKILL = int(getattr(signal, "SIGKILL", 9))  # Windows' signal module has no SIGKILL
 _SIGCONT = getattr(signal, "SIGCONT", None)
 # Signals osl-pg run passes on to the command, as timeout does (plus -s SIG).
@@ -263,7 +265,14 @@ class _Signaller:
         self.sent.append(short_signal_name(sig))
         send = self.group.signal if self.group is not None else self.proc.send_signal
         try:
-            send(sig)
+            try:
+                send(sig)
+            except NotImplementedError:
+                # Windows: Ctrl+C cannot reach a new console group (the
+                # backend refuses SIGINT, saying why); end it instead.
+                if sig != _SIGINT:
+                    raise
+                send(_SIGTERM)
             if _SIGCONT is not None and sig not in (_SIGKILL, int(_SIGCONT), 0):
                 send(int(_SIGCONT))
         except ProcessLookupError:  # all gone already
@@ -423,7 +432,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     leftovers: List[dict] = []
     escaped: List[dict] = []
     try:
-        if not _wait_for(proc, _limit(args.timeout)):
+        limit = _limit(args.timeout)
+        if terminal.given_to is not None and group is not None:
+            # At a terminal: Ctrl-Z stops osl-pg with the command, as a
+            # nested shell, and fg continues both (osl_pg.terminal).
+            deadline = None if limit is None else time.monotonic() + limit
+            finished = terminal.wait_in_foreground(proc, group, deadline)
+        else:
+            finished = _wait_for(proc, limit)
+        if not finished:
             timed_out = True
             if say:
                 _say(f"timeout after {args.timeout:g} s: sending {signal_name(args.signal)} to {signaller.target()}")
