@@ -2,6 +2,7 @@
 environment; after each test (and at the end of the session) any live
 process carrying the marker is a leak: it is killed and the test fails."""
 import os
+import re
 import sys
 import time
 import uuid
@@ -194,3 +195,44 @@ def pgid_of(pid):
         return os.getpgid(pid)
     except OSError:
         return None
+
+
+class Pty:
+    """A program on a new pty whose session it leads (the pty is its
+    controlling terminal once it opens it so, or a shell makes it), and
+    what it has printed so far."""
+
+    def __init__(self, argv, env=None):
+        import subprocess
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                     env=env)
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text, timeout=20):
+        self.expect_re(re.escape(text.encode()), timeout, shown=text)
+
+    def expect_re(self, pattern, timeout=20, shown=None):
+        import select
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.seen):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.master], [], [], left)[0]:
+                raise AssertionError(f"never saw {shown or pattern!r}; output so far: {self.seen!r}")
+            try:
+                self.seen += os.read(self.master, 4096)
+            except OSError:  # EIO: the other side is closed
+                raise AssertionError(f"never saw {shown or pattern!r}; output: {self.seen!r}") from None
+
+    def send(self, data):
+        os.write(self.master, data)
+
+    def close(self):
+        import signal
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        os.close(self.master)

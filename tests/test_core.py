@@ -5,7 +5,6 @@ a hang) and checks the outcome against the OS."""
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 

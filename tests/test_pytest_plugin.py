@@ -3,8 +3,6 @@ pytester. The inner tests write the pid and start time of each process they
 leave behind to pids.txt; the outer test checks with psutil what became of
 it. Whatever the plugin does not end, the outer test ends itself."""
 import os
-import signal
-import sys
 import textwrap
 
 import psutil

@@ -3,7 +3,6 @@ timeouts, pipes held by descendants, leftovers, terminal handoff."""
 import asyncio
 import errno
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 import osl_pg
 from osl_pg import AllowListPolicy, LeftoverProcessWarning, Permission, ProcessExecutor, ProcessSpawnOperation
-from conftest import alive, pgid_of, py, wait_for
+from conftest import Pty, alive, pgid_of, py, wait_for
 
 SH = "/bin/sh"
 
@@ -333,38 +332,8 @@ except KeyboardInterrupt:
 """
 
 
-class Pty:
-    def __init__(self, code):
-        self.master, slave = os.openpty()
-        self.proc = subprocess.Popen(py(code), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-        os.close(slave)
-        self.seen = b""
-
-    def expect(self, text, timeout=20):
-        deadline = time.monotonic() + timeout
-        while text.encode() not in self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.master], [], [], left)[0]:
-                raise AssertionError(f"never saw {text!r}; output so far: {self.seen!r}")
-            try:
-                self.seen += os.read(self.master, 4096)
-            except OSError:  # EIO: the other side is closed
-                raise AssertionError(f"never saw {text!r}; output: {self.seen!r}") from None
-
-    def send(self, data):
-        os.write(self.master, data)
-
-    def close(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        os.close(self.master)
-
-
 def test_terminal_goes_to_the_child_group_and_comes_back():
-    tty = Pty(TTY_CHILD)
+    tty = Pty(py(TTY_CHILD))
     try:
         tty.send(b"hello\n")
         tty.expect("got:hello")  # a background group would have been stopped by SIGTTIN

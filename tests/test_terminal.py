@@ -2,59 +2,15 @@
 threads that both want the terminal. Driven through a pty."""
 import os
 import re
-import select
-import signal
-import subprocess
 import sys
 import time
 
 import psutil
 import pytest
 
-from conftest import linux_only, py
+from conftest import Pty, linux_only, py
 
 pytestmark = linux_only
-
-
-class Pty:
-    """A program on a new pty (its session leader), and what it printed."""
-
-    def __init__(self, argv, env=None):
-        self.master, slave = os.openpty()
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                                     env=env)
-        os.close(slave)
-        self.seen = b""
-
-    def expect(self, text, timeout=30):
-        deadline = time.monotonic() + timeout
-        while text.encode() not in self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.master], [], [], left)[0]:
-                raise AssertionError(f"never saw {text!r}; output so far: {self.seen!r}")
-            try:
-                self.seen += os.read(self.master, 4096)
-            except OSError:  # EIO: the other side is closed
-                raise AssertionError(f"never saw {text!r}; output: {self.seen!r}") from None
-
-    def expect_re(self, pattern, timeout=30):
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.seen):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.master], [], [], left)[0]:
-                raise AssertionError(f"never saw {pattern!r}; output so far: {self.seen!r}")
-            self.seen += os.read(self.master, 4096)
-
-    def send(self, data):
-        os.write(self.master, data)
-
-    def close(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        os.close(self.master)
 
 
 def state(pid):

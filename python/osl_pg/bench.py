@@ -912,7 +912,9 @@ def plot_rows(report: Dict[str, Any]) -> List[Tuple[str, float, str]]:
             if o == "executor" or (o == "cli_run_true"):
                 continue  # no stdlib twin
             ratio = s["ratios"][o][ref]
-            rows.append((f"{s['title']}\n{labels[o]} vs {labels[ref]}", ratio, speedup(ratio)))
+            title = s["title"].replace("spawn a static exit(0) program as a new group's leader", "spawn (new group)")
+            title = title.replace("run an exit(0) program to completion", "run to completion")
+            rows.append((f"{title}\n{labels[o]} vs {labels[ref]}", ratio, speedup(ratio)))
     return rows
 
 

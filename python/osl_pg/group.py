@@ -41,7 +41,6 @@ the leader was reaped and the number belongs to another process.
 import errno
 import os
 import signal as _signal
-import sys
 import collections
 import threading
 import time
