@@ -57,13 +57,30 @@ def state(pid, start):
 def inner(pytester):
     """pytester with the helpers importable; afterwards, ends whatever an
     inner test recorded that is still running (a plugin that missed it)."""
+    before = {c.pid for c in psutil.Process().children()}
     pytester.makepyfile(leakhelpers=HELPERS)
     yield pytester
     for pid, start in recorded(pytester):
-        if state(pid, start) != "gone":
+        running = state(pid, start) != "gone"
+        if running:
             psutil.Process(pid).kill()
+        try:
+            # Our child when an inner test started it in this process (the
+            # inner tests run in-process): reap it, also when it is already
+            # a zombie ("gone"), or it stays one for the rest of the run.
+            os.waitpid(pid, 0 if running else os.WNOHANG)
+        except ChildProcessError:
+            pass
+    # The inner tests' orphans were adopted by this process (the plugin made
+    # it their subreaper); one whose parent a dropped Popen reaped only
+    # later, when no inner test watched any more, is a zombie of ours now.
+    # Reap those, unless some Popen object may still wait for them.
+    from osl_pg.pytest_plugin import _held_pids
+    held = _held_pids()
+    for child in psutil.Process().children():
+        if child.pid not in before and child.pid not in held and child.status() == psutil.STATUS_ZOMBIE:
             try:
-                os.waitpid(pid, 0)  # our child (we are the inner tests' process)
+                os.waitpid(child.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
 

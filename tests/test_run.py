@@ -282,8 +282,7 @@ def test_cancelled_run_async_kills_the_group():
         found = []
         for _ in range(500):
             await asyncio.sleep(0.01)
-            kids = psutil.Process().children()
-            found = [p for p in kids if p.cmdline()[:2] == [SH, "-c"]]
+            found = [p for p in psutil.Process().children() if _cmdline(p)[:2] == [SH, "-c"]]
             if found and len(_members(found[0].pid)) == 4:
                 break
         members = _members(found[0].pid)
@@ -295,6 +294,14 @@ def test_cancelled_run_async_kills_the_group():
 
     members = asyncio.run(main())
     assert gone(members)
+
+
+def _cmdline(p):
+    """A child's command line; () for a zombie (another test's, say) or one gone meanwhile."""
+    try:
+        return p.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
 
 
 def _members(pgid):
