@@ -358,7 +358,8 @@ class ProcessSpawnOperation(_Operation):
     def __init__(self, command: Union[str, "os.PathLike[str]", Sequence[Any]] = "", *args: Any, **kwargs: Any):
         # Positional form of the contract: ProcessSpawnOperation("sleep"),
         # or an argv list: ProcessSpawnOperation(["sleep", "1"]).
-        if not isinstance(command, (str, bytes, os.PathLike)) and hasattr(command, "__iter__"):
+        if type(command) is not str and not isinstance(command, (bytes, os.PathLike)) \
+                and hasattr(command, "__iter__"):
             argv = list(command)
             if not argv:
                 raise InvalidOperation("empty command")
