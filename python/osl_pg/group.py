@@ -768,18 +768,26 @@ class ProcessGroup:
                 self.leader._release()
         self._release()
 
-    def close(self, kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> bool:
-        """Release the handle. Unless detached, members still running are
-        killed first (kill on close) and waited for, at most `kill_timeout`
-        seconds. Returns True once released; False when a member outlived
-        SIGKILL that long (stuck in the kernel): the handle then stays open,
-        its pgid pinned, for a later close(), wait() or terminate()."""
+    def _released_or_let_go(self) -> bool:
+        """close()'s first step: True when there is nothing to wait for (the
+        handle was released, or it is detached and is released now); else
+        SIGKILL goes out and the caller waits."""
         if self._released:
             return True
         if self.detached:
             self._release_detached()
             return True
         self._kill_quietly()
+        return False
+
+    def close(self, kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> bool:
+        """Release the handle. Unless detached, members still running are
+        killed first (kill on close) and waited for, at most `kill_timeout`
+        seconds. Returns True once released; False when a member outlived
+        SIGKILL that long (stuck in the kernel): the handle then stays open,
+        its pgid pinned, for a later close(), wait() or terminate()."""
+        if self._released_or_let_go():
+            return True
         with ExitWatch() as exits:
             if not self._watch(time.monotonic() + kill_timeout, "killed", exits, observe=False):
                 return False
@@ -788,12 +796,8 @@ class ProcessGroup:
 
     async def close_async(self, kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> bool:
         """close() for asyncio: the wait for the killed members is awaited."""
-        if self._released:
+        if self._released_or_let_go():
             return True
-        if self.detached:
-            self._release_detached()
-            return True
-        self._kill_quietly()
         with ExitWatch() as exits:
             if not await self._watch_async(time.monotonic() + kill_timeout, "killed", exits, observe=False):
                 return False
