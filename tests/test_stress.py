@@ -161,20 +161,20 @@ FULL_FD_TABLE = textwrap.dedent("""
             except OSError:
                 return False
         return sorted(fd for fd in listed if is_open(fd))
+    def finish(r):  # close the pipes, wait for the child, close its group
+        for f in (r.process.stdin, r.process.stdout, r.process.stderr):
+            if f is not None:
+                f.close()
+        r.process.wait()
+        if r.group is not None:
+            r.group.close()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     report = {}
     for name, op in kinds.items():
         # Once with fds to spare first: what stays open by design (the
         # watchdog's pipe, started with the first parent-death group) is
         # then in `before`.
-        warm = ex.execute(op)
-        for f in (warm.process.stdin, warm.process.stdout, warm.process.stderr):
-            if f is not None:
-                f.close()
-        warm.process.wait()
-        if warm.group is not None:
-            warm.group.close()
-        del warm
+        finish(ex.execute(op))
         for free in range(8):
             before = fds()
             resource.setrlimit(resource.RLIMIT_NOFILE, (max(before) + 1 + free, hard))
@@ -189,20 +189,12 @@ FULL_FD_TABLE = textwrap.dedent("""
             finally:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             if r is not None:
-                for f in (r.process.stdin, r.process.stdout, r.process.stderr):
-                    if f is not None:
-                        f.close()
-                r.process.wait()
-                if r.group is not None:
-                    r.group.close()
+                finish(r)
                 del r
             after = fds()
             leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in set(after) - set(before)}
             report[f"{name}/{free}"] = (outcome, after == before or leaked)
-        again = ex.execute(op)
-        again.process.wait()
-        if again.group is not None:
-            again.group.close()
+        finish(ex.execute(op))  # works again once fds are free
     print(json.dumps(report))
 """)
 

@@ -140,8 +140,6 @@ class ForegroundTerminal:
                 if not _holder_lock.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
                     if deadline is not None and time.monotonic() >= deadline:
                         return
-        if self.fd is None and self._still_ours():
-            self.fd = 0
         self.give_to_group(group)
 
     def _still_ours(self) -> bool:
