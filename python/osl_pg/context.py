@@ -2,8 +2,9 @@
 import getpass
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Optional
+
+from ._record import Value, field
 
 
 def _current_user() -> str:
@@ -13,8 +14,7 @@ def _current_user() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
-@dataclass(frozen=True)
-class SecurityContext:
+class SecurityContext(Value):
     """`principal` names the caller for policy and audit. `elevated` lets a
     policy allow what it refuses to ordinary callers (signalling groups of
     other users, or the caller's own group)."""
@@ -27,8 +27,7 @@ class SecurityContext:
         return SecurityContext(self.principal, elevated, self.roles)
 
 
-@dataclass(frozen=True)
-class ExecutionContext:
+class ExecutionContext(Value):
     security_context: SecurityContext = field(default_factory=SecurityContext)
     metadata: Dict[str, str] = field(default_factory=dict, compare=False)
     created_at: float = field(default_factory=time.time, compare=False)

@@ -46,11 +46,11 @@ import threading
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
 
 from . import watchdog
 from ._backend import backend
+from ._record import Record, Value, field
 from ._timeouts import check_grace, check_timeout
 from .errors import ProcessNotFound
 from .tiers import Escapee, ExitWatch, PgidTier, Tier
@@ -64,8 +64,7 @@ SIGKILL = int(getattr(_signal, "SIGKILL", 9))
 SIGCONT = getattr(_signal, "SIGCONT", None)
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(Value):
     pid: int
     ppid: Optional[int]
     name: str
@@ -73,8 +72,7 @@ class Member:
     uid: Optional[int] = None
 
 
-@dataclass
-class MemberOutcome:
+class MemberOutcome(Record):
     """How one member ended under terminate(): "exited" (before any signal
     or on its own), "terminated" (after SIGTERM, within the grace) or
     "killed" (by SIGKILL after the grace). `returncode` is known for
@@ -87,8 +85,7 @@ class MemberOutcome:
     returncode: Optional[int] = None
 
 
-@dataclass
-class TerminateReport:
+class TerminateReport(Record):
     pgid: int
     members: List[MemberOutcome] = field(default_factory=list)
     escalated: bool = False  # SIGKILL was needed

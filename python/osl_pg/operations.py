@@ -4,15 +4,14 @@ Builders return a new operation; the id and creation time of the first one
 are carried along, so a chain of builders yields one logical operation.
 Shape is checked when an operation is built, and again by the executor.
 """
-import dataclasses
 import enum
 import os
 import signal as _signal
 import subprocess
 import time
-from dataclasses import dataclass
-from typing import IO, Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+from ._record import Value
 from .errors import InvalidOperation, InvalidOperationType, Unsupported
 
 PID_MAX = 2**31 - 1
@@ -196,23 +195,21 @@ def _check_signal_reset(value: Any) -> str:
 # process group configuration
 
 
-class ProcessGroupConfig:
+class ProcessGroupConfig(Value):
     """Where a spawned child's process group is. Variants: NewGroup(),
     JoinGroup(pgid), Inherit() (the default), also reachable as
     ProcessGroupConfig.NewGroup() etc."""
 
     __slots__ = ()
-    NewGroup: Any
-    JoinGroup: Any
-    Inherit: Any
+    NewGroup: "ClassVar[type[NewGroup]]"
+    JoinGroup: "ClassVar[type[JoinGroup]]"
+    Inherit: "ClassVar[type[Inherit]]"
 
 
-@dataclass(frozen=True)
 class NewGroup(ProcessGroupConfig):
     """The child leads a new process group whose pgid is its pid."""
 
 
-@dataclass(frozen=True)
 class JoinGroup(ProcessGroupConfig):
     """The child joins the existing group `pgid` (same session only)."""
 
@@ -222,7 +219,6 @@ class JoinGroup(ProcessGroupConfig):
         check_pgid(self.pgid)
 
 
-@dataclass(frozen=True)
 class Inherit(ProcessGroupConfig):
     """The child stays in the caller's process group."""
 
@@ -246,8 +242,7 @@ def _new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-@dataclass(frozen=True)
-class _Operation:
+class _Operation(Value):
     operation_id: str = ""
     created_at: float = 0.0
     operation_type: OperationType = OperationType.PROCESS_SPAWN
@@ -260,9 +255,9 @@ class _Operation:
 
     def _with(self, **changes: Any):
         """A copy with `changes`; the id and creation time are kept. The
-        instance dict is copied whole (a frozen dataclass only guards
-        setattr): a builder chain is on run()'s path, and walking
-        dataclasses.fields() per call cost ~8 us of it."""
+        instance dict is copied whole (a Value only guards setattr): a
+        builder chain is on run()'s path, and a field-by-field copy cost
+        ~8 us of it."""
         new = object.__new__(type(self))
         d = new.__dict__
         d.update(self.__dict__)
@@ -298,8 +293,7 @@ def _check_containment(value: Any) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Value):
     """Per-group limits (Linux cgroups): at most `max_processes` processes
     at once (forks beyond fail with EAGAIN), `max_memory` bytes of RAM plus
     swap for the whole group (beyond it the OOM killer ends a member), and
@@ -319,14 +313,14 @@ class Limits:
             raise InvalidOperation(f"cpu_quota must be a number of CPUs in 0.01..4096, not {q!r}")
 
     def requested(self) -> Dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        d = self.__dict__
+        return {k: d[k] for k in self._fields if d[k] is not None}
 
 
 # --------------------------------------------------------------------------
 # spawn
 
 
-@dataclass(frozen=True)
 class ProcessSpawnOperation(_Operation):
     """Spawn `command` with arguments. Group membership is `process_group`
     (None means Inherit); `detach_from_terminal` makes the child a session
@@ -570,39 +564,16 @@ def _env_pair(key: Any, value: Any) -> Tuple[str, Optional[str]]:
     return key, value
 
 
-_DEFAULTS: Dict[type, Dict[str, Any]] = {}
-
-
-def _field_defaults(cls: type) -> Dict[str, Any]:
-    """{field name: (is a factory, default value or zero-argument factory)}
-    per class, worked out once (dataclasses.fields() is slow on a hot path)."""
-    hit = _DEFAULTS.get(cls)
-    if hit is None:
-        hit = {}
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                hit[f.name] = (False, f.default)
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                hit[f.name] = (True, f.default_factory)  # type: ignore[misc]
-            else:
-                hit[f.name] = (False, None)
-        _DEFAULTS[cls] = hit
-    return hit
-
-
 def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> None:
     if extra_positional:
         raise TypeError(f"{type(op).__name__}() takes at most one positional argument")
-    defaults = _field_defaults(type(op))
+    defaults = op._defaults
     unknown = set(values) - defaults.keys()
     if unknown:
         raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
     d = op.__dict__
-    for name, (factory, default) in defaults.items():
-        if name in values:
-            d[name] = values[name]
-        else:
-            d[name] = default() if factory else default
+    for name, default in defaults.items():
+        d[name] = values[name] if name in values else default
     _fix_common(op)
     if "command" in values:
         object.__setattr__(op, "command", _check_text(values["command"], "command") if values["command"] != "" else "")
@@ -620,7 +591,6 @@ def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> No
 # signals
 
 
-@dataclass(frozen=True)
 class ProcessSignalOperation(_Operation):
     """Send `signal` to process `pid`, or to process group `pid` when
     `target_group` is true."""
@@ -690,7 +660,6 @@ class ProcessSignalOperation(_Operation):
         check_signal(self.signal)
 
 
-@dataclass(frozen=True)
 class ProcessKillOperation(_Operation):
     """SIGKILL process `pid` (TerminateProcess on Windows)."""
 

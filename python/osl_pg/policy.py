@@ -6,9 +6,9 @@ nothing in osl_pg retries it. Policies never depend on logging: switching the
 audit logger off changes what is recorded, never what is allowed.
 """
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Protocol
 
+from ._record import Value
 from .context import ExecutionContext
 from .operations import (JoinGroup, Permission, ProcessKillOperation, ProcessSignalOperation,
                          ProcessSpawnOperation)
@@ -17,8 +17,7 @@ if TYPE_CHECKING:
     from .executor import TargetFacts
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Value):
     allowed: bool
     reason: str = ""
     policy: str = ""

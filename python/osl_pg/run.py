@@ -33,10 +33,10 @@ import signal
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
 from typing import IO, Any, Dict, Generator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._backend import backend
+from ._record import Record, Value
 from .context import ExecutionContext
 from .errors import Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
@@ -59,8 +59,7 @@ class LeftoverProcessWarning(UserWarning):
     """The command exited and left processes behind (see Leftover)."""
 
 
-@dataclass(frozen=True)
-class Leftover:
+class Leftover(Value):
     """A process of the command's tree that outlived the command (or, after
     a timeout, that run() had to end besides the command itself).
 
@@ -285,8 +284,7 @@ def _leftover_message(args: Any, leftovers: List[Leftover]) -> str:
 # what is left when the leader has exited (or timed out)
 
 
-@dataclass
-class _Found:
+class _Found(Record):
     pid: int
     name: str
     cmdline: Tuple[str, ...]

@@ -17,10 +17,10 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
 from ._backend import backend
+from ._record import Value
 from .errors import ProcessNotFound, Unsupported
 from .process import number_in_use
 
@@ -35,14 +35,20 @@ SIGCONT = int(getattr(signal, "SIGCONT", 18))
 # the process table, in one pass
 
 
-@dataclass(frozen=True)
-class ProcInfo:
+class ProcInfo(Value):
+    """One process of a table scan (made per process: its __init__ is
+    written out, which is ~3x faster than Value's general one)."""
+
     ppid: int
     pgid: int
     sid: int
     start: float  # start time: tells a process from a later one with its pid
     zombie: bool
     name: str
+
+    def __init__(self, ppid: int, pgid: int, sid: int, start: float, zombie: bool, name: str) -> None:
+        d = self.__dict__
+        d["ppid"], d["pgid"], d["sid"], d["start"], d["zombie"], d["name"] = ppid, pgid, sid, start, zombie, name
 
 
 _PROC_STAT = os.path.exists("/proc/self/stat")
@@ -95,8 +101,7 @@ def _linux_proc_table() -> Dict[int, ProcInfo]:
 # escape detection
 
 
-@dataclass(frozen=True)
-class Escapee:
+class Escapee(Value):
     """A descendant of a group that is no longer in it: it left the process
     group (setpgid) or the session (setsid), or it was moved out of the
     cgroup. `pgid` and `sid` are where it is now."""
