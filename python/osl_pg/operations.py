@@ -223,6 +223,7 @@ class Inherit(ProcessGroupConfig):
     """The child stays in the caller's process group."""
 
 
+_NEW_GROUP = NewGroup()  # immutable, and equal to any other: one will do
 ProcessGroupConfig.NewGroup = NewGroup  # type: ignore[misc]
 ProcessGroupConfig.JoinGroup = JoinGroup  # type: ignore[misc]
 ProcessGroupConfig.Inherit = Inherit  # type: ignore[misc]
@@ -272,13 +273,6 @@ class _Operation(Value):
 
     def validate(self) -> None:
         """Raise InvalidOperation when the operation is malformed."""
-
-
-def _fix_common(op: "_Operation") -> None:
-    if not op.operation_id:
-        object.__setattr__(op, "operation_id", _new_id())
-    if not op.created_at:
-        object.__setattr__(op, "created_at", time.time())
 
 
 # --------------------------------------------------------------------------
@@ -352,8 +346,9 @@ class ProcessSpawnOperation(_Operation):
     def __init__(self, command: Union[str, "os.PathLike[str]", Sequence[Any]] = "", *args: Any, **kwargs: Any):
         # Positional form of the contract: ProcessSpawnOperation("sleep"),
         # or an argv list: ProcessSpawnOperation(["sleep", "1"]).
-        if type(command) is not str and not isinstance(command, (bytes, os.PathLike)) \
-                and hasattr(command, "__iter__"):
+        kind = type(command)
+        if kind is list or kind is tuple or (kind is not str and not isinstance(command, (bytes, os.PathLike))
+                                             and hasattr(command, "__iter__")):
             argv = list(command)
             if not argv:
                 raise InvalidOperation("empty command")
@@ -387,7 +382,7 @@ class ProcessSpawnOperation(_Operation):
         return self._with(cwd=_check_text(d, "working directory"))
 
     def with_new_process_group(self) -> "ProcessSpawnOperation":
-        return self._with(process_group=NewGroup())
+        return self._with(process_group=_NEW_GROUP)
 
     def with_process_group(self, pgid: int) -> "ProcessSpawnOperation":
         return self._with(process_group=JoinGroup(pgid))
@@ -432,7 +427,7 @@ class ProcessSpawnOperation(_Operation):
     def _leading_group(self) -> Optional[ProcessGroupConfig]:
         """Containment and limits belong to a group: default to a new one."""
         if self.process_group is None and not self.detach_from_terminal:
-            return NewGroup()
+            return _NEW_GROUP
         return self.process_group
 
     def with_stdin(self, spec: StdioSpec) -> "ProcessSpawnOperation":
@@ -565,26 +560,32 @@ def _env_pair(key: Any, value: Any) -> Tuple[str, Optional[str]]:
 
 
 def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> None:
+    """Fill a new operation's fields: the defaults, then `values`, checked
+    and made immutable as the builders make them. On run()'s path: one
+    dict update each rather than a loop over the fields."""
     if extra_positional:
         raise TypeError(f"{type(op).__name__}() takes at most one positional argument")
     defaults = op._defaults
-    unknown = set(values) - defaults.keys()
-    if unknown:
-        raise TypeError(f"unexpected arguments: {', '.join(sorted(unknown))}")
+    if not values.keys() <= defaults.keys():
+        raise TypeError(f"unexpected arguments: {', '.join(sorted(values.keys() - defaults.keys()))}")
     d = op.__dict__
-    for name, default in defaults.items():
-        d[name] = values[name] if name in values else default
-    _fix_common(op)
+    d.update(defaults)
+    d.update(values)
+    if not d["operation_id"]:
+        d["operation_id"] = _new_id()
+    if not d["created_at"]:
+        d["created_at"] = time.time()
     if "command" in values:
-        object.__setattr__(op, "command", _check_text(values["command"], "command") if values["command"] != "" else "")
+        d["command"] = _check_text(values["command"], "command") if values["command"] != "" else ""
     if "args" in values:
-        if isinstance(values["args"], (str, bytes)):
+        args = values["args"]
+        if isinstance(args, (str, bytes)):
             raise InvalidOperation("args takes a list of arguments, not one string")
-        object.__setattr__(op, "args", tuple(_check_text(a, "argument") for a in values["args"]))
+        d["args"] = tuple([a if type(a) is str and "\0" not in a else _check_text(a, "argument") for a in args])
     if values.get("extra_groups") is not None:
-        object.__setattr__(op, "extra_groups", _check_extra_groups(values["extra_groups"]))
+        d["extra_groups"] = _check_extra_groups(values["extra_groups"])
     if "env_overrides" in values:  # immutable, and checked, like .env() makes it
-        object.__setattr__(op, "env_overrides", tuple(_env_pair(k, v) for k, v in values["env_overrides"]))
+        d["env_overrides"] = tuple(_env_pair(k, v) for k, v in values["env_overrides"])
 
 
 # --------------------------------------------------------------------------

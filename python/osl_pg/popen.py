@@ -140,6 +140,8 @@ def _fits_id_t(value: int, what: str) -> int:
 def resolve_ids(user: Any, group: Any, extra_groups: Any) -> Any:
     """(uid, gid, gids) as subprocess.Popen resolves them (names through
     pwd/grp: KeyError for an unknown one), None where not given."""
+    if user is None and group is None and extra_groups is None:
+        return None, None, None
     uid = None if user is None else _id(user, lambda n: _pwd().getpwnam(n).pw_uid, "User", "User")
     gid = None if group is None else _id(group, lambda n: _grp().getgrnam(n).gr_gid, "Group", "Group")
     gids = None

@@ -233,6 +233,8 @@ def _check_popen_keywords(popen: Dict[str, Any]) -> None:
     """subprocess.run() passes these on to Popen: each is accepted at its
     default; non-default values are checked here as subprocess checks them
     and mapped by spawn_operation()."""
+    if not popen:
+        return  # the usual call
     unknown = set(popen) - set(_POPEN_DEFAULTS)
     if unknown:
         raise TypeError(f"run() got an unexpected keyword argument {sorted(unknown)[0]!r}")
