@@ -3,6 +3,7 @@ is spawned or signalled: None or +inf mean no limit, a NaN or a negative
 value is refused (ValueError), a non-number is a TypeError."""
 import math
 import numbers
+import time
 from typing import Any, Optional
 
 from .errors import InvalidOperation, InvalidOperationType
@@ -31,3 +32,12 @@ def check_timeout(value: Any, what: str = "timeout") -> Optional[float]:
 def check_grace(value: Any, what: str = "grace") -> float:
     """A grace period: inf waits for as long as the members take."""
     return _seconds(value, what)
+
+
+def poll_ms(deadline: Optional[float]) -> Optional[int]:
+    """poll()'s timeout until `deadline` (a time.monotonic() value): None
+    for none (None or inf, a grace of float("inf")), at most INT_MAX ms
+    (poll() refuses more; the caller polls again)."""
+    if deadline is None or math.isinf(deadline):
+        return None
+    return min(int((deadline - time.monotonic()) * 1000) + 1, 2**31 - 1)

@@ -12,7 +12,6 @@ its members. The handle delegates to one of these strategies:
 Both may carry a CgroupSet for per-group limits (osl_pg.cgroup).
 """
 import errno
-import math
 import os
 import select
 import signal
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
 from ._backend import backend
 from ._record import Value
+from ._timeouts import poll_ms
 from .errors import ProcessNotFound, Unsupported
 from .process import number_in_use
 
@@ -189,15 +189,6 @@ def _exited_without_fd(pid: int) -> bool:
         return False
 
 
-def _poll_ms(deadline: Optional[float]) -> Optional[int]:
-    """poll()'s timeout until `deadline`: None for none (None or inf, a
-    grace of float("inf")), at most INT_MAX ms (poll() refuses more; the
-    caller polls again)."""
-    if deadline is None or math.isinf(deadline):
-        return None
-    return min(int((deadline - time.monotonic()) * 1000) + 1, 2**31 - 1)
-
-
 class ExitWatch:
     """Tells which processes have exited, and sleeps until they do.
 
@@ -301,7 +292,7 @@ class ExitWatch:
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         while by_fd:
-            timeout = _poll_ms(deadline)
+            timeout = poll_ms(deadline)
             if timeout is not None and timeout <= 0:
                 return
             for fd, _ in poller.poll(timeout):
@@ -663,7 +654,7 @@ class CgroupTier(Tier):
             for fd in by_fd:
                 poller.register(fd, select.POLLIN)
             while watch.read().get("populated") and not (complete and not by_fd):
-                timeout = _poll_ms(deadline)
+                timeout = poll_ms(deadline)
                 if timeout is not None and timeout <= 0:
                     return
                 for fd, _ in poller.poll(timeout):
