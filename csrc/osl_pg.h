@@ -39,6 +39,13 @@
 #define OSL_SIGNALS_INHERIT 1 /* every ignored signal stays ignored */
 #define OSL_SIGNALS_ALL 2     /* every signal to default */
 
+/* osl_spawn_attr.spawn_path: how the child is created. AUTO is the fastest
+ * way that can do what is asked (see needs_vfork in osl_pg_posix.c); the
+ * other two force one path, for tests and benchmarks. */
+#define OSL_SPAWN_AUTO 0
+#define OSL_SPAWN_POSIX 1 /* posix_spawn when it can express the request */
+#define OSL_SPAWN_VFORK 2 /* always the vfork child */
+
 /* osl_spawn_attr.set_ids bits: which credentials the child changes. */
 #define OSL_SET_GROUPS 1 /* setgroups(n_groups, groups) */
 #define OSL_SET_GID 2    /* setregid(gid, gid) */
@@ -73,6 +80,7 @@ struct osl_spawn_attr {
                             child writes "0" to each before exec, so it and
                             everything it starts are inside from the start */
     int signal_reset;    /* OSL_SIGNALS_* */
+    int spawn_path;      /* OSL_SPAWN_* (0, AUTO, when zero-initialised) */
     int set_ids;         /* OSL_SET_* bits; any of them takes the vfork path
                             (posix_spawn has no action for these) */
     uid_t uid;

@@ -167,6 +167,21 @@ def py(code):
     return [sys.executable, "-c", code]
 
 
+@pytest.fixture(autouse=True)
+def spawn_path(request, monkeypatch):
+    """A test parametrized on `force_vfork` runs on that spawn path: the
+    vfork child, or posix_spawn (which Linux spawns no longer use by
+    default, so it is tested only through this). Elsewhere: untouched."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or "force_vfork" not in callspec.params or os.name == "nt":
+        yield
+        return
+    from osl_pg import _posix
+    forced = callspec.params["force_vfork"]
+    monkeypatch.setattr(_posix, "SPAWN_PATH", _posix.lib.OSL_SPAWN_VFORK if forced else _posix.lib.OSL_SPAWN_POSIX)
+    yield
+
+
 @pytest.fixture
 def executor():
     from osl_pg import ProcessExecutor

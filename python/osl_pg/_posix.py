@@ -20,6 +20,10 @@ from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawn
 NAME = "posix"
 FEATURES = lib.osl_features()
 HAS_PDEATHSIG = bool(FEATURES & lib.OSL_FEAT_PDEATHSIG)
+# How children are created (OSL_SPAWN_*): AUTO, the fastest path that can do
+# the request (the vfork child on Linux, see csrc/osl_pg_posix.c). Tests set
+# it to exercise both paths.
+SPAWN_PATH = lib.OSL_SPAWN_AUTO
 HAS_PIDFD = hasattr(os, "pidfd_open")
 
 _FD_INHERIT = lib.OSL_FD_INHERIT
@@ -262,6 +266,7 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
             attr.n_pass_fds = len(op.pass_fds)
         attr.pdeathsig = int(signal.SIGKILL) if op.kill_on_parent_death else 0
         attr.signal_reset = _SIGNAL_RESETS[op.signal_reset]
+        attr.spawn_path = SPAWN_PATH
         ids_c = _set_ids(attr, op) if op.changes_credentials else None
         attr.n_cgroups = len(cgroup_procs_fds)
         for i, fd in enumerate(cgroup_procs_fds):

@@ -58,6 +58,13 @@ static struct osl_spawn_attr base(const char *path, char *const *argv)
     return a;
 }
 
+/* The path a test asks for: the vfork child, or posix_spawn where it can
+ * do the request (on Linux the default is vfork: see needs_vfork). */
+static void on_path(struct osl_spawn_attr *a, int force_vfork)
+{
+    a->spawn_path = force_vfork ? OSL_SPAWN_VFORK : OSL_SPAWN_POSIX;
+}
+
 static int wait_code(int pid)
 {
     int done = 0, status = -999, err;
@@ -72,8 +79,7 @@ static void test_new_group(int force_vfork)
     struct osl_spawn_attr a = base("/bin/sh", argv);
     int pid = 0, step, vf, pgid = 0, err;
     a.pgroup_mode = OSL_PGROUP_NEW;
-    if (force_vfork)
-        a.pdeathsig = SIGKILL;
+    on_path(&a, force_vfork);
     err = osl_spawn(&a, &pid, &step, &vf);
     CHECK(err == 0 && pid > 0, "spawn in a new group (vfork=%d): err %d", vf, err);
     /* close_fds needs posix_spawn_file_actions_addclosefrom_np (glibc 2.34;
@@ -83,6 +89,22 @@ static void test_new_group(int force_vfork)
     err = osl_getpgid(pid, &pgid);
     CHECK(err == 0 && pgid == pid, "getpgid(child) == child pid (%d, %d)", pgid, pid);
     CHECK(wait_code(pid) == 3, "exit status 3 collected");
+}
+
+static void test_default_path(void)
+{
+    char *argv[] = {"/bin/true", NULL};
+    struct osl_spawn_attr a = base("/bin/true", argv);
+    int pid = 0, step, vf = -1, err;
+    a.pgroup_mode = OSL_PGROUP_NEW;
+    err = osl_spawn(&a, &pid, &step, &vf);
+    CHECK(err == 0 && pid > 0, "spawn on the default path: err %d", err);
+#ifdef __linux__
+    CHECK(vf == 1, "the default path on Linux is the vfork child (vfork=%d)", vf);
+#endif
+    CHECK(wait_code(pid) == 0, "exit status 0 collected");
+    a.spawn_path = 3;
+    CHECK(osl_spawn(&a, &pid, &step, &vf) == EINVAL, "an unknown spawn_path is refused");
 }
 
 static void test_nowait_keeps_zombie(void)
@@ -104,8 +126,7 @@ static void test_errors(int force_vfork)
     char *argv[] = {"/nonexistent/cmd", NULL};
     struct osl_spawn_attr a = base("/nonexistent/cmd", argv);
     int pid = -1, step = -1, vf, err;
-    if (force_vfork)
-        a.pdeathsig = SIGKILL;
+    on_path(&a, force_vfork);
     err = osl_spawn(&a, &pid, &step, &vf);
     CHECK(err == ENOENT, "missing command gives ENOENT (vfork=%d), got %d", vf, err);
     if (force_vfork)
@@ -115,8 +136,7 @@ static void test_errors(int force_vfork)
         char *argv2[] = {"/bin/true", NULL};
         struct osl_spawn_attr b = base("/bin/true", argv2);
         b.cwd = "/nonexistent/dir";
-        if (force_vfork)
-            b.pdeathsig = SIGKILL;
+        on_path(&b, force_vfork);
         err = osl_spawn(&b, &pid, &step, &vf);
         CHECK(err == ENOENT, "missing cwd gives ENOENT, got %d", err);
         if (force_vfork)
@@ -127,8 +147,7 @@ static void test_errors(int force_vfork)
         struct osl_spawn_attr c = base("/bin/true", argv3);
         c.pgroup_mode = OSL_PGROUP_JOIN;
         c.pgid = 4194000; /* above pid_max: no such group */
-        if (force_vfork)
-            c.pdeathsig = SIGKILL;
+        on_path(&c, force_vfork);
         err = osl_spawn(&c, &pid, &step, &vf);
         CHECK(err == EPERM || err == ESRCH, "joining a missing group fails (%d)", err);
     }
@@ -252,8 +271,7 @@ static unsigned long long child_ignored(int mode, int force_vfork, int *vf)
     struct osl_spawn_attr a = base("/bin/grep", argv);
     char buf[256], *colon;
     a.signal_reset = mode;
-    if (force_vfork)
-        a.pdeathsig = SIGKILL;
+    on_path(&a, force_vfork);
     if (spawn_output(&a, buf, sizeof(buf), vf) != 0 ||
         !(colon = strchr(buf, ':')))
         return ~0ULL;
@@ -633,6 +651,7 @@ int main(void)
     printf("features: %#x\n", osl_features());
     test_new_group(0);
     test_new_group(1);
+    test_default_path();
     test_nowait_keeps_zombie();
     test_errors(0);
     test_errors(1);
