@@ -36,6 +36,17 @@ def _get_logger() -> "logging.Logger":
     return _logger
 
 
+_quiet_when_unhandled = False
+
+
+def quiet_when_unhandled() -> None:
+    """Drop a record no handler would take instead of letting logging's
+    last-resort handler print it (a denial is a WARNING): for a program
+    that reports refusals itself, such as osl-pg. Costs no logging import."""
+    global _quiet_when_unhandled
+    _quiet_when_unhandled = True
+
+
 if "logging" in sys.modules:  # already paid for: set up now, as if imported here
     _get_logger()
 
@@ -79,15 +90,15 @@ class AuditRecord:
 def emit(record: AuditRecord) -> None:
     f = record.fields
     level = INFO if f["decision"] != "denied" else WARNING
-    if _logger is None and "logging" not in sys.modules and level < WARNING:
-        return  # no handler can exist, and the last-resort one prints only WARNING+
+    if _logger is None and "logging" not in sys.modules and (level < WARNING or _quiet_when_unhandled):
+        return  # no handler can exist, and the last-resort one prints only WARNING+ (or is not wanted)
     logger = _get_logger()
     if not logger.isEnabledFor(INFO):
         return
     import logging
     last_resort = logging.lastResort
     if (not logger.filters and not logger.hasHandlers()
-            and (last_resort is None or level < last_resort.level)):
+            and (last_resort is None or level < last_resort.level or _quiet_when_unhandled)):
         # Nobody would see it: no handler up to the root, and the last-resort
         # handler prints only WARNING and up. Building the LogRecord (frame
         # walk included) was ~4 us of every spawn (measured: osl-pg bench).

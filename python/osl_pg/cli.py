@@ -1,8 +1,6 @@
 """The osl-pg command line: run (coreutils timeout's options and exit
 statuses, for a whole tree), ps, kill and bench."""
 import argparse
-import json
-import logging
 import os
 import re
 import signal
@@ -11,7 +9,7 @@ import threading
 import time
 from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
-from . import __version__
+from . import __version__, audit
 from ._backend import backend
 from .context import ExecutionContext, SecurityContext
 from .errors import CgroupPermissionError, OslError, SecurityViolation
@@ -470,6 +468,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_json(where: str, report: dict) -> None:
+    import json
     text = json.dumps(report, indent=2) + "\n"
     if where == "-":
         sys.stderr.write(text)
@@ -538,6 +537,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for e in PgidTier(args.pgid, "process_group").escaped():
         rows.append(dict(_ps_row(e.pid, e.ppid, e.name), escaped=True, pgid=e.pgid))
     if args.json:
+        import json
         print(json.dumps({"pgid": args.pgid, "members": [r for r in rows if not r["escaped"]],
                           "escaped": [r for r in rows if r["escaped"]]}, indent=2))
         return 0
@@ -621,6 +621,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
                       "killed": f"process group {args.pgid} outlived {grace:g} s: killed with SIGKILL",
                       "still running": f"process group {args.pgid} still has running members"}[outcome])
     if args.json:
+        import json
         print(json.dumps(report, indent=2))
     else:
         print("\n".join(lines))
@@ -769,9 +770,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     # A refusal is reported once, by the line below; without a handler the
     # audit logger's WARNING for it would reach stderr as a second line.
-    audit_logger = logging.getLogger("osl_pg.audit")
-    if not audit_logger.hasHandlers():
-        audit_logger.addHandler(logging.NullHandler())
+    audit.quiet_when_unhandled()
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `osl-pg kill -l | head`: the reader left; say nothing, as coreutils
