@@ -279,6 +279,7 @@ def test_wait_async_survives_a_reap_behind_its_back():
     assert out.stdout.split() == ["0", "True"]
 
 
+@pytest.mark.leaked_processes("off")  # it waits for the orphan to vanish, as it does without a subreaper
 def test_a_leftover_that_exits_before_it_is_signalled_is_reported_exited(monkeypatch):
     real_terminate = ProcessGroup.terminate
     leftover = []

@@ -146,6 +146,47 @@ def test_setsid_tree_is_shown_as_a_tree(inner):
     assert {state(pid, start) for pid, start in recorded(inner)} == {"gone"}
 
 
+@linux_only
+def test_a_test_marked_off_sees_orphans_go_to_init_and_is_not_charged(inner):
+    # A test of orphan behaviour opts out: no subreaper (its orphan's parent
+    # is init, or whoever is this pid namespace's reaper), and no check.
+    # The next, unmarked test is watched again.
+    inner.makepyfile(test_it="""
+        import os, time, psutil, pytest
+        from leakhelpers import sh_leak
+
+        @pytest.mark.leaked_processes("off")
+        def test_orphan_goes_to_init():
+            pid, = sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
+            deadline = time.monotonic() + 10
+            while psutil.Process(pid).ppid() != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert psutil.Process(pid).ppid() != os.getpid()
+
+        def test_watched_again():
+            sh_leak("sleep 301 >/dev/null 2>&1 & echo $!")
+    """)
+    result = run(inner, *ON)
+    result.assert_outcomes(passed=2, errors=1)
+    (first, first_start), (second, second_start) = recorded(inner)
+    result.stdout.re_match_lines([r".*ERROR at teardown of test_watched_again.*",
+                                  rf"\s+{second}\s+{os.getpid()}\s+SIGTERM\s+sleep 301"])
+    assert state(second, second_start) == "gone"
+    assert state(first, first_start) == "running"  # not ours to end: the fixture's cleanup kills it
+
+
+def test_an_unknown_marker_mode_is_a_usage_error(inner):
+    inner.makepyfile(test_it="""
+        import pytest
+        @pytest.mark.leaked_processes("sometimes")
+        def test_it():
+            pass
+    """)
+    result = run(inner, *ON)
+    assert result.ret != 0
+    result.stderr.re_match_lines([r".*leaked_processes\('sometimes'\): expected one of fail, warn, kill, off"])
+
+
 SESSION_MAKER = """
 import os, subprocess, sys
 os.setsid()

@@ -2,7 +2,10 @@
 
 Off unless asked for: ``--leaked-processes=fail|warn|kill`` (or the ini option
 ``leaked_processes``; ``-p osl_pg.pytest_plugin`` alone means ``fail``). With
-no option pytest only registers the option: no hook runs per test.
+no option pytest only registers the option: no hook runs per test. A test
+may set its own mode with ``@pytest.mark.leaked_processes("warn")``;
+``"off"`` runs it as without the plugin (no subreaper, no check), for a test
+that watches what happens to its own orphans.
 
 For each test, from the start of its setup to the end of its teardown, this
 process is a child subreaper (Linux), so the orphans of a tree the test
@@ -64,6 +67,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Registers the per-test hooks (LeakWatcher) only when a mode is on."""
+    config.addinivalue_line("markers", "leaked_processes(mode): this test's own mode (fail, warn, kill or off; "
+                                       "off: no subreaper and no check, for a test of orphan behaviour)")
     mode = config.getoption("leaked_processes") or config.getini("leaked_processes") or _mode_of_p(config)
     if mode not in MODES:
         raise pytest.UsageError(f"leaked_processes = {mode!r}: expected one of {', '.join(MODES)}")
@@ -394,14 +399,35 @@ class LeakWatcher:
         self.found: List[str] = []        # the current test's leak reports (fail mode)
         self.summary: List[str] = []      # one line per offender, for the terminal summary
         self.late: List[str] = []         # fail-mode reports made after the last test ran
+        self.test_mode = mode             # the current test's (see _mode_for)
 
     # -- the span of one test: subreaper on, baseline taken
 
+    def _mode_for(self, item: pytest.Item) -> str:
+        """The session's mode, or the test's own (@pytest.mark.leaked_processes)."""
+        marker = item.get_closest_marker("leaked_processes")
+        if marker is None:
+            return self.mode
+        mode = marker.args[0] if marker.args else marker.kwargs.get("mode")
+        if mode not in MODES:
+            raise pytest.UsageError(f"{item.nodeid}: leaked_processes({mode!r}): expected one of {', '.join(MODES)}")
+        return str(mode)
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, Any, None]:
+        self.test_mode = self._mode_for(item)
         previous = _get_subreaper()
         if previous is not None:
-            _set_subreaper(True)
+            # "off": the test sees the system as without the plugin (no
+            # subreaper, even one an enclosing pytest set: orphans go to init).
+            _set_subreaper(self.test_mode != "off")
+        if self.test_mode == "off":
+            try:
+                yield
+            finally:
+                if previous is not None:
+                    _set_subreaper(previous)
+            return
         self.item, self.found = item, []
         table = _scan()
         self.baseline = {p.key for p in table.values()}
@@ -437,7 +463,7 @@ class LeakWatcher:
 
         who = f"The {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
         name = f"fixture {fixturedef.argname!r} ({fixturedef.scope} scope, {fixturedef.baseid or 'root conftest'})"
-        self._handle(who, name, mine, _fixture_location(fixturedef))
+        self._handle(who, name, mine, _fixture_location(fixturedef), self.mode)
         del self.owners.by_fixture[fixturedef]
 
     # -- the check, once the test's teardown is over
@@ -445,6 +471,8 @@ class LeakWatcher:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, Any, None]:
         yield
+        if self.test_mode == "off":
+            return
 
         def mine(table: Dict[int, _Proc]) -> Dict[int, _Proc]:
             new = {pid: p for pid, p in table.items() if p.key not in self.baseline}
@@ -455,7 +483,7 @@ class LeakWatcher:
             owners = self.owners.assign(table, self.own_ids)
             return {pid: p for pid, p in new.items() if pid not in owners}
 
-        self._handle("The test", item.nodeid, mine, (str(item.path), (item.location[1] or 0) + 1))
+        self._handle("The test", item.nodeid, mine, (str(item.path), (item.location[1] or 0) + 1), self.test_mode)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Generator[None, Any, None]:
@@ -471,7 +499,7 @@ class LeakWatcher:
             report.sections.append(("osl_pg: leaked processes", text))
 
     def _handle(self, who: str, name: str, select: Callable[[Dict[int, _Proc]], Dict[int, _Proc]],
-                where: Tuple[str, int]) -> bool:
+                where: Tuple[str, int], mode: str) -> bool:
         """End the live processes select() picks from a scan, and what they
         start while being ended; reap the zombies it picks; report them per
         mode. True if there were any."""
@@ -501,9 +529,9 @@ class LeakWatcher:
                          + _tree(leaks, commands, how))
         shown = sorted({commands[pid][:60] for pid in leaks})
         self.summary.append(f"{name}: {n} process{s} ({'; '.join(shown[:3])}{'; ...' if len(shown) > 3 else ''})")
-        if self.mode == "warn":
+        if mode == "warn":
             warnings.warn_explicit(LeakedProcessWarning(text), LeakedProcessWarning, where[0], where[1])
-        elif self.mode == "fail":
+        elif mode == "fail":
             # After the last test (-x, Ctrl-C) there is no report to fail.
             (self.found if self.item is not None else self.late).append(text)
         return True
