@@ -216,9 +216,9 @@ def test_cancelled_run_async_ends_the_tree_gracefully(lib, pidfd, tmp_path):
 def test_cancelled_run_async_kills_after_the_grace_and_keeps_the_loop_running(lib, pidfd):
     marker = f"deaf-{lib}-{pidfd}"
     outcome, pgid, members, _, teardown_ticks, before, after = Harness(lib).run(
-        lambda h: _cancel_mid_run(h, DEAF, 0.5, marker))
+        lambda h: _cancel_mid_run(h, DEAF, 0.3, marker))
     assert outcome == ("cancelled", None)
-    # The teardown waited out the 0.5 s grace, then SIGKILL: the ticker
+    # The teardown waited out the 0.3 s grace, then SIGKILL: the ticker
     # kept ticking meanwhile (a blocked loop would not have ticked at all).
     assert teardown_ticks > 0
     assert not any(alive(p) for p in members)  # gone when the cancellation came through
@@ -235,7 +235,7 @@ def test_cancellation_during_the_teardown_does_not_stop_it():
     async def main(h):
         ticks = []
         h.start(h.ticker, ticks)
-        run = h.start(osl_pg.run_async, [SH, "-c", DEAF.format(m=marker, f="")], grace=0.5)
+        run = h.start(osl_pg.run_async, [SH, "-c", DEAF.format(m=marker, f="")], grace=0.3)
         members = []
         while len(members) != 3:
             await h.sleep(0.01)
