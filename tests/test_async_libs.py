@@ -362,3 +362,29 @@ def test_import_osl_pg_imports_no_async_library():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_async_with_group_cancelled_still_ends_and_releases_it(lib):
+    executor = ProcessExecutor("async-libs")
+    op = ProcessSpawnOperation("sh").with_args(["-c", "trap '' TERM; sleep 300 & wait"]).with_new_process_group()
+
+    async def main(h):
+        r = await executor.execute_async(op)
+        while len(group_members(r.group.pgid)) != 2:
+            await h.sleep(0.01)
+        members = group_members(r.group.pgid)
+
+        async def body():
+            async with r.group:
+                await h.sleep(300)
+
+        task = h.start(body)
+        await h.sleep(0.05)
+        task.cancel()
+        return await task.outcome(), r, members
+
+    outcome, r, members = Harness(lib).run(main)
+    assert outcome == ("cancelled", None)
+    assert r.group.released and r.process.returncode == -9
+    assert not any(alive(p) for p in members) and group_members(r.group.pgid) == []

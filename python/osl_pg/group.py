@@ -824,12 +824,18 @@ class ProcessGroup:
 
     async def __aexit__(self, *exc: object) -> None:
         # As __exit__: a cancellation during the grace still ends the group,
-        # and the last wait is awaited (never blocks the loop).
+        # and the last wait is awaited (never blocks the loop). A cancellation
+        # cuts the grace short (under trio or an anyio cancel scope, a block
+        # left by cancellation skips it), but the close that follows is
+        # shielded: there every await of a cancelled task would raise again,
+        # leaving the SIGKILLed group unwaited for and its handle open.
         try:
             if not self.detached and not self._released:
                 await self.terminate_async()
         finally:
-            await self.close_async()
+            if not self._released:
+                from . import _aio
+                await _aio.shielded(self.close_async)
 
 
 def set_child_subreaper(enabled: bool = True) -> None:
