@@ -388,3 +388,34 @@ def test_async_with_group_cancelled_still_ends_and_releases_it(lib):
     assert outcome == ("cancelled", None)
     assert r.group.released and r.process.returncode == -9
     assert not any(alive(p) for p in members) and group_members(r.group.pgid) == []
+
+
+# Writes its pid (= its pgid) first, so the test can look for its group after.
+PID_THEN_TREE = "echo $$ > {f}; sleep 300 & sleep 300 & wait"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout() is new in 3.11")
+def test_asyncio_timeout_around_run_async_ends_the_tree_and_raises_timeouterror(tmp_path):
+    pid_file = tmp_path / "pid"
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await osl_pg.run_async([SH, "-c", PID_THEN_TREE.format(f=pid_file)])
+        # The cancellation was accounted for: the task is not left cancelling.
+        assert asyncio.current_task().cancelling() == 0
+
+    asyncio.run(main())
+    assert group_members(int(pid_file.read_text())) == []
+
+
+def test_trio_move_on_after_around_run_async_ends_the_tree(tmp_path):
+    pid_file = tmp_path / "pid"
+
+    async def main():
+        with trio.move_on_after(0.5) as scope:
+            await osl_pg.run_async([SH, "-c", PID_THEN_TREE.format(f=pid_file)])
+        return scope.cancelled_caught
+
+    assert trio.run(main) is True
+    assert group_members(int(pid_file.read_text())) == []

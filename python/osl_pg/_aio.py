@@ -50,11 +50,6 @@ def _trio() -> Any:
     return trio
 
 
-def library() -> str:
-    """"trio" or "asyncio": the library running the current task."""
-    return "trio" if _trio() is not None else "asyncio"
-
-
 async def sleep(seconds: float) -> None:
     trio = _trio()
     if trio is not None:
