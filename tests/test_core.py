@@ -215,6 +215,10 @@ STUCK_ASYNC = textwrap.dedent("""
     async def close_async(self, kill_timeout=0.5):
         return await real_close(self, kill_timeout)
     G.ProcessGroup.close_async = close_async
+    real_terminate = G.ProcessGroup.terminate_async
+    async def terminate_async(self, grace=5.0, kill_timeout=0.5):
+        return await real_terminate(self, grace, kill_timeout)
+    G.ProcessGroup.terminate_async = terminate_async
     ticks = 0
     async def ticker():
         global ticks
@@ -223,7 +227,7 @@ STUCK_ASYNC = textwrap.dedent("""
             ticks += 1
     async def main():
         tick = asyncio.ensure_future(ticker())
-        task = asyncio.ensure_future(osl_pg.run_async(["sh", "-c", "trap '' TERM; sleep 30"]))
+        task = asyncio.ensure_future(osl_pg.run_async(["sh", "-c", "trap '' TERM; sleep 30"], grace=0.2))
         await asyncio.sleep(0.3)
         task.cancel()
         before = ticks

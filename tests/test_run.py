@@ -26,7 +26,15 @@ def run_async(*args, **kwargs):
     return asyncio.run(osl_pg.run_async(*args, **kwargs))
 
 
-RUNNERS = [pytest.param(run_sync, id="run"), pytest.param(run_async, id="run_async")]
+def run_async_trio(*args, **kwargs):
+    trio = pytest.importorskip("trio")
+    return trio.run(lambda: osl_pg.run_async(*args, **kwargs))
+
+
+# run_async under trio too: the same pipes, drains and leftovers through
+# trio's wait_readable instead of the asyncio loop's add_reader.
+RUNNERS = [pytest.param(run_sync, id="run"), pytest.param(run_async, id="run_async"),
+           pytest.param(run_async_trio, id="run_async_trio")]
 
 
 def gone(pids):

@@ -100,20 +100,30 @@ def _close_quietly(f: IO[bytes]) -> None:
 
 
 class LoopPipes:
-    """What run_async()'s two pipe readers share: `eof` (a future set once
-    every pipe is done) and `chunks` per pipe."""
+    """What run_async()'s two pipe readers share: `chunks` per pipe, the
+    pipes still `open`, and pump() (move data until the pipes are done,
+    a wake fd is readable, or a deadline), which run_async() awaits under
+    asyncio or trio alike (osl_pg._aio)."""
 
     proc: Any
-    eof: Any
     chunks: dict
+    open: List[IO[bytes]]
+
+    @property
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    async def pump(self, deadline: Optional[float], wake_fd: Optional[int] = None) -> bool:
+        """Until every pipe is done or `wake_fd` is readable (True), or
+        `deadline` (time.monotonic(); False)."""
+        raise NotImplementedError
 
     async def wait_eof(self, timeout: Optional[float]) -> bool:
-        import asyncio
-        try:
-            await asyncio.wait_for(asyncio.shield(self.eof), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await self.pump(None if timeout is None else time.monotonic() + timeout)
+
+    def received(self) -> int:
+        """How many chunks came so far: grows while output flows."""
+        return sum(len(chunks) for chunks in self.chunks.values())
 
     def output(self) -> Tuple[Optional[bytes], Optional[bytes]]:
         p = self.proc
@@ -124,17 +134,19 @@ class LoopPipes:
 class ThreadedPipes(LoopPipes):
     """What run_async() reads pipes with where the event loop cannot watch
     them (Windows: the proactor loop has no add_reader, and select() takes
-    only sockets): a thread per pipe, as communicate() uses there, that
-    tells the loop when it is done. Same interface as run's _AsyncPipes."""
+    only sockets): a thread per pipe, as communicate() uses there. pump()
+    looks at the threads every few milliseconds (sleeping with the running
+    library's sleep, so asyncio and trio alike, and a cancellation leaves
+    only threads that end at the pipes' EOF). Same interface as run's
+    _AsyncPipes."""
+
+    _MAX_STEP = 0.02
 
     def __init__(self, proc: Any, input: Optional[bytes]) -> None:
-        import asyncio
         self.proc = proc
-        self.loop = asyncio.get_running_loop()
         self.open: List[IO[bytes]] = [f for f in (proc.stdout, proc.stderr) if f is not None]
         proc._threads_reading = self.open  # see Process.close_pipes
         self.chunks: dict = {f: [] for f in self.open}
-        self.eof = self.loop.create_future()
         jobs: List[Tuple[Any, tuple]] = []
         if proc.stdin is not None:
             if input:
@@ -143,26 +155,30 @@ class ThreadedPipes(LoopPipes):
                 _close_quietly(proc.stdin)
         for f in list(self.open):
             jobs.append((_drain, (f, self.chunks[f], self.open)))
-        self._left = len(jobs)
-        if not jobs:
-            self.eof.set_result(None)
-        for target, args in jobs:
-            threading.Thread(target=self._run, args=(target, args), daemon=True,
-                             name=f"osl_pg-{target.__name__[1:]}").start()
+        self._threads = [threading.Thread(target=target, args=args, daemon=True,
+                                          name=f"osl_pg-{target.__name__[1:]}") for target, args in jobs]
+        for t in self._threads:
+            t.start()
 
-    def _run(self, target: Any, args: tuple) -> None:
-        try:
-            target(*args)
-        finally:
-            try:
-                self.loop.call_soon_threadsafe(self._one_done)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
+    @property
+    def done(self) -> bool:
+        return not any(t.is_alive() for t in self._threads)
 
-    def _one_done(self) -> None:
-        self._left -= 1
-        if self._left == 0 and not self.eof.done():
-            self.eof.set_result(None)
+    async def pump(self, deadline: Optional[float], wake_fd: Optional[int] = None) -> bool:
+        from . import _aio
+        delay = 0.001
+        while not self.done:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            step = now + delay if deadline is None else min(now + delay, deadline)
+            delay = min(delay * 2, self._MAX_STEP)
+            if wake_fd is not None:
+                if (await _aio.wait_fds([wake_fd], (), step))[0]:
+                    return True
+            else:
+                await _aio.sleep(step - now)
+        return True
 
     def close(self) -> None:
         """Nothing to close here: each thread closes its pipe at EOF. One

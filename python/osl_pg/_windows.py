@@ -715,18 +715,18 @@ def wait_exits(pids: List[int], deadline: Optional[float], pgid: Optional[int] =
 
 
 async def wait_exits_async(pids: List[int], deadline: Optional[float], pgid: Optional[int] = None) -> None:
-    """wait_exits for asyncio: polls the job's active count with a growing
-    sleep (no thread: a cancelled wait leaves nothing behind)."""
-    import asyncio  # only async callers pay for it (import osl_pg does not)
+    """wait_exits for asyncio or trio: polls the job's active count with a
+    growing sleep (no thread: a cancelled wait leaves nothing behind)."""
+    from . import _aio  # only async callers pay for it (import osl_pg does not)
     step = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
     job = _jobs.get(pgid) if pgid is not None else None
     if job is None:
-        await asyncio.sleep(step)
+        await _aio.sleep(step)
         return
     delay = 0.001
     while _active(job):
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return
-        await asyncio.sleep(delay if deadline is None else min(delay, deadline - now))
+        await _aio.sleep(delay if deadline is None else min(delay, deadline - now))
         delay = min(delay * 2, 0.05)

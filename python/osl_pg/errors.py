@@ -101,17 +101,21 @@ class OslTimeoutError(TimeoutError, OslError):
 
 def caller_stacklevel() -> int:
     """The warnings.warn() stacklevel, for the function that calls this and
-    then warns, of the first frame outside osl_pg (and outside asyncio's
-    loop, which drives a task's outermost coroutine): a warning names the
-    user's line whether they called execute(), OSLFramework.spawn(), run()
-    or asyncio.run(run_async(...))."""
+    then warns, of the first frame outside osl_pg (and outside the async
+    library's loop, which drives a task's outermost coroutine: asyncio, or
+    trio and the outcome package it sends values through, or anyio): a
+    warning names the user's line whether they called execute(),
+    OSLFramework.spawn(), run(), asyncio.run(run_async(...)) or
+    trio.run(run_async, ...)."""
     level = 1
     frame = sys._getframe(1)
-    skip = {_PACKAGE_DIR}
-    asyncio = sys.modules.get("asyncio")  # only a loop that was imported can be driving us
-    if asyncio is not None and getattr(asyncio, "__file__", None):
-        skip.add(os.path.dirname(os.path.abspath(asyncio.__file__)))
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) in skip:
+    skip = [_PACKAGE_DIR + os.sep]
+    for name in ("asyncio", "trio", "outcome", "anyio"):
+        mod = sys.modules.get(name)  # only a loop that was imported can be driving us
+        if mod is not None and getattr(mod, "__file__", None):
+            skip.append(os.path.dirname(os.path.abspath(mod.__file__)) + os.sep)
+    skip_tuple = tuple(skip)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip_tuple):
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return level

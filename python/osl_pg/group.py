@@ -567,7 +567,7 @@ class ProcessGroup:
             return bool(stop.value)
 
     async def _watch_async(self, deadline: Optional[float], phase: str, exits: ExitWatch, **scan: bool) -> bool:
-        import asyncio
+        from . import _aio
         gen = self._until_empty(deadline, phase, exits, **scan)
         try:
             live, pause = next(gen)
@@ -575,7 +575,7 @@ class ProcessGroup:
                 if live:
                     await self._strategy.wait_exits_async(live, deadline, exits)
                 else:
-                    await asyncio.sleep(self._pause_until(pause, deadline))
+                    await _aio.sleep(self._pause_until(pause, deadline))
                 live, pause = gen.send(None)
         except StopIteration as stop:
             return bool(stop.value)
@@ -662,8 +662,7 @@ class ProcessGroup:
         return self._finish()
 
     async def wait_async(self, timeout: Optional[float] = None) -> Optional[int]:
-        """wait() for asyncio: the loop watches the pidfds (no thread)."""
-        import asyncio
+        """wait() for asyncio or trio: the loop watches the pidfds (no thread)."""
         timeout = check_timeout(timeout)
         if self._released:
             return self._released_returncode()
@@ -671,8 +670,8 @@ class ProcessGroup:
         leader = self.leader
         if leader is not None and not self._leader_reaped:
             try:
-                await asyncio.wait_for(leader.wait_async(), timeout)
-            except asyncio.TimeoutError:
+                await leader.wait_async(timeout)
+            except WaitTimeout:
                 raise WaitTimeout([f"process group {self.pgid}"], timeout or 0.0) from None
             if self.release_if_empty():
                 return leader.returncode
@@ -739,7 +738,7 @@ class ProcessGroup:
 
     async def terminate_async(self, grace: float = DEFAULT_GRACE,
                               kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> TerminateReport:
-        """terminate() for asyncio: never blocks the event loop."""
+        """terminate() for asyncio or trio: never blocks the event loop."""
         grace, kill_timeout = check_grace(grace), check_grace(kill_timeout, "kill_timeout")
         start = time.monotonic()
         if self._released:
@@ -797,7 +796,9 @@ class ProcessGroup:
         return True
 
     async def close_async(self, kill_timeout: float = DEFAULT_KILL_TIMEOUT) -> bool:
-        """close() for asyncio: the wait for the killed members is awaited."""
+        """close() for asyncio or trio: the wait for the killed members is
+        awaited. A cancellation meanwhile stops the wait, not the SIGKILL,
+        and leaves the handle open; run_async() shields its close()."""
         if self._released_or_let_go():
             return True
         with ExitWatch() as exits:
@@ -823,12 +824,18 @@ class ProcessGroup:
 
     async def __aexit__(self, *exc: object) -> None:
         # As __exit__: a cancellation during the grace still ends the group,
-        # and the last wait is awaited (never blocks the loop).
+        # and the last wait is awaited (never blocks the loop). A cancellation
+        # cuts the grace short (under trio or an anyio cancel scope, a block
+        # left by cancellation skips it), but the close that follows is
+        # shielded: there every await of a cancelled task would raise again,
+        # leaving the SIGKILLed group unwaited for and its handle open.
         try:
             if not self.detached and not self._released:
                 await self.terminate_async()
         finally:
-            await self.close_async()
+            if not self._released:
+                from . import _aio
+                await _aio.shielded(self.close_async)
 
 
 def set_child_subreaper(enabled: bool = True) -> None:

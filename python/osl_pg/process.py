@@ -312,31 +312,40 @@ class Process:
             if fd is not None:
                 os.close(fd)
 
-    async def wait_async(self) -> int:
-        """Await the exit without a thread per child: on Linux the loop
-        watches the pidfd held since the spawn (so the child cannot have
-        been reaped, nor its pid reused, before the watch starts);
-        elsewhere the status is polled with backoff."""
-        import asyncio
+    async def wait_async(self, timeout: Optional[float] = None) -> int:
+        """wait() for asyncio or trio (osl_pg._aio), without a thread per
+        child: on Linux the running loop watches the pidfd held since the
+        spawn (so the child cannot have been reaped, nor its pid reused,
+        before the watch starts); elsewhere the status is polled with
+        backoff. Raises WaitTimeout after `timeout` seconds."""
+        from . import _aio
+        timeout = check_timeout(timeout)
         rc = self._collect(block=False)
         if rc is not None:
             return rc
+        deadline = None if timeout is None else time.monotonic() + timeout
         fd = self._state.dup_pidfd()
-        if fd is None:
+        try:
             delay = 0.0005
             while (rc := self._collect(block=False)) is None:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(self.args, timeout or 0.0)
+                if fd is not None:
+                    await _aio.wait_fds([fd], (), deadline)
+                else:
+                    step = time.monotonic() + delay
+                    await _aio.sleep((step if deadline is None else min(step, deadline)) - time.monotonic())
+                    delay = min(delay * 2, 0.05)
             return rc
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
         finally:
-            loop.remove_reader(fd)
-            os.close(fd)
-        return self.wait()
+            if fd is not None:
+                os.close(fd)
+
+    def exit_fd(self) -> Optional[int]:
+        """A pidfd that becomes readable when the child exits, for an event
+        loop to watch; the caller closes it. None without pidfds, or once
+        the child was reaped."""
+        return self._state.dup_pidfd()
 
     # -- pinning (used by ProcessGroup) -------------------------------------------
     def _pin(self) -> None:

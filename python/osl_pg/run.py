@@ -650,8 +650,11 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
 
 
 class _AsyncPipes(LoopPipes):
-    """read_pipes for an event loop: the loop watches the pipe fds
-    (add_reader/add_writer), so no thread is needed per child."""
+    """read_pipes for asyncio or trio, inline: the awaiting task itself
+    waits (osl_pg._aio.wait_fds) for whichever pipe is ready, and for the
+    leader's pidfd while it runs, then moves the data. No thread and no
+    background task: a cancellation leaves nothing running, and the pipes
+    are closed by close()."""
 
     def __init__(self, proc: Process, input: Optional[memoryview]):
         self.proc = proc
@@ -660,19 +663,34 @@ class _AsyncPipes(LoopPipes):
         self.stdin = proc.stdin
         self.open = [f for f in (proc.stdout, proc.stderr) if f is not None]
         self.chunks: Dict[Any, List[bytes]] = {f: [] for f in self.open}
-        import asyncio
-        self.loop = asyncio.get_running_loop()
-        self.eof = self.loop.create_future()
         if self.stdin is not None and not len(self.input):
             self.stdin.close()
             self.stdin = None
-        if self.stdin is not None:
-            os.set_blocking(self.stdin.fileno(), False)
-            self.loop.add_writer(self.stdin.fileno(), self._write)
-        for f in self.open:
-            os.set_blocking(f.fileno(), False)
-            self.loop.add_reader(f.fileno(), self._read, f)
-        self._check()
+        for f in [self.stdin, *self.open]:
+            if f is not None:
+                os.set_blocking(f.fileno(), False)
+
+    @property
+    def done(self) -> bool:
+        return not self.open and self.stdin is None
+
+    async def pump(self, deadline: Optional[float], wake_fd: Optional[int] = None) -> bool:
+        from . import _aio
+        while not self.done or wake_fd is not None:
+            by_fd = {f.fileno(): f for f in self.open}
+            readers = [*by_fd, wake_fd] if wake_fd is not None else list(by_fd)
+            writers = [self.stdin.fileno()] if self.stdin is not None else []
+            ready, writable = await _aio.wait_fds(readers, writers, deadline)
+            if not ready and not writable:
+                return False
+            if writable:
+                self._write()
+            for fd in ready:
+                if fd != wake_fd:
+                    self._read(by_fd[fd])
+            if wake_fd in ready:
+                return True
+        return True
 
     def _read(self, f: IO[bytes]) -> None:
         try:
@@ -682,10 +700,8 @@ class _AsyncPipes(LoopPipes):
         if data:
             self.chunks[f].append(data)
             return
-        self.loop.remove_reader(f.fileno())
         f.close()
         self.open.remove(f)
-        self._check()
 
     def _write(self) -> None:
         assert self.stdin is not None
@@ -696,69 +712,76 @@ class _AsyncPipes(LoopPipes):
         except BrokenPipeError:
             self.offset = len(self.input)
         if self.offset >= len(self.input):
-            self.loop.remove_writer(self.stdin.fileno())
             self.stdin.close()
             self.stdin = None
-            self._check()
-
-    def _check(self) -> None:
-        if not self.open and self.stdin is None and not self.eof.done():
-            self.eof.set_result(None)
 
     def close(self) -> None:
         if self.stdin is not None:
-            self.loop.remove_writer(self.stdin.fileno())
             self.stdin.close()
             self.stdin = None
         for f in self.open:
-            self.loop.remove_reader(f.fileno())
             f.close()
         self.open = []
         self.proc.close_pipes()
 
 
-async def _communicate_async(proc: Process, pipes: _AsyncPipes, plan: _Plan) -> int:
-    import asyncio
+async def _communicate_async(proc: Process, pipes: LoopPipes, plan: _Plan) -> int:
     deadline = plan.deadline
-    if plan.idle_timeout is not None:
-        rc = await _wait_watching_idle(proc, pipes, plan, deadline)
-    else:
-        try:
-            rc = await asyncio.wait_for(proc.wait_async(), plan.timeout)
-        except asyncio.TimeoutError:
-            raise subprocess.TimeoutExpired(plan.args, plan.timeout) from None
-    drain = plan.drain if deadline is None else min(plan.drain, max(0.0, deadline - time.monotonic()))
-    await pipes.wait_eof(drain)
+    rc = await _await_leader(proc, pipes, plan, deadline)
+    drain_end = time.monotonic() + plan.drain
+    await pipes.pump(drain_end if deadline is None else min(drain_end, deadline))
     return rc
 
 
-async def _wait_watching_idle(proc: Process, pipes: LoopPipes, plan: _Plan, deadline: Optional[float]) -> int:
-    """Await the leader; raise TimeoutExpired at the deadline, or when the
-    captured pipes (while any is open) gave nothing for idle_timeout,
-    looked at four times per idle_timeout as in _read_watching_idle."""
-    import asyncio
+async def _await_leader(proc: Process, pipes: LoopPipes, plan: _Plan, deadline: Optional[float]) -> int:
+    """Move the pipes' data until the leader exits, and return its code.
+    The wake-up is the leader's pidfd; without one (macOS, Linux < 5.3) its
+    status is polled with backoff. Raises TimeoutExpired at the deadline,
+    or when the captured pipes (while any is open) gave nothing for
+    idle_timeout, looked at four times per idle_timeout as in
+    _read_watching_idle."""
+    from . import _aio
     idle = plan.idle_timeout
-    assert idle is not None
-    waiter = asyncio.ensure_future(proc.wait_async())
     seen, last_change = 0, time.monotonic()
+    fd = proc.exit_fd()
+    delay = 0.0005
     try:
-        while True:
-            delay = idle / 4 if deadline is None else max(0.0, min(idle / 4, deadline - time.monotonic()))
-            done, _ = await asyncio.wait({waiter}, timeout=delay)
-            if done:
-                return waiter.result()
+        while (rc := proc.poll()) is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise subprocess.TimeoutExpired(plan.args, plan.timeout)  # type: ignore[arg-type]
-            got = sum(len(chunks) for chunks in pipes.chunks.values())
-            if got != seen or not pipes.open:
-                seen, last_change = got, now
-            elif now - last_change >= idle:
-                plan.idle_expired = True
-                raise subprocess.TimeoutExpired(plan.args, idle)
+            step = deadline
+            if idle is not None:
+                got = pipes.received()
+                if got != seen or not pipes.open:
+                    seen, last_change = got, now
+                elif now - last_change >= idle:
+                    plan.idle_expired = True
+                    raise subprocess.TimeoutExpired(plan.args, idle)
+                step = now + idle / 4 if step is None else min(step, now + idle / 4)
+            if fd is None:
+                step = now + delay if step is None else min(step, now + delay)
+                delay = min(delay * 2, 0.05)
+                if pipes.done:
+                    await _aio.sleep(step - now)
+                    continue
+            await pipes.pump(step, fd)
+        return rc
     finally:
-        if not waiter.done():
-            waiter.cancel()
+        if fd is not None:
+            os.close(fd)
+
+
+async def _kill_child_async(proc: Process) -> None:
+    """_kill_child, awaited (shielded: it follows a timeout or a
+    cancellation, and must not leave the child running)."""
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        from . import _aio
+        await _aio.shielded(proc.wait_async)
 
 
 async def _run_in_foreign_group_async(plan: _Plan) -> CompletedRun:
@@ -767,19 +790,19 @@ async def _run_in_foreign_group_async(plan: _Plan) -> CompletedRun:
     proc = result.process
     assert proc is not None
     plan.size_pipes(proc)
-    pipes: Optional[Union[_AsyncPipes, ThreadedPipes]] = None
+    pipes: Optional[LoopPipes] = None
     try:
         pipes = ThreadedPipes(proc, plan.input) if _THREADED_PIPES else _AsyncPipes(proc, plan.input)
         try:
             rc = await _communicate_async(proc, pipes, plan)
         except subprocess.TimeoutExpired:
-            _kill_child(proc)
+            await _kill_child_async(proc)
             await pipes.wait_eof(plan.drain)
             pipes.close()
             out, err = pipes.output()
             raise plan.timeout_error(out, err, result.pgid, []) from None
     finally:
-        _kill_child(proc)
+        await _kill_child_async(proc)
         if pipes is not None:
             pipes.close()
         proc.close_pipes()
@@ -797,9 +820,16 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
                     pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
                     executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None,
                     idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun:
-    """run() for asyncio: the loop watches the leader's pidfd and the pipes
-    (no thread per child). Cancelling the task kills the whole group. The
-    keywords are run()'s."""
+    """run() for asyncio or trio (and so anyio on either): the running loop
+    watches the leader's pidfd and the pipes (no thread per child, no
+    asyncio child watcher). The keywords are run()'s.
+
+    Cancelling the awaiting task (Task.cancel(), a trio or anyio cancel
+    scope, asyncio.timeout()) ends the whole tree as a timeout does:
+    SIGTERM, `grace` seconds, SIGKILL, then the cancellation goes on. That
+    teardown is shielded from further cancellation and bounded by `grace`
+    and the kill timeout; the loop keeps running meanwhile."""
+    from . import _aio
     timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
@@ -807,7 +837,7 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
     if plan.joins_group:
         return await _run_in_foreign_group_async(plan)
     proc, group = plan.spawned(await plan.executor.execute_async(plan.op, plan.context))
-    pipes: Optional[Union[_AsyncPipes, ThreadedPipes]] = None
+    pipes: Optional[LoopPipes] = None
     try:
         # Windows' event loops cannot watch pipes: a thread per pipe there.
         pipes = ThreadedPipes(proc, plan.input) if _THREADED_PIPES else _AsyncPipes(proc, plan.input)
@@ -824,15 +854,22 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
             pipes.close()
             out, err = pipes.output()
             raise plan.timeout_error(out, err, group.pgid, survey.leftovers(outcomes, "exited")) from None
+        except BaseException as e:
+            if _aio.is_cancellation(e):
+                # Cancelled: the tree ends as on a timeout (the task that
+                # cancelled us may be the caller's own timeout), gracefully.
+                await _aio.shielded(_end_tree_async, plan, group, _Survey(proc, group, pipes.open), True)
+            raise
         survey = _Survey(proc, group, pipes.open)
         outcomes = await _end_tree_async(plan, group, survey, timed_out=False)
         if outcomes:
             await pipes.wait_eof(plan.drain)
     finally:
         # No-ops after a normal run; after an exception or a cancellation
-        # this kills the whole group (SIGKILL) and awaits it: the event loop
-        # keeps running meanwhile.
-        if not await group.close_async():  # first: see run()
+        # this kills what is left of the group (SIGKILL) and awaits it,
+        # shielded: under trio (and anyio) every await of a cancelled task
+        # raises again, and the group must still be waited for.
+        if not group.released and not await _aio.shielded(group.close_async):  # first: see run()
             _warn_stuck(group)
         if pipes is not None:
             pipes.close()

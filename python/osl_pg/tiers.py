@@ -300,36 +300,18 @@ class ExitWatch:
                 self._mark_dead(by_fd.pop(fd))
 
     async def wait_async(self, pids: List[int], deadline: Optional[float]) -> None:
-        """wait() for asyncio: the event loop watches the pidfds."""
-        import asyncio
+        """wait() for asyncio or trio: the running loop watches the pidfds."""
+        from . import _aio
         by_fd, complete = self.pidfds(pids)
         if not complete:
-            await asyncio.sleep(self._step(deadline))
+            await _aio.sleep(self._step(deadline))
             return
-        if not by_fd:
-            return
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def ready(fd: int) -> None:
-            loop.remove_reader(fd)
-            self._mark_dead(by_fd.pop(fd))
-            if not by_fd and not done.done():
-                done.set_result(None)
-
-        watched = list(by_fd)
-        try:
-            for fd in watched:
-                loop.add_reader(fd, ready, fd)
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(asyncio.shield(done), timeout)
-            except asyncio.TimeoutError:
-                pass
-        finally:
-            for fd in watched:
-                if fd in by_fd:
-                    loop.remove_reader(fd)
+        while by_fd:
+            ready, _ = await _aio.wait_fds(list(by_fd), (), deadline)
+            if not ready:
+                return  # the deadline
+            for fd in ready:
+                self._mark_dead(by_fd.pop(fd))
 
     def _step(self, deadline: Optional[float]) -> float:
         if deadline is None:
@@ -663,37 +645,20 @@ class CgroupTier(Tier):
                         exits.fired(by_fd.pop(fd))
 
     async def wait_exits_async(self, live: List[int], deadline: Optional[float], exits: ExitWatch) -> None:
-        import asyncio
+        # As wait_exits; the epoll fd stands for cgroup.events (an event
+        # loop watches readability only, and cgroup.events raises POLLPRI).
+        from . import _aio
         from . import cgroup as _cg
-        loop = asyncio.get_running_loop()
         by_fd, complete = exits.pidfds(live)
         with _cg.EventsWatch(self.cg) as watch:
             events_fd = watch.epoll.fileno()
             while watch.read().get("populated") and not (complete and not by_fd):
-                woke = loop.create_future()
-
-                def wake(fd: int) -> None:
+                ready, _ = await _aio.wait_fds([events_fd, *by_fd], (), deadline)
+                if not ready:
+                    return  # the deadline
+                for fd in ready:
                     if fd != events_fd:
-                        loop.remove_reader(fd)
                         exits.fired(by_fd.pop(fd))
-                    if not woke.done():
-                        woke.set_result(None)
-
-                watched = [events_fd, *by_fd]
-                for fd in watched:
-                    loop.add_reader(fd, wake, fd)
-                try:
-                    timeout = None if deadline is None else deadline - time.monotonic()
-                    if timeout is not None and timeout <= 0:
-                        return
-                    try:
-                        await asyncio.wait_for(woke, timeout)
-                    except asyncio.TimeoutError:
-                        return
-                finally:
-                    for fd in watched:
-                        if fd == events_fd or fd in by_fd:
-                            loop.remove_reader(fd)
 
 
 def make_tier(pgid: int, session: bool, cgroups: "Optional[_cg.CgroupSet]", contained: bool) -> Tier:
