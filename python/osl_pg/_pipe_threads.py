@@ -8,10 +8,14 @@ read_pipes' ("out", "err", "open"), so a timed-out call resumes where it
 stopped and process.read_so_far works unchanged. Threads left running when
 a call returns early (timeout, stop_when) keep reading into that state.
 """
+from __future__ import annotations
+
 import os
 import threading
 import time
-from typing import IO, Any, List, Optional, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import IO, Any, List, Optional, Tuple
 
 
 def read_pipes_threaded(proc: Any, input: Optional[bytes], timeout: Optional[float],

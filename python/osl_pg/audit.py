@@ -7,12 +7,14 @@ processes_affected, decision ("allowed"/"denied"), reason, outcome ("ok" or
 "error"), errno, error, duration_ms, timestamp. The same operation_id is in
 the operation, its ExecutionResult and its record.
 """
+from __future__ import annotations
+
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
     import logging
 
 INFO, WARNING = 20, 30  # logging's levels, without importing it

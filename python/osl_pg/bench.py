@@ -17,6 +17,8 @@ Nothing here forks. Every process a sample starts is waited for (or killed
 and waited for) before the next sample; the run ends by checking that this
 process has no child left.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import math
@@ -26,7 +28,9 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .bench_programs import Program, TreeShape, await_ready, exit_program, pause_program
 

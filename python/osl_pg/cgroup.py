@@ -53,6 +53,8 @@ cgroups at once; the child joins each before exec), else they fail with
 LimitUnavailable. v1 directories go below our own cgroup of that hierarchy,
 so limits the caller is under keep applying.
 """
+from __future__ import annotations
+
 import errno
 import itertools
 import os
@@ -61,7 +63,9 @@ import select
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple
 
 try:
     import fcntl

@@ -1,5 +1,7 @@
 """The osl-pg command line: run (coreutils timeout's options and exit
 statuses, for a whole tree), ps, kill and bench."""
+from __future__ import annotations
+
 import argparse
 import os
 import re
@@ -7,7 +9,9 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from . import __version__, audit
 from ._backend import backend

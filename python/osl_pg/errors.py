@@ -1,10 +1,14 @@
 """The error types. Each concrete error derives from the matching builtin as
 well as from OslError, so both ``except FileNotFoundError`` and
 ``except OslError`` catch a missing command."""
+from __future__ import annotations
+
 import errno as _errno
 import os
 import sys
-from typing import Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Optional
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 

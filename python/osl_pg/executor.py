@@ -2,11 +2,15 @@
 in that order, with the audit record written in ``finally``. No flag skips a
 step; the audit logger's level decides what is written, never what runs.
 """
+from __future__ import annotations
+
 import errno
 import os
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import audit
 from ._backend import backend

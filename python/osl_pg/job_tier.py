@@ -6,7 +6,11 @@ sets it) no member can leave. So, unlike a process group, nothing escapes:
 ``escaped()`` is always empty. All calls go through the backend
 (osl_pg._windows), which owns the job.
 """
-from typing import Dict, List, Optional
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional
 
 from ._backend import backend
 from .tiers import ProcInfo, Tier

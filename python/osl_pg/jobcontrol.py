@@ -21,13 +21,17 @@ for that time (process-wide from the main thread; off the main thread only
 the tcsetpgrp() calls are protected, by blocking it in that thread). The
 handoff itself is osl_pg.terminal.ForegroundTerminal.
 """
+from __future__ import annotations
+
 import errno
 import os
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Iterator, Optional
 
 import psutil
 

@@ -37,6 +37,8 @@ raises TypeError. A dropped, still-running Popen warns (ResourceWarning) and
 waits on ``subprocess._active`` to be polled by the next Popen, as
 subprocess's does; its tree is left running. Its finalizer takes no lock.
 """
+from __future__ import annotations
+
 import errno
 import os
 import stat
@@ -45,7 +47,9 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .context import ExecutionContext
 from .errors import OslPermissionError, SecurityViolation, Unsupported, caller_stacklevel

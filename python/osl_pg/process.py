@@ -6,6 +6,8 @@ A process group handle may *pin* the leader: its status is then read with
 WNOWAIT and the zombie is kept (holding the pid, and so the pgid, against
 reuse) until the group is released.
 """
+from __future__ import annotations
+
 import collections
 import errno
 import io
@@ -16,7 +18,9 @@ import sys
 import threading
 import time
 import weakref
-from typing import IO, Any, Dict, List, Optional, Sequence, Set, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import IO, Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ._backend import backend
 from ._timeouts import check_timeout, poll_ms

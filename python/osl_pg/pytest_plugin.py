@@ -36,7 +36,11 @@ import os
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple
+
+    _Key = Tuple[int, float]  # (pid, start time): one process, never a later one with the same pid
 
 import pytest
 
@@ -50,7 +54,6 @@ KILL_TIMEOUT = 5.0  # SIGKILL ends a process within milliseconds unless it is st
 _LINUX = sys.platform.startswith("linux")
 _PR_GET_CHILD_SUBREAPER = 37
 
-_Key = Tuple[int, float]  # (pid, start time): one process, never a later one with the same pid
 
 
 class LeakedProcessWarning(UserWarning):

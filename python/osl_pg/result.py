@@ -1,7 +1,9 @@
 """The result of one executed operation."""
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
+from __future__ import annotations
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
+    from typing import Callable, Dict, Optional, Union
     from .group import ProcessGroup
     from .process import Process
 

@@ -20,11 +20,15 @@ the terminal back and stops its own group too, so the shell that started
 this program prints "Stopped" and has its prompt; on `fg` it hands the
 terminal to the child's group again and continues it.
 """
+from __future__ import annotations
+
 import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 _SIGTTOU = getattr(signal, "SIGTTOU", None)
 _SIGCONT = getattr(signal, "SIGCONT", None)

@@ -11,12 +11,16 @@ its members. The handle delegates to one of these strategies:
 
 Both may carry a CgroupSet for per-group limits (osl_pg.cgroup).
 """
+from __future__ import annotations
+
 import errno
 import os
 import select
 import signal
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ._backend import backend
 from ._record import Value

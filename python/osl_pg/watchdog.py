@@ -19,11 +19,15 @@ If the watchdog cannot be started (no fd for its pipe, no process slot),
 register() raises a typed error and keeps nothing: the group is not on the
 list, no watchdog process or pipe is left behind.
 """
+from __future__ import annotations
+
 import errno
 import os
 import sys
 import threading
-from typing import Dict, Optional, Sequence, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Sequence, Tuple
 
 from .errors import from_errno
 
