@@ -10,8 +10,7 @@ __hash__. Type checkers see them as dataclasses (PEP 681).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Callable, ClassVar, Dict, Tuple, TypeVar
 
@@ -40,7 +39,7 @@ def field(*, default_factory: Callable[[], _T], compare: bool = True) -> _T:
 
 
 def _is_classvar(annotation: object) -> bool:
-    text = annotation if isinstance(annotation, str) else repr(annotation)
+    text = annotation.strip("\"'") if isinstance(annotation, str) else repr(annotation)
     return text.startswith(("ClassVar", "typing.ClassVar"))
 
 

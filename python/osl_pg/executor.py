@@ -12,14 +12,15 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import 
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Sequence
 
+    from .operations import Operation
+
 from . import audit
 from ._backend import backend
 from .context import ExecutionContext, resolve_context
 from .errors import (ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation,
                      caller_stacklevel)
 from .group import Member, ProcessGroup, owned_group, scan_group, sweep_dropped
-from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSignalOperation,
-                         ProcessSpawnOperation, signal_name)
+from .operations import JoinGroup, ProcessKillOperation, ProcessSignalOperation, ProcessSpawnOperation, signal_name
 from .policy import Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, child_by_pid, reaped_and_reused, sweep_abandoned
 from .result import ExecutionResult

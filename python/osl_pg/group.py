@@ -38,6 +38,8 @@ cgroup directories and watchdog entry are cleaned up at the next spawn. The
 tree keeps running; signalling its pgid through the executor is refused once
 the leader was reaped and the number belongs to another process.
 """
+from __future__ import annotations
+
 import errno
 import os
 import signal as _signal
@@ -46,7 +48,9 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
 
 from . import watchdog
 from ._backend import backend

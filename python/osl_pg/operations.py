@@ -4,12 +4,16 @@ Builders return a new operation; the id and creation time of the first one
 are carried along, so a chain of builders yields one logical operation.
 Shape is checked when an operation is built, and again by the executor.
 """
+from __future__ import annotations
+
 import enum
 import os
 import signal as _signal
 import subprocess
 import time
-from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from ._record import Value
 from .errors import InvalidOperation, InvalidOperationType, Unsupported
@@ -22,7 +26,8 @@ PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 STDOUT = subprocess.STDOUT
 INHERIT = None
-StdioSpec = Union[None, int, IO[Any]]
+if TYPE_CHECKING:
+    StdioSpec = Union[None, int, IO[Any]]
 
 
 class Permission(str, enum.Enum):
@@ -137,7 +142,8 @@ def _check_pass_fds(fds: Any) -> Tuple[int, ...]:
 # Largest uid/gid setreuid()/setregid() take: (uid_t)-1 means "unchanged".
 ID_MAX = 2**32 - 2
 
-IdSpec = Union[int, str]
+if TYPE_CHECKING:
+    IdSpec = Union[int, str]
 
 
 def _check_id(value: Any, what: str) -> IdSpec:
@@ -201,9 +207,9 @@ class ProcessGroupConfig(Value):
     ProcessGroupConfig.NewGroup() etc."""
 
     __slots__ = ()
-    NewGroup: "ClassVar[type[NewGroup]]"
-    JoinGroup: "ClassVar[type[JoinGroup]]"
-    Inherit: "ClassVar[type[Inherit]]"
+    NewGroup: ClassVar[type[NewGroup]]
+    JoinGroup: ClassVar[type[JoinGroup]]
+    Inherit: ClassVar[type[Inherit]]
 
 
 class NewGroup(ProcessGroupConfig):
@@ -678,4 +684,5 @@ class ProcessKillOperation(_Operation):
         check_pid(self.pid)
 
 
-Operation = Union[ProcessSpawnOperation, ProcessSignalOperation, ProcessKillOperation]
+if TYPE_CHECKING:
+    Operation = Union[ProcessSpawnOperation, ProcessSignalOperation, ProcessKillOperation]

@@ -5,8 +5,16 @@ A denial becomes SecurityViolation (a PermissionError), which is final:
 nothing in osl_pg retries it. Policies never depend on logging: switching the
 audit logger off changes what is recorded, never what is allowed.
 """
+from __future__ import annotations
+
 import os
-from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Protocol
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Mapping, Optional, Protocol
+else:
+    # A plain base class at run time (no isinstance() checks against it
+    # anywhere); type checkers see the Protocol.
+    Protocol = object
 
 from ._record import Value
 from .context import ExecutionContext

@@ -28,12 +28,16 @@ concerned:
 - On any other exception (KeyboardInterrupt, cancellation) the whole group is
   killed (subprocess.run() kills its one child).
 """
+from __future__ import annotations
+
 import os
 import signal
 import subprocess
 import time
 import warnings
-from typing import IO, Any, Dict, Generator, List, Mapping, Optional, Sequence, Tuple, Union
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import IO, Any, Dict, Generator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ._backend import backend
 from ._record import Record, Value
