@@ -17,7 +17,7 @@ from .policy import AllowListPolicy, Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, WaitTimeout
 from .result import ExecutionResult
 from .tiers import Escapee
-from .run import CompletedRun, Leftover, LeftoverProcessWarning, run, run_async
+from .run import CalledProcessError, CompletedRun, Leftover, LeftoverProcessWarning, TimeoutExpired, run, run_async
 from .popen import Popen
 
 __version__ = "0.1.0"
@@ -41,4 +41,5 @@ __all__ = [
     "WaitTimeout", "set_child_subreaper", "write_audit_log",
     "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits",
     "CompletedRun", "Leftover", "LeftoverProcessWarning", "Popen", "run", "run_async", "ChildrenAutoReapedWarning",
+    "CalledProcessError", "TimeoutExpired",
 ]

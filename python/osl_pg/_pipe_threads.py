@@ -15,7 +15,7 @@ import threading
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import IO, Any, List, Optional, Tuple
+    from typing import IO, Any, Dict, List, Optional, Tuple
 
 
 def read_pipes_threaded(proc: Any, input: Optional[bytes], timeout: Optional[float],
@@ -58,13 +58,13 @@ def read_pipes_threaded(proc: Any, input: Optional[bytes], timeout: Optional[flo
     return _result(proc, st, start)
 
 
-def _result(proc: Any, st: dict, start: float) -> Tuple[Optional[bytes], Optional[bytes]]:
+def _result(proc: Any, st: Dict[str, Any], start: float) -> Tuple[Optional[bytes], Optional[bytes]]:
     proc._comm_elapsed = time.monotonic() - start
     return (b"".join(st["out"]) if proc.stdout is not None else None,
             b"".join(st["err"]) if proc.stderr is not None else None)
 
 
-def _start(st: dict, target: Any, *args: Any) -> None:
+def _start(st: Dict[str, Any], target: Any, *args: Any) -> None:
     t = threading.Thread(target=target, args=args, daemon=True, name=f"osl_pg-{target.__name__[1:]}")
     t.start()
     st["threads"].append(t)

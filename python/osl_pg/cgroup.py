@@ -166,7 +166,7 @@ _during_prepare = threading.local()
 def hierarchies() -> List[Hierarchy]:
     """Every cgroup hierarchy mounted here in which our own cgroup is
     visible (a mount whose root is outside our cgroup is skipped)."""
-    known = getattr(_during_prepare, "hierarchies", None)
+    known: Optional[List[Hierarchy]] = getattr(_during_prepare, "hierarchies", None)
     if known is not None:
         return known
     own = _own_paths()
@@ -179,7 +179,7 @@ def hierarchies() -> List[Hierarchy]:
             continue
         root, mount = _unescape(fields[3]), _unescape(fields[4])
         if tail[0] == "cgroup2":
-            version, ctrls, key = 2, frozenset(), ""
+            version, ctrls, key = 2, frozenset[str](), ""
         else:
             opts = tail[2].split(",")
             ctrls = frozenset(o for o in opts if o in _V1_CONTROLLERS)

@@ -8,6 +8,7 @@ import os
 import sys
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
+    from types import FrameType
     from typing import Optional
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))

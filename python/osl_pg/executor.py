@@ -95,7 +95,10 @@ class TargetFacts:
     def process_uid(self) -> Optional[int]:
         import psutil
         try:
-            return psutil.Process(self.op.pid).uids().real  # type: ignore[union-attr]
+            # Only signal and kill operations (their pid) get this far; uids()
+            # is POSIX-only (AttributeError on Windows).
+            uid: int = psutil.Process(getattr(self.op, "pid")).uids().real
+            return uid
         except (psutil.Error, AttributeError):
             return None
 
@@ -107,7 +110,7 @@ class ProcessExecutor:
     def __init__(self, name: str = "osl-executor", policies: Optional[Sequence[SecurityPolicy]] = None):
         self.name = name
         self.policies: List[SecurityPolicy] = list(policies) if policies is not None else [DefaultPolicy()]
-        self._handlers: Dict[type, Callable[..., Any]] = {
+        self._handlers: Dict[type, Callable[..., ExecutionResult]] = {
             ProcessSpawnOperation: self._spawn,
             ProcessSignalOperation: self._signal,
             ProcessKillOperation: self._kill,

@@ -8,12 +8,18 @@ sets it) no member can leave. So, unlike a process group, nothing escapes:
 """
 from __future__ import annotations
 
+import sys
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Dict, List, Optional
 
 from ._backend import backend
-from .tiers import ProcInfo, Tier
+from .tiers import Escapee, ProcInfo, Tier
+
+# Windows only (tiers.make_tier imports it there); type checkers then check
+# it against the Windows backend.
+assert sys.platform == "win32"
 
 
 class JobTier(Tier):
@@ -33,7 +39,7 @@ class JobTier(Tier):
     def is_member(self, pid: int, info: ProcInfo) -> bool:
         return pid in backend.group_pids(self.pgid)
 
-    def escaped(self) -> List:  # type: ignore[type-arg]
+    def escaped(self) -> List[Escapee]:
         return []
 
     def observe(self) -> Dict[int, ProcInfo]:

@@ -13,7 +13,9 @@ import subprocess
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+    from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+
+    _Op = TypeVar("_Op", bound="_Operation")  # builders return the operation's own type
 
 from ._record import Value
 from .errors import InvalidOperation, InvalidOperationType, Unsupported
@@ -57,10 +59,10 @@ def check_pid(value: Any, what: str = "pid") -> int:
 
 
 def check_pgid(value: Any) -> int:
-    check_pid(value, "pgid")
-    if value == 1:
+    pgid = check_pid(value, "pgid")
+    if pgid == 1:
         raise InvalidOperation("pgid 1 is init's group; signalling it is refused")
-    return value
+    return pgid
 
 
 def check_signal(value: Any) -> int:
@@ -109,18 +111,19 @@ def _check_text(value: Any, what: str) -> str:
 
 
 def _check_stdio(value: Any, slot: str) -> StdioSpec:
+    spec: StdioSpec = value  # checked below
     if value is None or value in (PIPE, DEVNULL):
-        return value
+        return spec
     if value == STDOUT:
         if slot != "stderr":
             raise InvalidOperation("STDOUT is only meaningful for stderr")
-        return value
+        return spec
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise InvalidOperation(f"{slot}: invalid fd {value}")
         return value
     if hasattr(value, "fileno"):
-        return value
+        return spec
     raise InvalidOperation(f"{slot} must be PIPE, DEVNULL, an fd or a file, not {value!r}")
 
 
@@ -194,7 +197,8 @@ SIGNAL_RESETS = ("restore", "inherit", "all")
 def _check_signal_reset(value: Any) -> str:
     if value not in SIGNAL_RESETS:
         raise InvalidOperation(f"signal reset must be one of {', '.join(SIGNAL_RESETS)}, not {value!r}")
-    return value
+    reset: str = value
+    return reset
 
 
 # --------------------------------------------------------------------------
@@ -230,9 +234,9 @@ class Inherit(ProcessGroupConfig):
 
 
 _NEW_GROUP = NewGroup()  # immutable, and equal to any other: one will do
-ProcessGroupConfig.NewGroup = NewGroup  # type: ignore[misc]
-ProcessGroupConfig.JoinGroup = JoinGroup  # type: ignore[misc]
-ProcessGroupConfig.Inherit = Inherit  # type: ignore[misc]
+ProcessGroupConfig.NewGroup = NewGroup
+ProcessGroupConfig.JoinGroup = JoinGroup
+ProcessGroupConfig.Inherit = Inherit
 
 
 # --------------------------------------------------------------------------
@@ -254,13 +258,13 @@ class _Operation(Value):
     created_at: float = 0.0
     operation_type: OperationType = OperationType.PROCESS_SPAWN
 
-    def with_operation_id(self, operation_id: str):
+    def with_operation_id(self: _Op, operation_id: str) -> _Op:
         operation_id = _check_text(operation_id, "operation_id")
         if not operation_id:
             raise InvalidOperation("empty operation_id")
         return self._with(operation_id=operation_id)
 
-    def _with(self, **changes: Any):
+    def _with(self: _Op, **changes: Any) -> _Op:
         """A copy with `changes`; the id and creation time are kept. The
         instance dict is copied whole (a Value only guards setattr): a
         builder chain is on run()'s path, and a field-by-field copy cost
@@ -290,7 +294,8 @@ CONTAINMENT = ("cgroup", "best_available")
 def _check_containment(value: Any) -> str:
     if value not in CONTAINMENT:
         raise InvalidOperation(f"containment must be one of {', '.join(CONTAINMENT)}, not {value!r}")
-    return value
+    containment: str = value
+    return containment
 
 
 class Limits(Value):
@@ -565,7 +570,7 @@ def _env_pair(key: Any, value: Any) -> Tuple[str, Optional[str]]:
     return key, value
 
 
-def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> None:
+def _init_fields(op: Any, values: Dict[str, Any], extra_positional: Tuple[Any, ...]) -> None:
     """Fill a new operation's fields: the defaults, then `values`, checked
     and made immutable as the builders make them. On run()'s path: one
     dict update each rather than a loop over the fields."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import Dict, Iterable, List, Mapping, Optional, Protocol
+    from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Protocol, Sequence
 else:
     # A plain base class at run time (no isinstance() checks against it
     # anywhere); type checkers see the Protocol.
@@ -23,6 +23,7 @@ from .operations import (JoinGroup, Permission, ProcessKillOperation, ProcessSig
 
 if TYPE_CHECKING:
     from .executor import TargetFacts
+    from .group import Member
 
 
 class Decision(Value):
@@ -117,8 +118,8 @@ class DefaultPolicy:
         return Decision.deny(reason, self.name)
 
 
-def _pids(members: List[object]) -> str:
-    shown = ", ".join(f"pid {m.pid} uid {m.uid}" for m in members[:5])  # type: ignore[attr-defined]
+def _pids(members: Sequence[Member]) -> str:
+    shown = ", ".join(f"pid {m.pid} uid {m.uid}" for m in members[:5])
     return shown + (f" and {len(members) - 5} more" if len(members) > 5 else "")
 
 
@@ -134,9 +135,9 @@ class AllowListPolicy:
 
     def __init__(self, allow: Optional[Mapping[str, Iterable[Permission]]] = None,
                  deny: Optional[Mapping[str, Iterable[Permission]]] = None):
-        self.allow: Optional[Dict[str, frozenset]] = (
+        self.allow: Optional[Dict[str, FrozenSet[Permission]]] = (
             {k: frozenset(Permission(p) for p in v) for k, v in allow.items()} if allow is not None else None)
-        self.deny: Dict[str, frozenset] = {k: frozenset(Permission(p) for p in v) for k, v in (deny or {}).items()}
+        self.deny: Dict[str, FrozenSet[Permission]] = {k: frozenset(Permission(p) for p in v) for k, v in (deny or {}).items()}
 
     def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
         who = ctx.principal

@@ -20,7 +20,7 @@ import time
 import weakref
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import IO, Any, Dict, List, Optional, Sequence, Set, Tuple
+    from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ._backend import backend
 from ._timeouts import check_timeout, poll_ms
@@ -172,6 +172,13 @@ class Process:
     another os.wait() caller) the code is 0, as subprocess reports it.
     """
 
+    # Set by read_pipes() (and _pipe_threads), absent until a first read:
+    # its state, kept so that a timed-out call can resume; how long it took;
+    # the pipes reader threads still read (see close_pipes).
+    _comm: Dict[str, Any]
+    _comm_elapsed: float
+    _threads_reading: List[IO[bytes]]
+
     def __init__(self, pid: int, args: Sequence[str], stdin: Optional[int] = None,
                  stdout: Optional[int] = None, stderr: Optional[int] = None, pidfd: Optional[int] = None):
         self.pid = pid
@@ -284,7 +291,8 @@ class Process:
         WaitTimeout (a subprocess.TimeoutExpired) after `timeout` seconds."""
         timeout = check_timeout(timeout)
         if self.returncode is not None:
-            return self._collect(block=False)  # type: ignore[return-value]
+            rc = self._collect(block=False)
+            return self.returncode if rc is None else rc
         if timeout is None:
             while True:
                 try:
@@ -424,7 +432,7 @@ def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
 
 
 def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
-               stop_when: Optional[Any] = None,
+               stop_when: Optional[Callable[[], object]] = None,
                wake_fd: Optional[int] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
     """Write `input` to stdin and read stdout/stderr until EOF with one
     selector (no threads). `stop_when()` is polled every 10 ms; when it
@@ -444,7 +452,7 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
                 proc.stdin.flush()  # what the caller wrote before comes first
             except BrokenPipeError:
                 pass
-        st = proc._comm = {"out": [], "err": [], "input": memoryview(input or b""), "off": 0,  # type: ignore[attr-defined]
+        st = proc._comm = {"out": [], "err": [], "input": memoryview(input or b""), "off": 0,
                            "open": [f for f in (proc.stdout, proc.stderr) if f is not None],
                            "stdin": proc.stdin}
         if proc.stdin is not None and not input:

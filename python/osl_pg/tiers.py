@@ -17,6 +17,7 @@ import errno
 import os
 import select
 import signal
+import sys
 import time
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
@@ -669,7 +670,7 @@ def make_tier(pgid: int, session: bool, cgroups: "Optional[_cg.CgroupSet]", cont
     """The strategy for a new group: the cgroup tier when containment was
     asked for and a cgroup v2 directory was made, else its pgid. On
     Windows the group is always its Job Object (osl_pg.job_tier)."""
-    if backend.NAME == "windows":
+    if sys.platform == "win32":  # backend is _windows (a test type checkers understand)
         from .job_tier import JobTier
         return JobTier(pgid, backend.limits_applied(pgid))
     if contained and cgroups is not None and cgroups.v2 is not None:
