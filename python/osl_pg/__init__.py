@@ -20,6 +20,10 @@ from .tiers import Escapee
 from .run import CalledProcessError, CompletedRun, Leftover, LeftoverProcessWarning, TimeoutExpired, run, run_async
 from .popen import Popen
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from ._jsonlines import JsonLinesHandler
+
 __version__ = "0.1.0"
 
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .bench_programs import Program, TreeShape, await_ready, exit_program, pause_program
 
@@ -133,7 +133,7 @@ def make_section(section_id: str, title: str, contenders: Sequence[Contender],
         rows.append({"id": c.id, "label": c.label, "ours": c.ours, "n": len(values),
                      "median_us": statistics.median(values) / 1000.0,
                      "p90_us": percentile(values, 90) / 1000.0, "note": c.note})
-    section = {"id": section_id, "title": title, "unit": "us", "contenders": rows,
+    section: Dict[str, Any] = {"id": section_id, "title": title, "unit": "us", "contenders": rows,
                "ours": [c.id for c in contenders if c.ours], "notes": list(notes)}
     section["ratios"] = compute_ratios(section)
     return section
@@ -167,7 +167,9 @@ def parent_size_effect(sections: Sequence[Dict[str, Any]], mib: int) -> Dict[str
 # ratio of medians, or with "ms" an absolute difference (numerator's median
 # minus the denominator's, or the numerator alone when the denominator is
 # None), in milliseconds.
-TARGETS = [
+# (id, text, numerator, denominator or None, limit): a ratio limit, or "N ms"
+# for an absolute difference (the only kind without a denominator).
+TARGETS: List[Tuple[str, str, Tuple[str, str], Optional[Tuple[str, str]], Union[float, str]]] = [
     ("run_vs_subprocess", "run() vs subprocess.run() (exit-only program)",
      ("run", "osl_run"), ("run", "subprocess_run"), 1.0),
     ("run_capture_vs_subprocess", "run(capture_output=True) vs subprocess.run(capture_output=True)",
@@ -214,6 +216,7 @@ def evaluate_targets(sections: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]
                         "denominator": list(den) if den is not None else None, "value_ms": value,
                         "limit_ms": bound, "met": value <= bound})
             continue
+        assert den is not None  # a ratio has a denominator
         ratio = medians[num] / medians[den]
         out.append({"id": target_id, "text": text, "numerator": list(num), "denominator": list(den),
                     "ratio": ratio, "limit": limit, "met": ratio <= limit})
@@ -799,6 +802,7 @@ def run(options: Options) -> Dict[str, Any]:
         from .operations import ProcessSpawnOperation
         target = executor.execute(ProcessSpawnOperation(member.path).with_args(member.argv[1:])
                                   .with_new_process_group()).group
+        assert target is not None  # a new group has its handle
         try:
             sc = Scenario("signal", "send SIGCONT to a group of one sleeping process", {"call": ""},
                           signal_contenders(target, executor), options.rounds("signal"),
@@ -926,9 +930,11 @@ def plot_report(report: Dict[str, Any], path: str) -> None:
     """One compact chart: a bar per scenario, osl_pg's median time as a
     multiple of the stdlib's (or psutil's), on a linear axis from zero with
     the 1.0 line marked and each bar labelled."""
-    import matplotlib
+    # The optional `plot` extra, absent where the types are checked (mypy:
+    # its override in pyproject.toml; pyright has no per-module setting).
+    import matplotlib  # pyright: ignore[reportMissingImports]
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
     rows = list(reversed(plot_rows(report)))
     fig, ax = plt.subplots(figsize=(10, 0.9 + 0.42 * len(rows)))
@@ -956,7 +962,7 @@ def plot_report(report: Dict[str, Any], path: str) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The `bench` subcommand of osl-pg (cli.py calls this)."""
-    p = subparsers.add_parser("bench", help="measure spawn, signal and kill latency against the alternatives",
+    p: argparse.ArgumentParser = subparsers.add_parser("bench", help="measure spawn, signal and kill latency against the alternatives",
                               description="Spawn, signal and kill latency of osl_pg against subprocess, "
                                           "os.posix_spawn, asyncio, psutil and C floors, interleaved in one run.",
                               epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -976,7 +982,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  # pyright: ignore[reportMissingImports]  (see plot_report)
         except ImportError:
             print("osl-pg bench: --plot needs matplotlib: pip install 'osl_pg[plot]'", file=sys.stderr)
             return 2

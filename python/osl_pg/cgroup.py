@@ -60,6 +60,7 @@ import itertools
 import os
 import re
 import select
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -67,10 +68,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import 
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple
 
-try:
+if sys.platform != "win32":  # Windows: no cgroups; this module is imported there but unused
     import fcntl
-except ImportError:  # Windows: no cgroups; this module is imported but unused
-    fcntl = None  # type: ignore[assignment]
 
 from .errors import CgroupPermissionError, CgroupUnavailable, LimitUnavailable, OslError, OslOSError, from_errno
 from .operations import Limits
@@ -705,8 +704,8 @@ def prepare(containment: Optional[str], limits: Optional[Limits]) -> Optional[Cg
                 if containment == "cgroup" or _fd_shortage(e):
                     raise
                 cgs.containment_error = e
-        if requested:
-            cgs.apply(limits)  # type: ignore[arg-type]
+        if limits is not None and requested:
+            cgs.apply(limits)
     except BaseException:
         cgs.remove()
         raise

@@ -235,7 +235,9 @@ class ProcessGroup:
     ``async with`` does the same with ``terminate_async``.
     """
 
-    def __init__(self, pgid: int, leader: Optional[Process] = None, tier: str = "process_group",
+    # self: ProcessGroup, not Self: weakref.ref(self) goes into a map of ref[ProcessGroup]
+    # (refs are invariant).
+    def __init__(self: ProcessGroup, pgid: int, leader: Optional[Process] = None, tier: str = "process_group",
                  owner: str = "", strategy: Optional[Tier] = None):
         self.pgid = pgid
         self.leader = leader

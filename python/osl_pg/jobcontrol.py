@@ -45,8 +45,8 @@ from .terminal import ForegroundTerminal
 RUNNING, STOPPED, DONE = "running", "stopped", "done"
 
 _SIGTTOU = getattr(signal, "SIGTTOU", None)
-SIGTSTP = getattr(signal, "SIGTSTP", None)
-SIGCONT = getattr(signal, "SIGCONT", None)
+SIGTSTP: Optional[int] = getattr(signal, "SIGTSTP", None)  # both None on Windows (Job() refuses there)
+SIGCONT: Optional[int] = getattr(signal, "SIGCONT", None)
 # After the leader has exited, stops of the other members (not our children)
 # raise no event we can wait on: their states are read at this interval.
 ORPHAN_POLL = 0.05
@@ -102,10 +102,13 @@ class Job:
     def stop(self, sig: Optional[int] = None) -> None:
         """Stop the whole group: SIGTSTP by default (what Ctrl-Z sends; a
         program may catch it), or SIGSTOP (which none can)."""
-        self.group.signal(int(sig if sig is not None else SIGTSTP))
+        sig = sig if sig is not None else SIGTSTP
+        assert sig is not None  # see __init__
+        self.group.signal(int(sig))
 
     def cont(self) -> None:
         """SIGCONT to the whole group; it stays in the background."""
+        assert SIGCONT is not None  # see __init__
         self.group.signal(int(SIGCONT))
 
     def background(self) -> None:

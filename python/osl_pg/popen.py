@@ -49,7 +49,30 @@ import time
 import warnings
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Mapping, Optional, Sequence
+    from typing import Any, AnyStr, Dict, List, Literal, Mapping, Optional, Sequence, Union, overload
+
+    from typing_extensions import TypedDict, Unpack
+
+    # What run(), run_async() and Popen take as `args`, as subprocess.
+    CommandArgs = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]",
+                        Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]]]
+
+    class _PopenOptions(TypedDict, total=False):
+        """Popen()'s keyword-only arguments besides the text/bytes ones."""
+        user: Union[str, int, None]
+        group: Union[str, int, None]
+        extra_groups: Optional[Sequence[Union[str, int]]]
+        umask: int
+        pipesize: int
+        process_group: Optional[int]
+        grace: float
+        executor: Optional[ProcessExecutor]
+        context: Optional[ExecutionContext]
+else:
+    AnyStr = "AnyStr"  # subprocess.Popen[...] below needs a value at run time, any value
+
+    def overload(func):  # typing.overload without importing typing: the implementation, defined last, wins
+        return func
 
 from .context import ExecutionContext
 from .errors import OslPermissionError, SecurityViolation, Unsupported, caller_stacklevel
@@ -97,6 +120,7 @@ def text_encoding() -> str:
 def argv_of(args: Any, shell: bool) -> List[Any]:
     """The argument list subprocess.Popen would build on POSIX. Each item
     must be str, bytes or os.PathLike (TypeError otherwise, as subprocess)."""
+    argv: List[Any]
     if isinstance(args, (str, bytes)):
         argv = [args]
     elif type(args) in (list, tuple):  # the usual case: no os.PathLike ABC check (~1 us)
@@ -269,14 +293,72 @@ _HAS_PIPESIZE = sys.version_info >= (3, 10)
 _HAS_PROCESS_GROUP = sys.version_info >= (3, 11)
 
 
-class Popen(subprocess.Popen):
+class Popen(subprocess.Popen[AnyStr]):
     """subprocess.Popen whose child leads a new process group (see the
     module docstring). Extra keywords: `grace` (seconds between SIGTERM and
     SIGKILL when `with` exit ends the tree), `executor`/`context` (whose
-    policy and audit log the spawn goes through)."""
+    policy and audit log the spawn goes through). Generic as
+    subprocess.Popen: Popen[str] in text mode, else Popen[bytes]."""
 
     group: Optional[ProcessGroup] = None
     _osl_proc: Optional[Process] = None
+    # subprocess.Popen's internals this class uses (typeshed leaves them out).
+    _waitpid_lock: threading.Lock
+    _child_created: bool
+    if TYPE_CHECKING:
+        def _close_pipe_fds(self, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int,
+                            errwrite: int) -> None: ...
+
+    # Text or bytes, as typeshed's subprocess.Popen: text=True, an encoding
+    # or errors, or universal_newlines=True make the pipes str (Popen[str]).
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None, *,
+                 universal_newlines: Literal[True], startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (),
+                 encoding: Optional[str] = None, errors: Optional[str] = None, text: Optional[bool] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[bytes], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Literal[False, None] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 text: Literal[False, None] = None, encoding: None = None, errors: None = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[Any], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
 
     def __init__(self, args: Any, bufsize: int = -1, executable: Any = None, stdin: Any = None,
                  stdout: Any = None, stderr: Any = None, preexec_fn: Any = None, close_fds: bool = True,
@@ -309,7 +391,7 @@ class Popen(subprocess.Popen):
                          errors=errors, text=text, umask=umask, **extra)
 
     # -- spawn -------------------------------------------------------------------
-    def _execute_child(self, args: Any, executable: Any, preexec_fn: Any, close_fds: bool,  # type: ignore[override]
+    def _execute_child(self, args: Any, executable: Any, preexec_fn: Any, close_fds: bool,
                        pass_fds: Sequence[int], cwd: Any, env: Any, startupinfo: Any, creationflags: int,
                        shell: bool, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int,
                        errwrite: int, restore_signals: bool, gid: Optional[int], gids: Optional[List[int]],
@@ -321,7 +403,7 @@ class Popen(subprocess.Popen):
             for fd in (p2cwrite, c2pread, errread):  # our ends of the pipes (3.10+ does this itself)
                 if fd != -1:
                     fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, self._osl_pipesize)
-        op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
+        op: ProcessSpawnOperation = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
                              start_new_session=start_new_session, process_group=process_group,
                              close_fds=close_fds, pass_fds=pass_fds, stdin=p2cread if p2cread != -1 else None,
                              stdout=c2pwrite if c2pwrite != -1 else None,
@@ -453,5 +535,6 @@ class Popen(subprocess.Popen):
             # As subprocess: kept alive on subprocess._active, whose next
             # Popen() polls it (our _internal_poll, outside any finalizer).
             # No poll here: it may take a lock.
-            if subprocess._active is not None:  # type: ignore[attr-defined]
-                subprocess._active.append(self)  # type: ignore[attr-defined]
+            active: Optional[List[Popen[Any]]] = getattr(subprocess, "_active", None)  # private: not in typeshed
+            if active is not None:
+                active.append(self)

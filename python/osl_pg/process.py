@@ -179,7 +179,9 @@ class Process:
     _comm_elapsed: float
     _threads_reading: List[IO[bytes]]
 
-    def __init__(self, pid: int, args: Sequence[str], stdin: Optional[int] = None,
+    # self: Process, not Self: weakref.ref(self) goes into a map of ref[Process]
+    # (refs are invariant).
+    def __init__(self: Process, pid: int, args: Sequence[str], stdin: Optional[int] = None,
                  stdout: Optional[int] = None, stderr: Optional[int] = None, pidfd: Optional[int] = None):
         self.pid = pid
         self.args = list(args)

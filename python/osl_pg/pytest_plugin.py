@@ -273,10 +273,10 @@ class _Owners:
         if not owner_of_key:
             return {}
         owner_of_id = {}
-        for proc in table.values():
-            f = owner_of_key.get(proc.key)
+        for each in table.values():
+            f = owner_of_key.get(each.key)
             if f is not None:
-                owner_of_id.update({i: f for i in (proc.pgid, proc.sid) if i not in own_ids})
+                owner_of_id.update({i: f for i in (each.pgid, each.sid) if i not in own_ids})
         owners: Dict[int, Any] = {}
         for pid in table:
             line, proc = [], table.get(pid)

@@ -44,8 +44,7 @@ if TYPE_CHECKING:
     from typing_extensions import TypedDict, Unpack
 
     _T = TypeVar("_T")
-    _Cmd = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]",
-                 Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]]]
+    from .popen import CommandArgs
 
     class _RunOptions(TypedDict, total=False):
         """run()'s and run_async()'s keywords besides the four that decide
@@ -669,24 +668,24 @@ def _kill_child(proc: Process) -> None:
 # Text or bytes, as subprocess.run(): text=True, universal_newlines=True, or an
 # encoding or errors given, make the output str (CompletedRun[str]).
 @overload
-def run(args: _Cmd, *, text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+def run(args: CommandArgs, *, text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-def run(args: _Cmd, *, encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
+def run(args: CommandArgs, *, encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-def run(args: _Cmd, *, errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
+def run(args: CommandArgs, *, errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-def run(args: _Cmd, *, universal_newlines: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+def run(args: CommandArgs, *, universal_newlines: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
         text: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-def run(args: _Cmd, *, text: Literal[False, None] = None, encoding: None = None, errors: None = None,
+def run(args: CommandArgs, *, text: Literal[False, None] = None, encoding: None = None, errors: None = None,
         universal_newlines: Literal[False, None] = None, **options: Unpack[_RunOptions]) -> CompletedRun[bytes]: ...
 @overload
-def run(args: _Cmd, *, text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
+def run(args: CommandArgs, *, text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[Any]: ...
-def run(args: _Cmd, *, stdin: Any = None, input: Any = None,
+def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
         stdout: Any = None, stderr: Any = None, capture_output: bool = False, shell: bool = False,
         cwd: Any = None, timeout: Optional[float] = None, check: bool = False, encoding: Optional[str] = None,
         errors: Optional[str] = None, text: Optional[bool] = None, env: Optional[Mapping[Any, Any]] = None,
@@ -922,24 +921,24 @@ async def _run_in_foreign_group_async(plan: _Plan) -> CompletedRun[Any]:
 
 # As run()'s.
 @overload
-async def run_async(args: _Cmd, *, text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+async def run_async(args: CommandArgs, *, text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-async def run_async(args: _Cmd, *, encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
+async def run_async(args: CommandArgs, *, encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-async def run_async(args: _Cmd, *, errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
+async def run_async(args: CommandArgs, *, errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-async def run_async(args: _Cmd, *, universal_newlines: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+async def run_async(args: CommandArgs, *, universal_newlines: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
         text: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
 @overload
-async def run_async(args: _Cmd, *, text: Literal[False, None] = None, encoding: None = None, errors: None = None,
+async def run_async(args: CommandArgs, *, text: Literal[False, None] = None, encoding: None = None, errors: None = None,
         universal_newlines: Literal[False, None] = None, **options: Unpack[_RunOptions]) -> CompletedRun[bytes]: ...
 @overload
-async def run_async(args: _Cmd, *, text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
+async def run_async(args: CommandArgs, *, text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
         universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[Any]: ...
-async def run_async(args: _Cmd, *, stdin: Any = None,
+async def run_async(args: CommandArgs, *, stdin: Any = None,
                     input: Any = None, stdout: Any = None, stderr: Any = None, capture_output: bool = False,
                     shell: bool = False, cwd: Any = None, timeout: Optional[float] = None, check: bool = False,
                     encoding: Optional[str] = None, errors: Optional[str] = None, text: Optional[bool] = None,
