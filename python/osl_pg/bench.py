@@ -367,10 +367,10 @@ class BigParent:
 
     def __init__(self, mib: int):
         import mmap
-        self.size = mib << 20
+        self.size: int = mib << 20
         # MAP_PRIVATE: fork() skips the page tables of shared mappings (the
         # child faults them in), but must copy those of private memory.
-        self.map = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.map: mmap.mmap = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(self.map, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
             self.map.madvise(mmap.MADV_NOHUGEPAGE)
         self.map[::self.PAGE] = b"\x01" * (self.size // self.PAGE)
@@ -434,7 +434,7 @@ class Crowd:
         script = f"i=0; while [ $i -lt {n} ]; do {cmd} >/dev/null 2>&1 & i=$((i+1)); done; echo $$"
         out = subprocess.run(["sh", "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                              start_new_session=True, check=True)
-        self.sid = int(out.stdout)  # the shell led the session; the crowd is in its group
+        self.sid: int = int(out.stdout)  # the shell led the session; the crowd is in its group
         deadline = time.monotonic() + 30
         while self._count() < n and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -565,7 +565,9 @@ class TreeBuilder:
     process group and returns its pgid once every member exists."""
 
     def __init__(self, shape: TreeShape, member: Program):
-        self.argv, self.ready_lines = shape.argv(member)
+        argv, ready_lines = shape.argv(member)
+        self.argv: List[str] = argv
+        self.ready_lines: int = ready_lines
 
     def raw(self) -> int:
         """Started with os.posix_spawn: no handle anywhere in this process."""

@@ -739,11 +739,11 @@ class EventsWatch:
     def __init__(self, cg: Cgroup):
         self.cg = cg
         try:
-            self.fd = os.open(cg.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+            self.fd: int = os.open(cg.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             _raise_os_error(e, "cannot open", cg.file("cgroup.events"))
         try:
-            self.epoll = select.epoll()
+            self.epoll: select.epoll = select.epoll()
         except OSError as e:
             os.close(self.fd)
             _raise_os_error(e, "cannot make an epoll fd to watch", cg.file("cgroup.events"))

@@ -349,8 +349,8 @@ class OSLFramework:
     """A facade owning one executor and one context."""
 
     def __init__(self, executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None):
-        self.executor = executor or ProcessExecutor("osl-framework")
-        self.context = resolve_context(context)
+        self.executor: ProcessExecutor = executor or ProcessExecutor("osl-framework")
+        self.context: ExecutionContext = resolve_context(context)
 
     def execute(self, op: Operation) -> ExecutionResult:
         return self.executor.execute(op, self.context)

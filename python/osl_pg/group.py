@@ -244,10 +244,10 @@ class ProcessGroup:
         # How members are found, signalled and waited for (osl_pg.tiers);
         # `tier` names it: process_group, session or cgroup.
         self._strategy = strategy if strategy is not None else PgidTier(pgid, tier)
-        self.tier = self._strategy.name
+        self.tier: str = self._strategy.name
         self._signal = self._strategy.signaller()  # bound once: signal() is the hot path
         self.owner = owner
-        self.detached = False
+        self.detached: bool = False
         self._released = False
         self._leader_reaped = False  # see _reap_leader()
         # Held by signal(), terminate() and close() around each signal they

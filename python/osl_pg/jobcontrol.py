@@ -64,7 +64,7 @@ class Job:
         if group.leader is None:
             raise ValueError("job control needs a group this program spawned (it waits on the leader)")
         self.group = group
-        self.terminal = terminal if terminal is not None else ForegroundTerminal(0)
+        self.terminal: ForegroundTerminal = terminal if terminal is not None else ForegroundTerminal(0)
 
     @classmethod
     def start(cls, op: ProcessSpawnOperation, executor: Optional[ProcessExecutor] = None,

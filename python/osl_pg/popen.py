@@ -418,7 +418,7 @@ class Popen(subprocess.Popen[AnyStr]):
         assert proc is not None
         self._osl_proc = proc
         self.group = result.group
-        self.pid = proc.pid
+        self.pid: int = proc.pid
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
 

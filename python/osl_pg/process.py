@@ -184,7 +184,7 @@ class Process:
     def __init__(self: Process, pid: int, args: Sequence[str], stdin: Optional[int] = None,
                  stdout: Optional[int] = None, stderr: Optional[int] = None, pidfd: Optional[int] = None):
         self.pid = pid
-        self.args = list(args)
+        self.args: List[str] = list(args)
         self.returncode: Optional[int] = None
         self.stdin: Optional[IO[bytes]] = io.open(stdin, "wb") if stdin is not None else None
         self.stdout: Optional[IO[bytes]] = io.open(stdout, "rb") if stdout is not None else None

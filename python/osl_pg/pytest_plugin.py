@@ -392,10 +392,10 @@ class LeakWatcher:
 
     def __init__(self, mode: str):
         self.mode = mode
-        self.owners = _Owners()
+        self.owners: _Owners = _Owners()
         # pytest's own group and session (0 stands for "none": Windows, or
         # a session leader outside our pid namespace).
-        self.own_ids = {0} | ({os.getpgrp(), os.getsid(0)} if os.name == "posix" else set())
+        self.own_ids: Set[int] = {0} | ({os.getpgrp(), os.getsid(0)} if os.name == "posix" else set())
         self.baseline: Set[_Key] = set()   # what ran when the current test began
         self.old_ids: Set[int] = set()    # process groups and sessions that existed then
         self.item: Optional[pytest.Item] = None

@@ -356,7 +356,7 @@ class Tier:
     def __init__(self, pgid: int, cgroups: "Optional[_cg.CgroupSet]"):
         self.pgid = pgid
         self.cgroups = cgroups
-        self.tracker = DescendantTracker()
+        self.tracker: DescendantTracker = DescendantTracker()
         # The first escape-tracking read of the process table waits until a
         # wait has lasted a while: a command that ends at once costs none.
         self._observed_at = time.monotonic()
@@ -533,7 +533,7 @@ class CgroupTier(Tier):
         super().__init__(pgid, cgroups)
         assert cgroups.v2 is not None
         self.cg: _cg.Cgroup = cgroups.v2
-        self.cgroup_path = self.cg.path
+        self.cgroup_path: Optional[str] = self.cg.path
         self._frozen_by_user = False
         self._members_now: Set[int] = set()
 
