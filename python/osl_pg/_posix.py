@@ -451,7 +451,9 @@ def wait_exit_or_stop(pid: int, deadline: Optional[float]) -> Optional[int]:
                     pass
                 return info.si_status
             return 0
-        remaining = deadline - time.monotonic()  # type: ignore[operator]
+        if deadline is None:  # waitid() blocked until it returned an exit or a stop
+            continue
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
         time.sleep(min(delay, remaining))

@@ -675,8 +675,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.usage_status, f"osl-pg: {message}\nTry '{self.prog} --help' for more information.\n")
 
 
-def _subcommand(sub: Any, name: str, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=description, epilog=epilog,
+def _subcommand(sub: Any, name: str, summary: str, description: str, epilog: str) -> _Parser:
+    p: _Parser = sub.add_parser(name, help=summary, description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(parser=p)
     return p
@@ -713,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = _subcommand(sub, "run", "run a command as a process group leader; end the whole tree with it "
                                   "(coreutils timeout's options)", RUN_DESCRIPTION, RUN_EPILOG)
-    run.usage_status = EXIT_FAILED  # type: ignore[attr-defined]
+    run.usage_status = EXIT_FAILED
     run.add_argument("--version", action="version", version=f"osl-pg {__version__}")  # as timeout --version
     run.add_argument("-t", "--timeout", metavar="DURATION", type=parse_duration, default=0.0,
                      help="signal the whole tree after DURATION (default 0: no timeout)")

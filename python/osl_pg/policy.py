@@ -23,6 +23,7 @@ from .operations import (JoinGroup, Permission, ProcessKillOperation, ProcessSig
 
 if TYPE_CHECKING:
     from .executor import TargetFacts
+    from .operations import Operation
     from .group import Member
 
 
@@ -49,7 +50,7 @@ _ALLOWED: Dict[str, Decision] = {}
 class SecurityPolicy(Protocol):
     name: str
 
-    def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision: ...
+    def evaluate(self, op: Operation, ctx: ExecutionContext, target: "TargetFacts") -> Decision: ...
 
 
 class DefaultPolicy:
@@ -139,9 +140,9 @@ class AllowListPolicy:
             {k: frozenset(Permission(p) for p in v) for k, v in allow.items()} if allow is not None else None)
         self.deny: Dict[str, FrozenSet[Permission]] = {k: frozenset(Permission(p) for p in v) for k, v in (deny or {}).items()}
 
-    def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
+    def evaluate(self, op: Operation, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
         who = ctx.principal
-        needed = op.required_permissions()  # type: ignore[attr-defined]
+        needed = op.required_permissions()
         refused = self.deny.get(who, frozenset()) | self.deny.get("*", frozenset())
         for perm in needed:
             if perm in refused:

@@ -454,17 +454,23 @@ class Popen(subprocess.Popen[AnyStr]):
         limit = None if timeout is None or timeout == float("inf") else max(0.0, timeout)  # inf: no limit
         deadline = None if limit is None else time.monotonic() + limit
         if not self._waitpid_lock.acquire(timeout=-1 if limit is None else min(limit, threading.TIMEOUT_MAX)):
-            raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
+            raise self._timeout_expired(timeout)
         try:
             if self.returncode is None:  # else another thread waited
                 try:
                     rc = proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except WaitTimeout:
-                    raise subprocess.TimeoutExpired(self.args, timeout) from None  # type: ignore[arg-type]
+                    raise self._timeout_expired(timeout) from None
                 self._leader_exited(rc)
         finally:
             self._waitpid_lock.release()
-        return self.returncode  # type: ignore[return-value]
+        status = self.returncode
+        assert status is not None  # _leader_exited() set it, here or in the thread that waited
+        return status
+
+    def _timeout_expired(self, timeout: Optional[float]) -> subprocess.TimeoutExpired:
+        assert timeout is not None  # only a wait with a limit runs out of time
+        return subprocess.TimeoutExpired(self.args, timeout)
 
     def _try_wait(self, wait_flags: int) -> Any:
         """subprocess's (pid, wait status), from the handle."""

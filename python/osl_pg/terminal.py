@@ -159,10 +159,13 @@ class ForegroundTerminal:
         # it in this thread alone, rather than ignoring it process-wide with
         # signal.signal(), also works off the main thread and does not race
         # with handlers other threads install.
+        fd = self.fd
+        if fd is None:
+            return False
         mask = {_SIGTTOU} if _SIGTTOU is not None else set()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
         try:
-            os.tcsetpgrp(self.fd, pgid)  # type: ignore[arg-type]
+            os.tcsetpgrp(fd, pgid)
             return True
         except OSError:  # the group is already gone, or the tty was hung up
             return False
