@@ -27,6 +27,7 @@ class _SpawnAttr:
     n_cgroups: int
     cgroup_procs_fds: CData  # int[OSL_MAX_CGROUPS]
     signal_reset: int
+    spawn_path: int
     set_ids: int
     uid: int
     gid: int
@@ -115,6 +116,9 @@ class _Lib:
         OSL_SIGNALS_RESTORE: int
         OSL_SIGNALS_INHERIT: int
         OSL_SIGNALS_ALL: int
+        OSL_SPAWN_AUTO: int
+        OSL_SPAWN_POSIX: int
+        OSL_SPAWN_VFORK: int
         OSL_SET_GROUPS: int
         OSL_SET_GID: int
         OSL_SET_UID: int

@@ -360,7 +360,8 @@ class ProcessSpawnOperation(_Operation):
         kind = type(command)
         if kind is list or kind is tuple or (kind is not str and not isinstance(command, (bytes, os.PathLike))
                                              and hasattr(command, "__iter__")):
-            argv = list(command)
+            iterable: Any = command  # an argv: `kind` says so, in a way type checkers do not follow
+            argv = list(iterable)
             if not argv:
                 raise InvalidOperation("empty command")
             command = argv[0]

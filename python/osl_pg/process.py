@@ -473,7 +473,7 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
         poller.register(f.fileno(), _READ)
     watching = stop_when is not None and wake_fd is not None and bool(files)
     polling = stop_when is not None and not watching
-    if watching:
+    if watching and wake_fd is not None:
         poller.register(wake_fd, _READ)
 
     def done_with(fd: int) -> Any:
@@ -487,11 +487,11 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
         if polling:
             wait_for = 0.01 if wait_for is None else min(wait_for, 0.01)
         if wait_for is not None and wait_for <= 0 and not polling:
-            proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+            proc._comm_elapsed = time.monotonic() - start
             raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
         for fd, _ in poller.poll(None if wait_for is None else max(wait_for, 0.0) * 1000):
             if watching and fd == wake_fd:
-                poller.unregister(wake_fd)
+                poller.unregister(fd)
                 watching, polling = False, True
             elif files.get(fd) is st["stdin"]:
                 try:
@@ -507,12 +507,12 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
                     (st["out"] if files[fd] is proc.stdout else st["err"]).append(data)
                 else:
                     st["open"].remove(done_with(fd))
-        if polling and files and stop_when():
+        if polling and stop_when is not None and files and stop_when():
             break
         if deadline is not None and time.monotonic() >= deadline and files:
-            proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+            proc._comm_elapsed = time.monotonic() - start
             raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
-    proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+    proc._comm_elapsed = time.monotonic() - start
     out = b"".join(st["out"]) if proc.stdout is not None else None
     err = b"".join(st["err"]) if proc.stderr is not None else None
     return out, err
