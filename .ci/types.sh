@@ -3,7 +3,8 @@
 # installed in it): mypy --strict and pyright on python/osl_pg (their
 # settings are in pyproject.toml), both again for Windows on the modules
 # only Windows runs, and pyright --verifytypes on the installed package
-# (the public API must be 100% typed). Versions: .ci/types-requirements.txt.
+# (the public API must be 100% typed), and tests/typing: the types users get.
+# Versions: .ci/types-requirements.txt.
 # pyright's PyPI package fetches its node package (npm) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ echo "+ mypy (strict)"
 echo "+ pyright"
 "$venv/bin/pyright"
 "$venv/bin/pyright" --pythonplatform Windows "${windows_only[@]}"
+echo "+ the types users get: tests/typing (assert_type on run(), Popen, the errors, the operations)"
+"$venv/bin/mypy" --strict tests/typing
+"$venv/bin/pyright" tests/typing
 echo "+ pyright --verifytypes osl_pg"
 # From outside the checkout: pyproject.toml's [tool.pyright] would point it
 # at the sources; this checks what users install. External packages (psutil,
