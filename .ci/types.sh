@@ -16,11 +16,11 @@ echo "+ mypy (strict)"
 "$venv/bin/mypy"
 "$venv/bin/mypy" --platform win32 --follow-imports=silent "${windows_only[@]}"
 echo "+ pyright"
-"$venv/bin/pyright"
-"$venv/bin/pyright" --pythonplatform Windows "${windows_only[@]}"
+"$venv/bin/pyright" --pythonpath "$venv/bin/python"
+"$venv/bin/pyright" --pythonpath "$venv/bin/python" --pythonplatform Windows "${windows_only[@]}"
 echo "+ the types users get: tests/typing (assert_type on run(), Popen, the errors, the operations)"
 "$venv/bin/mypy" --strict tests/typing
-"$venv/bin/pyright" tests/typing
+"$venv/bin/pyright" --pythonpath "$venv/bin/python" tests/typing
 echo "+ pyright --verifytypes osl_pg"
 # From outside the checkout: pyproject.toml's [tool.pyright] would point it
 # at the sources; this checks what users install. External packages (psutil,
