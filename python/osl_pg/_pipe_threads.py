@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import IO, Any, Dict, List, Optional, Tuple

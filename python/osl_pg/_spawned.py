@@ -4,6 +4,7 @@ child's to close once the child has its copies)."""
 from __future__ import annotations
 
 import os
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import List, Optional

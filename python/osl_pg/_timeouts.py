@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Optional

@@ -32,6 +32,7 @@ import signal as _signal
 import subprocess
 import sys
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     import logging

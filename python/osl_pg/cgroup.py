@@ -64,6 +64,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple

@@ -4,6 +4,7 @@ from __future__ import annotations
 import getpass
 import os
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, Optional

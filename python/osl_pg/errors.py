@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import sys
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from types import FrameType

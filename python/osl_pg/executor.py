@@ -8,6 +8,7 @@ import errno
 import os
 import time
 import warnings
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Sequence

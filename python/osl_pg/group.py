@@ -48,6 +48,7 @@ import threading
 import time
 import warnings
 import weakref
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple

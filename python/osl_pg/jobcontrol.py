@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Iterator, Optional

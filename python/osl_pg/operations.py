@@ -11,6 +11,7 @@ import os
 import signal as _signal
 import subprocess
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar, Union

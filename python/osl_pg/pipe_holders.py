@@ -11,6 +11,7 @@ do not.
 from __future__ import annotations
 
 import os
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Dict, Iterable, List

@@ -8,6 +8,7 @@ audit logger off changes what is recorded, never what is allowed.
 from __future__ import annotations
 
 import os
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Protocol, Sequence

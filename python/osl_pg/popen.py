@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 import warnings
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, AnyStr, Dict, List, Literal, Mapping, Optional, Sequence, Union, overload

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import weakref
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple

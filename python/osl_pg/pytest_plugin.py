@@ -36,6 +36,7 @@ import os
 import sys
 import time
 import warnings
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple

@@ -35,6 +35,7 @@ import signal
 import subprocess
 import time
 import warnings
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import (IO, Any, Dict, Generator, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar, Union,

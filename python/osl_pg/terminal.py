@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Optional

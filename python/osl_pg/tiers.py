@@ -19,6 +19,7 @@ import select
 import signal
 import sys
 import time
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Callable, Dict, List, Optional, Set, Tuple

@@ -25,6 +25,7 @@ import errno
 import os
 import sys
 import threading
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Dict, Optional, Sequence, Tuple
