@@ -4,7 +4,8 @@ subprocess.run(..., timeout=...) fails a tree twice: on timeout it kills only
 the child it started, and its communicate() then waits for EOF on the output
 pipes, which an orphaned grandchild still holds (CPython issue 81605; Go's
 exec.Cmd grew WaitDelay for the same reason). run() keeps subprocess.run()'s
-signature, return type and exceptions, and differs where the tree is
+signature, return type and exceptions (CompletedRun, TimeoutExpired and
+CalledProcessError subclass the stdlib's), and differs where the tree is
 concerned:
 
 - The command always leads a new process group (a new session with
