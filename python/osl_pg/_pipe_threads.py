@@ -111,11 +111,15 @@ class LoopPipes:
     asyncio or trio alike (osl_pg._aio)."""
 
     proc: Any
-    chunks: dict
-    open: List[IO[bytes]]
+    chunks: Dict[IO[bytes], List[bytes]]
+    open: List[IO[bytes]]  # the pipes not yet at EOF
 
     @property
     def done(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close what is still open of the pipes (after pump() or a timeout)."""
         raise NotImplementedError
 
     async def pump(self, deadline: Optional[float], wake_fd: Optional[int] = None) -> bool:
@@ -151,8 +155,8 @@ class ThreadedPipes(LoopPipes):
         self.proc = proc
         self.open: List[IO[bytes]] = [f for f in (proc.stdout, proc.stderr) if f is not None]
         proc._threads_reading = self.open  # see Process.close_pipes
-        self.chunks: dict = {f: [] for f in self.open}
-        jobs: List[Tuple[Any, tuple]] = []
+        self.chunks: Dict[IO[bytes], List[bytes]] = {f: [] for f in self.open}
+        jobs: List[Tuple[Any, Tuple[Any, ...]]] = []
         if proc.stdin is not None:
             if input:
                 jobs.append((_feed, (proc.stdin, bytes(input))))

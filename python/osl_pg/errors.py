@@ -114,15 +114,16 @@ def caller_stacklevel() -> int:
     OSLFramework.spawn(), run(), asyncio.run(run_async(...)) or
     trio.run(run_async, ...)."""
     level = 1
-    frame = sys._getframe(1)
+    frame: Optional[FrameType] = sys._getframe(1)
     skip = [_PACKAGE_DIR + os.sep]
     for name in ("asyncio", "trio", "outcome", "anyio"):
         mod = sys.modules.get(name)  # only a loop that was imported can be driving us
-        if mod is not None and getattr(mod, "__file__", None):
-            skip.append(os.path.dirname(os.path.abspath(mod.__file__)) + os.sep)
+        mod_file: Optional[str] = getattr(mod, "__file__", None)
+        if mod_file:
+            skip.append(os.path.dirname(os.path.abspath(mod_file)) + os.sep)
     skip_tuple = tuple(skip)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip_tuple):
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
         level += 1
     return level
 

@@ -403,7 +403,7 @@ class LeakWatcher:
         self.found: List[str] = []        # the current test's leak reports (fail mode)
         self.summary: List[str] = []      # one line per offender, for the terminal summary
         self.late: List[str] = []         # fail-mode reports made after the last test ran
-        self.test_mode = mode             # the current test's (see _mode_for)
+        self.test_mode: str = mode            # the current test's (see _mode_for)
 
     # -- the span of one test: subreaper on, baseline taken
 
