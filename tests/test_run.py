@@ -120,7 +120,8 @@ def test_same_error_as_subprocess_run(runner, name, args, kwargs):
     got = raised_by(runner, args, **kwargs)
     assert isinstance(got, type(expected)), (got, expected)
     if isinstance(expected, subprocess.CalledProcessError):
-        assert type(got) is subprocess.CalledProcessError  # the stdlib's own type
+        # osl_pg's subclass (it adds pgid and leftovers), as the stdlib's prints
+        assert type(got) is osl_pg.CalledProcessError and str(got) == str(expected)
         assert (got.returncode, got.cmd, got.output, got.stderr) == (
             expected.returncode, expected.cmd, expected.output, expected.stderr)
 
@@ -129,7 +130,7 @@ def test_timeout_exception_matches_subprocess():
     cmd = [SH, "-c", "echo partial; exec sleep 300"]
     expected = raised_by(subprocess.run, cmd, capture_output=True, text=True, timeout=1)
     got = raised_by(osl_pg.run, cmd, capture_output=True, text=True, timeout=1)
-    assert type(got) is subprocess.TimeoutExpired and type(expected) is subprocess.TimeoutExpired
+    assert type(got) is osl_pg.TimeoutExpired and type(expected) is subprocess.TimeoutExpired
     assert (got.cmd, got.timeout) == (expected.cmd, expected.timeout)
     # bytes even in text mode (as subprocess); None for a stream with nothing
     assert got.stdout == expected.stdout == b"partial\n"
@@ -161,7 +162,7 @@ TREE = [SH, "-c", "sleep 300 & sleep 300 & sleep 300 & echo started; wait"]
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_timeout_ends_the_whole_tree(runner):
     e = raised_by(runner, [SH, "-c", "sleep 300 & sleep 300 & sleep 300"], timeout=1)
-    assert type(e) is subprocess.TimeoutExpired
+    assert type(e) is osl_pg.TimeoutExpired
     assert not [p for p in psutil.process_iter() if pgid_of(p.pid) == e.pgid and alive(p.pid)]
     ended = [x.pid for x in e.leftovers]
     assert len(ended) >= 2 and gone(ended)  # dash execs the last sleep: it is the leader
@@ -171,7 +172,7 @@ def test_timeout_ends_the_whole_tree(runner):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_timeout_with_pipes_returns_partial_output_and_ends_tree(runner):
     e = raised_by(runner, TREE, capture_output=True, timeout=1)
-    assert type(e) is subprocess.TimeoutExpired
+    assert type(e) is osl_pg.TimeoutExpired
     assert e.stdout == b"started\n"
     assert len(e.leftovers) == 3 and gone([x.pid for x in e.leftovers])
 
@@ -181,7 +182,7 @@ def test_timeout_escalates_to_sigkill_after_grace():
            "time.sleep(300)"
     e = raised_by(osl_pg.run, [SH, "-c", f"{sys.executable} -c \"{code}\" & wait"], capture_output=True,
                   timeout=2, grace=0.5)
-    assert type(e) is subprocess.TimeoutExpired
+    assert type(e) is osl_pg.TimeoutExpired
     [stubborn] = [x for x in e.leftovers if x.name.startswith("python")]
     assert stubborn.outcome == "killed" and not alive(stubborn.pid)
 
@@ -254,9 +255,34 @@ def test_check_failure_carries_output_and_leftovers():
     with pytest.warns(LeftoverProcessWarning):
         e = raised_by(osl_pg.run, [SH, "-c", "(sleep 300 &); echo out; exit 5"], capture_output=True, text=True,
                       check=True, pipe_drain_timeout=0.3)
-    assert type(e) is subprocess.CalledProcessError
+    assert type(e) is osl_pg.CalledProcessError
     assert (e.returncode, e.output, e.stderr) == (5, "out\n", "")
     assert len(e.leftovers) == 1 and not alive(e.leftovers[0].pid)
+
+
+def test_run_errors_are_the_stdlib_types_with_pgid_and_leftovers():
+    # except subprocess.X keeps catching them; the extra attributes survive
+    # pickling (concurrent.futures and multiprocessing pass exceptions on).
+    import pickle
+    assert issubclass(osl_pg.TimeoutExpired, subprocess.TimeoutExpired)
+    assert issubclass(osl_pg.CalledProcessError, subprocess.CalledProcessError)
+    e = raised_by(osl_pg.run, [SH, "-c", "exit 3"], check=True)
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is osl_pg.CalledProcessError
+    assert (back.returncode, back.cmd, back.pgid, back.leftovers) == (3, e.cmd, e.pgid, []) and e.pgid > 1
+    t = raised_by(osl_pg.run, [SH, "-c", "sleep 300 & wait"], timeout=0.5)
+    back = pickle.loads(pickle.dumps(t))
+    assert type(back) is osl_pg.TimeoutExpired
+    assert (back.cmd, back.timeout, back.pgid) == (t.cmd, 0.5, t.pgid)
+    assert [x.pid for x in back.leftovers] == [x.pid for x in t.leftovers] and t.leftovers
+
+
+def test_completed_run_is_generic_at_run_time():
+    # CompletedRun[str] in an annotation that is evaluated (no postponed
+    # annotations), as subprocess.CompletedProcess[str] works.
+    alias = osl_pg.CompletedRun[str]
+    assert alias.__origin__ is osl_pg.CompletedRun and alias.__args__ == (str,)
+    assert issubclass(osl_pg.CompletedRun, subprocess.CompletedProcess)
 
 
 def test_nothing_left_means_no_warning(recwarn):

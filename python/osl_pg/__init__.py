@@ -17,8 +17,12 @@ from .policy import AllowListPolicy, Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, WaitTimeout
 from .result import ExecutionResult
 from .tiers import Escapee
-from .run import CompletedRun, Leftover, LeftoverProcessWarning, run, run_async
+from .run import CalledProcessError, CompletedRun, Leftover, LeftoverProcessWarning, TimeoutExpired, run, run_async
 from .popen import Popen
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from ._jsonlines import JsonLinesHandler
 
 __version__ = "0.1.0"
 
@@ -41,4 +45,5 @@ __all__ = [
     "WaitTimeout", "set_child_subreaper", "write_audit_log",
     "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits",
     "CompletedRun", "Leftover", "LeftoverProcessWarning", "Popen", "run", "run_async", "ChildrenAutoReapedWarning",
+    "CalledProcessError", "TimeoutExpired",
 ]

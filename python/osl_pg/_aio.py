@@ -29,8 +29,8 @@ import math
 import select
 import sys
 import time
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Awaitable, Callable, List, Optional, Sequence, Tuple, TypeVar
     T = TypeVar("T")
@@ -162,24 +162,26 @@ async def _trio_wait_any(trio: Any, readers: Sequence[int], writers: Sequence[in
 
 
 def _gather(readers: Sequence[int], writers: Sequence[int]) -> Any:
-    if hasattr(select, "epoll"):
-        ep = select.epoll()
+    # The platform tests tell type checkers which of the two this platform
+    # has: kqueue on macOS and the BSDs, epoll on Linux (and Android).
+    if sys.platform != "linux" and sys.platform != "win32" and not hasattr(select, "epoll"):
+        kq = select.kqueue()
+        changes = [select.kevent(fd, select.KQ_FILTER_READ, select.KQ_EV_ADD) for fd in readers]
+        changes += [select.kevent(fd, select.KQ_FILTER_WRITE, select.KQ_EV_ADD) for fd in writers]
         try:
-            for fd in set(readers) | set(writers):
-                ep.register(fd, (select.EPOLLIN if fd in readers else 0) | (select.EPOLLOUT if fd in writers else 0))
+            kq.control(changes, 0)
         except BaseException:
-            ep.close()
+            kq.close()
             raise
-        return ep
-    kq = select.kqueue()
-    changes = [select.kevent(fd, select.KQ_FILTER_READ, select.KQ_EV_ADD) for fd in readers]
-    changes += [select.kevent(fd, select.KQ_FILTER_WRITE, select.KQ_EV_ADD) for fd in writers]
+        return kq
+    ep = select.epoll()
     try:
-        kq.control(changes, 0)
+        for fd in set(readers) | set(writers):
+            ep.register(fd, (select.EPOLLIN if fd in readers else 0) | (select.EPOLLOUT if fd in writers else 0))
     except BaseException:
-        kq.close()
+        ep.close()
         raise
-    return kq
+    return ep
 
 
 def is_cancellation(exc: BaseException) -> bool:

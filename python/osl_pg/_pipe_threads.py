@@ -8,10 +8,15 @@ read_pipes' ("out", "err", "open"), so a timed-out call resumes where it
 stopped and process.read_so_far works unchanged. Threads left running when
 a call returns early (timeout, stop_when) keep reading into that state.
 """
+from __future__ import annotations
+
 import os
 import threading
 import time
-from typing import IO, Any, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import IO, Any, Dict, List, Optional, Tuple
 
 
 def read_pipes_threaded(proc: Any, input: Optional[bytes], timeout: Optional[float],
@@ -54,13 +59,13 @@ def read_pipes_threaded(proc: Any, input: Optional[bytes], timeout: Optional[flo
     return _result(proc, st, start)
 
 
-def _result(proc: Any, st: dict, start: float) -> Tuple[Optional[bytes], Optional[bytes]]:
+def _result(proc: Any, st: Dict[str, Any], start: float) -> Tuple[Optional[bytes], Optional[bytes]]:
     proc._comm_elapsed = time.monotonic() - start
     return (b"".join(st["out"]) if proc.stdout is not None else None,
             b"".join(st["err"]) if proc.stderr is not None else None)
 
 
-def _start(st: dict, target: Any, *args: Any) -> None:
+def _start(st: Dict[str, Any], target: Any, *args: Any) -> None:
     t = threading.Thread(target=target, args=args, daemon=True, name=f"osl_pg-{target.__name__[1:]}")
     t.start()
     st["threads"].append(t)
@@ -106,11 +111,15 @@ class LoopPipes:
     asyncio or trio alike (osl_pg._aio)."""
 
     proc: Any
-    chunks: dict
-    open: List[IO[bytes]]
+    chunks: Dict[IO[bytes], List[bytes]]
+    open: List[IO[bytes]]  # the pipes not yet at EOF
 
     @property
     def done(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close what is still open of the pipes (after pump() or a timeout)."""
         raise NotImplementedError
 
     async def pump(self, deadline: Optional[float], wake_fd: Optional[int] = None) -> bool:
@@ -146,8 +155,8 @@ class ThreadedPipes(LoopPipes):
         self.proc = proc
         self.open: List[IO[bytes]] = [f for f in (proc.stdout, proc.stderr) if f is not None]
         proc._threads_reading = self.open  # see Process.close_pipes
-        self.chunks: dict = {f: [] for f in self.open}
-        jobs: List[Tuple[Any, tuple]] = []
+        self.chunks: Dict[IO[bytes], List[bytes]] = {f: [] for f in self.open}
+        jobs: List[Tuple[Any, Tuple[Any, ...]]] = []
         if proc.stdin is not None:
             if input:
                 jobs.append((_feed, (proc.stdin, bytes(input))))

@@ -3,19 +3,29 @@
 It turns a validated ProcessSpawnOperation into one osl_spawn() call and maps
 the C layer's errno results to typed exceptions.
 """
+from __future__ import annotations
+
 import errno
 import fcntl
 import functools
 import os
 import signal
 import stat
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import sys
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._native import ffi, lib
 from ._spawned import SLOTS, PipeEnds, Spawned
 from .errors import (CommandNotFound, NameNotFound, OslError, OslPermissionError, ProcessNotFound, Unsupported,
                      from_errno)
 from .operations import DEVNULL, PIPE, STDOUT, JoinGroup, NewGroup, ProcessSpawnOperation
+
+# Type checkers check this module for POSIX only (_windows.py is the backend
+# on Windows): the assert tells them; _backend imports it only there anyway.
+assert sys.platform != "win32"
 
 NAME = "posix"
 FEATURES = lib.osl_features()
@@ -385,7 +395,8 @@ def getsid(pid: int) -> int:
     err = lib.osl_getsid(pid, out)
     if err:
         raise from_errno(err, f"getsid({pid})")
-    return out[0]
+    sid: int = out[0]
+    return sid
 
 
 def pgid_or_none(pid: int) -> Optional[int]:
@@ -441,7 +452,9 @@ def wait_exit_or_stop(pid: int, deadline: Optional[float]) -> Optional[int]:
                     pass
                 return info.si_status
             return 0
-        remaining = deadline - time.monotonic()  # type: ignore[operator]
+        if deadline is None:  # waitid() blocked until it returned an exit or a stop
+            continue
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
         time.sleep(min(delay, remaining))
@@ -548,7 +561,7 @@ def signal_if_member(pid: int, pgid: int, sig: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError as e:
-        raise from_errno(e.errno, f"kill({pid}, {sig})") from None
+        raise from_errno(e.errno or errno.EPERM, f"kill({pid}, {sig})") from None
     finally:
         if fd is not None:
             os.close(fd)
@@ -564,7 +577,7 @@ def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except OSError as e:
-        raise _killpg_error(e.errno, pgid, sig) from None
+        raise _killpg_error(e.errno or errno.EINVAL, pgid, sig) from None
 
 
 def children_autoreaped() -> bool:
@@ -616,7 +629,8 @@ def bench_killpg(pgid: int, sig: int) -> int:
     err = lib.osl_bench_killpg(pgid, sig, out)
     if err:
         raise from_errno(err, f"killpg({pgid}, {sig})")
-    return out[0]
+    elapsed_ns: int = out[0]
+    return elapsed_ns
 
 
 def bench_kill_group(pgid: int) -> int:
@@ -626,4 +640,5 @@ def bench_kill_group(pgid: int) -> int:
     err = lib.osl_bench_kill_group(pgid, out)
     if err:
         raise from_errno(err, f"kill group {pgid}")
-    return out[0]
+    elapsed_ns: int = out[0]
+    return elapsed_ns

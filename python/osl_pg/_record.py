@@ -10,8 +10,7 @@ __hash__. Type checkers see them as dataclasses (PEP 681).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from typing import Any, Callable, ClassVar, Dict, Tuple, TypeVar
 
@@ -33,20 +32,21 @@ class _Factory:
         self.compare = compare
 
 
-def field(*, default_factory: Callable[[], _T], compare: bool = True) -> _T:
+def field(*, default_factory: Callable[[], _T], compare: bool = True) -> Any:
     """A field whose default is made per instance by `default_factory`;
-    compare=False leaves it out of == and hash()."""
-    return _Factory(default_factory, compare)  # type: ignore[return-value]  # a marker, read by Record
+    compare=False leaves it out of == and hash(). Returns a marker that
+    __init__ replaces (Any: it stands for the field's declared type)."""
+    return _Factory(default_factory, compare)
 
 
 def _is_classvar(annotation: object) -> bool:
-    text = annotation if isinstance(annotation, str) else repr(annotation)
+    text = annotation.strip("\"'") if isinstance(annotation, str) else repr(annotation)
     return text.startswith(("ClassVar", "typing.ClassVar"))
 
 
-@dataclass_transform(field_specifiers=(field,))
-class Record:
-    """Mutable named fields (a @dataclass)."""
+class _Fields:
+    """What Record and Value share. Value does not derive from Record: to type
+    checkers a frozen dataclass must not derive from a mutable one."""
 
     __slots__ = ()
     _fields: ClassVar[Tuple[str, ...]] = ()
@@ -95,11 +95,9 @@ class Record:
         return tuple(d[n] for n in self._compared)
 
     def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
+        if other.__class__ is not self.__class__ or not isinstance(other, _Fields):
             return NotImplemented
-        return self._compared_values() == other._compared_values()  # type: ignore[attr-defined]
-
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a @dataclass with eq
+        return self._compared_values() == other._compared_values()
 
     def __repr__(self) -> str:
         d = self.__dict__
@@ -107,12 +105,23 @@ class Record:
         return f"{type(self).__qualname__}({inner})"
 
 
+@dataclass_transform(field_specifiers=(field,))
+class Record(_Fields):
+    """Mutable named fields (a @dataclass)."""
+
+    __slots__ = ()
+    # Mutable: unhashable, as a @dataclass with eq. typeshed declares
+    # object.__hash__ a method, so None is "incompatible" there, although it
+    # is what the data model prescribes (typeshed's own stubs ignore it too).
+    __hash__ = None  # type: ignore[assignment]
+
+
 class FrozenError(AttributeError):
     """Assignment to a field of an immutable value."""
 
 
 @dataclass_transform(field_specifiers=(field,), frozen_default=True)
-class Value(Record):
+class Value(_Fields):
     """Immutable named fields (a @dataclass(frozen=True)): hashable, and
     setting a field raises FrozenError (an AttributeError)."""
 
@@ -124,5 +133,5 @@ class Value(Record):
     def __delattr__(self, name: str) -> None:
         raise FrozenError(f"cannot delete field {name!r} of {type(self).__name__}")
 
-    def __hash__(self) -> int:  # type: ignore[override]
+    def __hash__(self) -> int:
         return hash(self._compared_values())

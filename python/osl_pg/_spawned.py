@@ -1,8 +1,13 @@
 """What both backends (_posix, _windows) share around a spawn: the result
 record, and the bookkeeping of pipe ends (the parent's to keep, the
 child's to close once the child has its copies)."""
+from __future__ import annotations
+
 import os
-from typing import List, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 from .errors import from_errno
 

@@ -1,10 +1,15 @@
 """Timeouts and graces as subprocess takes them, checked before anything
 is spawned or signalled: None or +inf mean no limit, a NaN or a negative
 value is refused (ValueError), a non-number is a TypeError."""
+from __future__ import annotations
+
 import math
 import numbers
 import time
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 from .errors import InvalidOperation, InvalidOperationType
 

@@ -21,6 +21,8 @@ SIGBREAK becomes a console control event for the leader's console process
 group, signal 0 probes; SIGINT (see _sigint_refused) and any other signal
 are Unsupported.
 """
+from __future__ import annotations
+
 import collections
 import errno
 import functools
@@ -28,8 +30,16 @@ import msvcrt
 import os
 import signal as _signal
 import subprocess
+import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+# Type checkers check this module for Windows only (_posix.py is the backend
+# elsewhere): the assert tells them; _backend imports it only there anyway.
+assert sys.platform == "win32"
 
 import _winapi
 
@@ -104,7 +114,7 @@ def _winerror(code: int, what: str, filename: Optional[str] = None) -> OSError:
     CPython maps the code to, and `winerror` is kept."""
     mapped = OSError(0, "", None, code).errno or errno.EINVAL
     if code in (ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND, ERROR_DIRECTORY):
-        cls: type = CommandNotFound
+        cls: type[OSError] = CommandNotFound
     elif code == ERROR_ACCESS_DENIED:
         cls = OslPermissionError
     elif code == ERROR_INVALID_PARAMETER and what.startswith(("kill", "signal")):
@@ -377,7 +387,7 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
         raise Unsupported("user, group, extra_groups and umask are POSIX-only")
     _close_emptied_jobs()
     path = resolve_command(op)
-    keep = []  # cffi buffers that must outlive the call
+    keep: List[Any] = []  # cffi buffers that must outlive the call
     attr = ffi.new("struct osl_win_spawn_attr *")
     attr.application = _wstr(path, keep)
     attr.command_line = _wstr(subprocess.list2cmdline([op.command, *op.args]), keep)
@@ -434,7 +444,7 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
             _jobs[pid] = new_job
         else:
             _kept_jobs.append(new_job)  # Inherit + kill_on_parent_death
-    elif joined is not None and _jobs.get(group.pgid) is not joined:
+    elif isinstance(group, JoinGroup) and joined is not None and _jobs.get(group.pgid) is not joined:
         # The group was released while the child joined it: its job may
         # have been let go of as empty, and closing it would kill the child.
         _keep_while_busy(joined)
@@ -482,7 +492,8 @@ def _exited(handle: Any) -> bool:
     err = lib.osl_win_exit_code(handle, code)
     if err:
         raise _winerror(err, "GetExitCodeProcess")
-    return code[0] != lib.OSL_WIN_STILL_ACTIVE
+    still_active: bool = code[0] == lib.OSL_WIN_STILL_ACTIVE
+    return not still_active
 
 
 def _unsupported(sig: int, what: str) -> Unsupported:

@@ -7,13 +7,18 @@ processes_affected, decision ("allowed"/"denied"), reason, outcome ("ok" or
 "error"), errno, error, duration_ms, timestamp. The same operation_id is in
 the operation, its ExecutionResult and its record.
 """
+from __future__ import annotations
+
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     import logging
+    from typing import Any, Dict, Optional
+
+    from ._jsonlines import JsonLinesHandler
 
 INFO, WARNING = 20, 30  # logging's levels, without importing it
 
@@ -107,48 +112,14 @@ def emit(record: AuditRecord) -> None:
                f["reason"] or f["error"] or "", extra={"audit": dict(f)})
 
 
-_handler_class: Optional[type] = None
+def _json_lines_handler() -> type[JsonLinesHandler]:
+    """JsonLinesHandler, imported on first use (it subclasses
+    logging.Handler, and logging is imported only when needed)."""
+    from ._jsonlines import JsonLinesHandler
+    return JsonLinesHandler
 
 
-def _json_lines_handler() -> type:
-    """JsonLinesHandler, defined on first use (it subclasses logging.Handler,
-    and logging is imported only when needed)."""
-    global _handler_class
-    if _handler_class is None:
-        import logging
-
-        class JsonLinesHandler(logging.Handler):
-            """Writes each audit record as one JSON object per line."""
-
-            def __init__(self, path: str):
-                super().__init__(INFO)
-                self.path = path
-                self._file = open(path, "a", encoding="utf-8")
-                self._write_lock = threading.Lock()
-
-            def emit(self, record: logging.LogRecord) -> None:
-                data = getattr(record, "audit", None)
-                if data is None:
-                    return
-                import json
-                line = json.dumps(data, default=str, sort_keys=True)
-                with self._write_lock:
-                    self._file.write(line + "\n")
-                    self._file.flush()
-
-            def close(self) -> None:
-                with self._write_lock:
-                    if not self._file.closed:
-                        self._file.close()
-                super().close()
-
-        JsonLinesHandler.__module__ = __name__
-        JsonLinesHandler.__qualname__ = "JsonLinesHandler"
-        _handler_class = JsonLinesHandler
-    return _handler_class
-
-
-def write_audit_log(path: str, target: "Optional[logging.Logger]" = None) -> Any:
+def write_audit_log(path: str, target: Optional[logging.Logger] = None) -> JsonLinesHandler:
     """One call to append every audit record to `path` as JSON lines.
     Returns the handler; ``logger.removeHandler(h); h.close()`` stops it."""
     handler = _json_lines_handler()(path)

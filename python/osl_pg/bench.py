@@ -17,6 +17,8 @@ Nothing here forks. Every process a sample starts is waited for (or killed
 and waited for) before the next sample; the run ends by checking that this
 process has no child left.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import math
@@ -26,7 +28,10 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .bench_programs import Program, TreeShape, await_ready, exit_program, pause_program
 
@@ -129,7 +134,7 @@ def make_section(section_id: str, title: str, contenders: Sequence[Contender],
         rows.append({"id": c.id, "label": c.label, "ours": c.ours, "n": len(values),
                      "median_us": statistics.median(values) / 1000.0,
                      "p90_us": percentile(values, 90) / 1000.0, "note": c.note})
-    section = {"id": section_id, "title": title, "unit": "us", "contenders": rows,
+    section: Dict[str, Any] = {"id": section_id, "title": title, "unit": "us", "contenders": rows,
                "ours": [c.id for c in contenders if c.ours], "notes": list(notes)}
     section["ratios"] = compute_ratios(section)
     return section
@@ -163,7 +168,9 @@ def parent_size_effect(sections: Sequence[Dict[str, Any]], mib: int) -> Dict[str
 # ratio of medians, or with "ms" an absolute difference (numerator's median
 # minus the denominator's, or the numerator alone when the denominator is
 # None), in milliseconds.
-TARGETS = [
+# (id, text, numerator, denominator or None, limit): a ratio limit, or "N ms"
+# for an absolute difference (the only kind without a denominator).
+TARGETS: List[Tuple[str, str, Tuple[str, str], Optional[Tuple[str, str]], Union[float, str]]] = [
     ("run_vs_subprocess", "run() vs subprocess.run() (exit-only program)",
      ("run", "osl_run"), ("run", "subprocess_run"), 1.0),
     ("run_capture_vs_subprocess", "run(capture_output=True) vs subprocess.run(capture_output=True)",
@@ -210,6 +217,7 @@ def evaluate_targets(sections: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]
                         "denominator": list(den) if den is not None else None, "value_ms": value,
                         "limit_ms": bound, "met": value <= bound})
             continue
+        assert den is not None  # a ratio has a denominator
         ratio = medians[num] / medians[den]
         out.append({"id": target_id, "text": text, "numerator": list(num), "denominator": list(den),
                     "ratio": ratio, "limit": limit, "met": ratio <= limit})
@@ -360,10 +368,10 @@ class BigParent:
 
     def __init__(self, mib: int):
         import mmap
-        self.size = mib << 20
+        self.size: int = mib << 20
         # MAP_PRIVATE: fork() skips the page tables of shared mappings (the
         # child faults them in), but must copy those of private memory.
-        self.map = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.map: mmap.mmap = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hasattr(self.map, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
             self.map.madvise(mmap.MADV_NOHUGEPAGE)
         self.map[::self.PAGE] = b"\x01" * (self.size // self.PAGE)
@@ -427,7 +435,7 @@ class Crowd:
         script = f"i=0; while [ $i -lt {n} ]; do {cmd} >/dev/null 2>&1 & i=$((i+1)); done; echo $$"
         out = subprocess.run(["sh", "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                              start_new_session=True, check=True)
-        self.sid = int(out.stdout)  # the shell led the session; the crowd is in its group
+        self.sid: int = int(out.stdout)  # the shell led the session; the crowd is in its group
         deadline = time.monotonic() + 30
         while self._count() < n and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -558,7 +566,9 @@ class TreeBuilder:
     process group and returns its pgid once every member exists."""
 
     def __init__(self, shape: TreeShape, member: Program):
-        self.argv, self.ready_lines = shape.argv(member)
+        argv, ready_lines = shape.argv(member)
+        self.argv: List[str] = argv
+        self.ready_lines: int = ready_lines
 
     def raw(self) -> int:
         """Started with os.posix_spawn: no handle anywhere in this process."""
@@ -795,6 +805,7 @@ def run(options: Options) -> Dict[str, Any]:
         from .operations import ProcessSpawnOperation
         target = executor.execute(ProcessSpawnOperation(member.path).with_args(member.argv[1:])
                                   .with_new_process_group()).group
+        assert target is not None  # a new group has its handle
         try:
             sc = Scenario("signal", "send SIGCONT to a group of one sleeping process", {"call": ""},
                           signal_contenders(target, executor), options.rounds("signal"),
@@ -922,9 +933,11 @@ def plot_report(report: Dict[str, Any], path: str) -> None:
     """One compact chart: a bar per scenario, osl_pg's median time as a
     multiple of the stdlib's (or psutil's), on a linear axis from zero with
     the 1.0 line marked and each bar labelled."""
-    import matplotlib
+    # The optional `plot` extra, absent where the types are checked (mypy:
+    # its override in pyproject.toml; pyright has no per-module setting).
+    import matplotlib  # pyright: ignore[reportMissingImports]
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
     rows = list(reversed(plot_rows(report)))
     fig, ax = plt.subplots(figsize=(10, 0.9 + 0.42 * len(rows)))
@@ -952,7 +965,7 @@ def plot_report(report: Dict[str, Any], path: str) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The `bench` subcommand of osl-pg (cli.py calls this)."""
-    p = subparsers.add_parser("bench", help="measure spawn, signal and kill latency against the alternatives",
+    p: argparse.ArgumentParser = subparsers.add_parser("bench", help="measure spawn, signal and kill latency against the alternatives",
                               description="Spawn, signal and kill latency of osl_pg against subprocess, "
                                           "os.posix_spawn, asyncio, psutil and C floors, interleaved in one run.",
                               epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -972,7 +985,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  # pyright: ignore[reportMissingImports]  (see plot_report)
         except ImportError:
             print("osl-pg bench: --plot needs matplotlib: pip install 'osl_pg[plot]'", file=sys.stderr)
             return 2

@@ -9,6 +9,8 @@ works from a wheel; on a machine this module has no code for (not Linux, or
 not x86_64/aarch64), or where the cache cannot hold executables, it falls back
 to /bin/true and `sleep` and says so.
 """
+from __future__ import annotations
+
 import hashlib
 import os
 import platform
@@ -19,7 +21,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Tuple
 
 # Machine code per (machine, program). Linux syscall ABI only.
 #   x86_64  exit:  mov eax, 60 (exit); xor edi, edi; syscall

@@ -53,20 +53,24 @@ cgroups at once; the child joins each before exec), else they fail with
 LimitUnavailable. v1 directories go below our own cgroup of that hierarchy,
 so limits the caller is under keep applying.
 """
+from __future__ import annotations
+
 import errno
 import itertools
 import os
 import re
 import select
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple
 
-try:
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, List, NoReturn, Optional, Tuple
+
+if sys.platform != "win32":  # Windows: no cgroups; this module is imported there but unused
     import fcntl
-except ImportError:  # Windows: no cgroups; this module is imported but unused
-    fcntl = None  # type: ignore[assignment]
 
 from .errors import CgroupPermissionError, CgroupUnavailable, LimitUnavailable, OslError, OslOSError, from_errno
 from .operations import Limits
@@ -162,7 +166,7 @@ _during_prepare = threading.local()
 def hierarchies() -> List[Hierarchy]:
     """Every cgroup hierarchy mounted here in which our own cgroup is
     visible (a mount whose root is outside our cgroup is skipped)."""
-    known = getattr(_during_prepare, "hierarchies", None)
+    known: Optional[List[Hierarchy]] = getattr(_during_prepare, "hierarchies", None)
     if known is not None:
         return known
     own = _own_paths()
@@ -175,7 +179,7 @@ def hierarchies() -> List[Hierarchy]:
             continue
         root, mount = _unescape(fields[3]), _unescape(fields[4])
         if tail[0] == "cgroup2":
-            version, ctrls, key = 2, frozenset(), ""
+            version, ctrls, key = 2, frozenset[str](), ""
         else:
             opts = tail[2].split(",")
             ctrls = frozenset(o for o in opts if o in _V1_CONTROLLERS)
@@ -701,8 +705,8 @@ def prepare(containment: Optional[str], limits: Optional[Limits]) -> Optional[Cg
                 if containment == "cgroup" or _fd_shortage(e):
                     raise
                 cgs.containment_error = e
-        if requested:
-            cgs.apply(limits)  # type: ignore[arg-type]
+        if limits is not None and requested:
+            cgs.apply(limits)
     except BaseException:
         cgs.remove()
         raise
@@ -736,11 +740,11 @@ class EventsWatch:
     def __init__(self, cg: Cgroup):
         self.cg = cg
         try:
-            self.fd = os.open(cg.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+            self.fd: int = os.open(cg.file("cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             _raise_os_error(e, "cannot open", cg.file("cgroup.events"))
         try:
-            self.epoll = select.epoll()
+            self.epoll: select.epoll = select.epoll()
         except OSError as e:
             os.close(self.fd)
             _raise_os_error(e, "cannot make an epoll fd to watch", cg.file("cgroup.events"))

@@ -1,5 +1,7 @@
 """The osl-pg command line: run (coreutils timeout's options and exit
 statuses, for a whole tree), ps, kill and bench."""
+from __future__ import annotations
+
 import argparse
 import os
 import re
@@ -7,7 +9,10 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from . import __version__, audit
 from ._backend import backend
@@ -345,7 +350,7 @@ def _die_of(sig: int) -> None:
     os.kill(os.getpid(), sig)
 
 
-def _sweep(group: ProcessGroup, grace: float, keep: bool, say: bool) -> Tuple[List[dict], List[dict]]:
+def _sweep(group: ProcessGroup, grace: float, keep: bool, say: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """After the command exited: end the members still running (or leave
     them, with --keep-leftovers) and name them and the escapees."""
     leftovers = [m for m in group.members() if not m.zombie]
@@ -383,6 +388,7 @@ def _start(op: ProcessSpawnOperation) -> Union[ExecutionResult, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    first_signal: int = args.signal  # parse_signal's
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         args.parser.error("no command given")
@@ -401,8 +407,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except NotImplementedError:
             pass
     catch = set(FORWARDED)
-    if args.signal not in (0, _SIGKILL, getattr(signal, "SIGSTOP", None), _SIGCONT):
-        catch.add(args.signal)
+    if first_signal not in (0, _SIGKILL, getattr(signal, "SIGSTOP", None), _SIGCONT):
+        catch.add(first_signal)
     # A signal that comes while the command starts waits, blocked, for the
     # handlers that pass it on: at its default action it would end osl-pg
     # and leave the new tree running. (The child starts with an empty mask.)
@@ -427,8 +433,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if group is not None:
         terminal.give_to_group(group)  # the group gets the terminal while it runs
     timed_out = False
-    leftovers: List[dict] = []
-    escaped: List[dict] = []
+    leftovers: List[Dict[str, Any]] = []
+    escaped: List[Dict[str, Any]] = []
     try:
         limit = _limit(args.timeout)
         if terminal.given_to is not None and group is not None:
@@ -441,8 +447,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not finished:
             timed_out = True
             if say:
-                _say(f"timeout after {args.timeout:g} s: sending {signal_name(args.signal)} to {signaller.target()}")
-            signaller.send(args.signal)
+                _say(f"timeout after {args.timeout:g} s: sending {signal_name(first_signal)} to {signaller.target()}")
+            signaller.send(first_signal)
             proc.wait()
         rc = proc.wait()
         signaller.stop()
@@ -467,7 +473,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return status
 
 
-def _write_json(where: str, report: dict) -> None:
+def _write_json(where: str, report: Dict[str, Any]) -> None:
     import json
     text = json.dumps(report, indent=2) + "\n"
     if where == "-":
@@ -500,7 +506,7 @@ def _escapees(group: ProcessGroup) -> Dict[int, Tuple[str, int]]:
 # --------------------------------------------------------------------------
 # osl-pg ps
 
-def _ps_row(pid: int, ppid: Optional[int], name: str) -> dict:
+def _ps_row(pid: int, ppid: Optional[int], name: str) -> Dict[str, Any]:
     """What ps shows of one process; fields it may not read stay "?"."""
     import psutil
     row: Dict[str, Any] = {"pid": pid, "ppid": ppid, "sid": "?", "state": "?", "user": "?", "command": name}
@@ -541,7 +547,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(json.dumps({"pgid": args.pgid, "members": [r for r in rows if not r["escaped"]],
                           "escaped": [r for r in rows if r["escaped"]]}, indent=2))
         return 0
-    by_parent: dict = {}
+    by_parent: Dict[Optional[int], List[Dict[str, Any]]] = {}
     pids = {r["pid"] for r in rows}
     for r in rows:
         by_parent.setdefault(r["ppid"] if r["ppid"] in pids else None, []).append(r)
@@ -592,8 +598,10 @@ def _refusal(pgid: int, e: SecurityViolation) -> str:
 def cmd_kill(args: argparse.Namespace) -> int:
     if args.list:
         return _list_signals()
-    if args.pgid is None:
-        args.parser.error("the following arguments are required: PGID")
+    parser: argparse.ArgumentParser = args.parser
+    pgid: Optional[int] = args.pgid
+    if pgid is None:
+        parser.error("the following arguments are required: PGID")
     sig = args.signal
     security = SecurityContext()
     ctx = ExecutionContext(security.with_elevated() if args.force else security)
@@ -601,25 +609,25 @@ def cmd_kill(args: argparse.Namespace) -> int:
     # The policy check runs inside execute(); a refusal raises
     # SecurityViolation before anything is sent.
     try:
-        result = executor.execute(ProcessSignalOperation.signal_group(args.pgid, sig), ctx)
+        result = executor.execute(ProcessSignalOperation.signal_group(pgid, sig), ctx)
     except SecurityViolation as e:
-        _say(_refusal(args.pgid, e))
+        _say(_refusal(pgid, e))
         return 1
     except ProcessLookupError:
-        return _no_such_group(args.pgid)
+        return _no_such_group(pgid)
     affected = int(result.get_metadata("processes_affected") or 0)
-    report: Dict[str, Any] = {"pgid": args.pgid, "signal": signal_name(sig), "processes_affected": affected}
-    lines = [f"sent {signal_name(sig)} to process group {args.pgid} ({affected} member(s))"]
+    report: Dict[str, Any] = {"pgid": pgid, "signal": signal_name(sig), "processes_affected": affected}
+    lines = [f"sent {signal_name(sig)} to process group {pgid} ({affected} member(s))"]
     grace = args.kill_after
     if grace is not None:
         if sig == _SIGKILL:
-            outcome = "gone" if _wait_empty(args.pgid, grace) else "still running"
+            outcome = "gone" if _wait_empty(pgid, grace) else "still running"
         else:
-            outcome = _wait_gone_or_kill(executor, ctx, args.pgid, grace)
+            outcome = _wait_gone_or_kill(executor, ctx, pgid, grace)
         report["outcome"] = outcome
-        lines.append({"gone": f"process group {args.pgid} is gone",
-                      "killed": f"process group {args.pgid} outlived {grace:g} s: killed with SIGKILL",
-                      "still running": f"process group {args.pgid} still has running members"}[outcome])
+        lines.append({"gone": f"process group {pgid} is gone",
+                      "killed": f"process group {pgid} outlived {grace:g} s: killed with SIGKILL",
+                      "still running": f"process group {pgid} still has running members"}[outcome])
     if args.json:
         import json
         print(json.dumps(report, indent=2))
@@ -668,8 +676,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.usage_status, f"osl-pg: {message}\nTry '{self.prog} --help' for more information.\n")
 
 
-def _subcommand(sub: Any, name: str, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=summary, description=description, epilog=epilog,
+def _subcommand(sub: Any, name: str, summary: str, description: str, epilog: str) -> _Parser:
+    p: _Parser = sub.add_parser(name, help=summary, description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(parser=p)
     return p
@@ -706,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = _subcommand(sub, "run", "run a command as a process group leader; end the whole tree with it "
                                   "(coreutils timeout's options)", RUN_DESCRIPTION, RUN_EPILOG)
-    run.usage_status = EXIT_FAILED  # type: ignore[attr-defined]
+    run.usage_status = EXIT_FAILED
     run.add_argument("--version", action="version", version=f"osl-pg {__version__}")  # as timeout --version
     run.add_argument("-t", "--timeout", metavar="DURATION", type=parse_duration, default=0.0,
                      help="signal the whole tree after DURATION (default 0: no timeout)")

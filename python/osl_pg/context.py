@@ -1,8 +1,13 @@
 """Who is asking: the security context an operation runs under."""
+from __future__ import annotations
+
 import getpass
 import os
 import time
-from typing import Dict, FrozenSet, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, Optional
 
 from ._record import Value, field
 

@@ -1,10 +1,16 @@
 """The error types. Each concrete error derives from the matching builtin as
 well as from OslError, so both ``except FileNotFoundError`` and
 ``except OslError`` catch a missing command."""
+from __future__ import annotations
+
 import errno as _errno
 import os
 import sys
-from typing import Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Optional
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -108,15 +114,16 @@ def caller_stacklevel() -> int:
     OSLFramework.spawn(), run(), asyncio.run(run_async(...)) or
     trio.run(run_async, ...)."""
     level = 1
-    frame = sys._getframe(1)
+    frame: Optional[FrameType] = sys._getframe(1)
     skip = [_PACKAGE_DIR + os.sep]
     for name in ("asyncio", "trio", "outcome", "anyio"):
         mod = sys.modules.get(name)  # only a loop that was imported can be driving us
-        if mod is not None and getattr(mod, "__file__", None):
-            skip.append(os.path.dirname(os.path.abspath(mod.__file__)) + os.sep)
+        mod_file: Optional[str] = getattr(mod, "__file__", None)
+        if mod_file:
+            skip.append(os.path.dirname(os.path.abspath(mod_file)) + os.sep)
     skip_tuple = tuple(skip)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip_tuple):
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
         level += 1
     return level
 

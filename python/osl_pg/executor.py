@@ -2,11 +2,18 @@
 in that order, with the audit record written in ``finally``. No flag skips a
 step; the audit logger's level decides what is written, never what runs.
 """
+from __future__ import annotations
+
 import errno
 import os
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence
+
+    from .operations import Operation
 
 from . import audit
 from ._backend import backend
@@ -14,8 +21,7 @@ from .context import ExecutionContext, resolve_context
 from .errors import (ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation,
                      caller_stacklevel)
 from .group import Member, ProcessGroup, owned_group, scan_group, sweep_dropped
-from .operations import (JoinGroup, Operation, ProcessKillOperation, ProcessSignalOperation,
-                         ProcessSpawnOperation, signal_name)
+from .operations import JoinGroup, ProcessKillOperation, ProcessSignalOperation, ProcessSpawnOperation, signal_name
 from .policy import Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, child_by_pid, reaped_and_reused, sweep_abandoned
 from .result import ExecutionResult
@@ -90,7 +96,10 @@ class TargetFacts:
     def process_uid(self) -> Optional[int]:
         import psutil
         try:
-            return psutil.Process(self.op.pid).uids().real  # type: ignore[union-attr]
+            # Only signal and kill operations (their pid) get this far; uids()
+            # is POSIX-only (AttributeError on Windows).
+            uid: int = psutil.Process(getattr(self.op, "pid")).uids().real
+            return uid
         except (psutil.Error, AttributeError):
             return None
 
@@ -102,7 +111,7 @@ class ProcessExecutor:
     def __init__(self, name: str = "osl-executor", policies: Optional[Sequence[SecurityPolicy]] = None):
         self.name = name
         self.policies: List[SecurityPolicy] = list(policies) if policies is not None else [DefaultPolicy()]
-        self._handlers: Dict[type, Callable[..., Any]] = {
+        self._handlers: Dict[type, Callable[..., ExecutionResult]] = {
             ProcessSpawnOperation: self._spawn,
             ProcessSignalOperation: self._signal,
             ProcessKillOperation: self._kill,
@@ -341,8 +350,8 @@ class OSLFramework:
     """A facade owning one executor and one context."""
 
     def __init__(self, executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None):
-        self.executor = executor or ProcessExecutor("osl-framework")
-        self.context = resolve_context(context)
+        self.executor: ProcessExecutor = executor or ProcessExecutor("osl-framework")
+        self.context: ExecutionContext = resolve_context(context)
 
     def execute(self, op: Operation) -> ExecutionResult:
         return self.executor.execute(op, self.context)

@@ -38,6 +38,8 @@ cgroup directories and watchdog entry are cleaned up at the next spawn. The
 tree keeps running; signalling its pgid through the executor is refused once
 the leader was reaped and the number belongs to another process.
 """
+from __future__ import annotations
+
 import errno
 import os
 import signal as _signal
@@ -46,7 +48,10 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
 
 from . import watchdog
 from ._backend import backend
@@ -231,17 +236,19 @@ class ProcessGroup:
     ``async with`` does the same with ``terminate_async``.
     """
 
-    def __init__(self, pgid: int, leader: Optional[Process] = None, tier: str = "process_group",
+    # self: ProcessGroup, not Self: weakref.ref(self) goes into a map of ref[ProcessGroup]
+    # (refs are invariant).
+    def __init__(self: ProcessGroup, pgid: int, leader: Optional[Process] = None, tier: str = "process_group",
                  owner: str = "", strategy: Optional[Tier] = None):
         self.pgid = pgid
         self.leader = leader
         # How members are found, signalled and waited for (osl_pg.tiers);
         # `tier` names it: process_group, session or cgroup.
         self._strategy = strategy if strategy is not None else PgidTier(pgid, tier)
-        self.tier = self._strategy.name
+        self.tier: str = self._strategy.name
         self._signal = self._strategy.signaller()  # bound once: signal() is the hot path
         self.owner = owner
-        self.detached = False
+        self.detached: bool = False
         self._released = False
         self._leader_reaped = False  # see _reap_leader()
         # Held by signal(), terminate() and close() around each signal they

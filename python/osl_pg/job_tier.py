@@ -6,10 +6,20 @@ sets it) no member can leave. So, unlike a process group, nothing escapes:
 ``escaped()`` is always empty. All calls go through the backend
 (osl_pg._windows), which owns the job.
 """
-from typing import Dict, List, Optional
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional
 
 from ._backend import backend
-from .tiers import ProcInfo, Tier
+from .tiers import Escapee, ProcInfo, Tier
+
+# Windows only (tiers.make_tier imports it there); type checkers then check
+# it against the Windows backend.
+assert sys.platform == "win32"
 
 
 class JobTier(Tier):
@@ -29,7 +39,7 @@ class JobTier(Tier):
     def is_member(self, pid: int, info: ProcInfo) -> bool:
         return pid in backend.group_pids(self.pgid)
 
-    def escaped(self) -> List:  # type: ignore[type-arg]
+    def escaped(self) -> List[Escapee]:
         return []
 
     def observe(self) -> Dict[int, ProcInfo]:

@@ -21,13 +21,18 @@ for that time (process-wide from the main thread; off the main thread only
 the tcsetpgrp() calls are protected, by blocking it in that thread). The
 handoff itself is osl_pg.terminal.ForegroundTerminal.
 """
+from __future__ import annotations
+
 import errno
 import os
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Iterator, Optional
 
 import psutil
 
@@ -41,8 +46,8 @@ from .terminal import ForegroundTerminal
 RUNNING, STOPPED, DONE = "running", "stopped", "done"
 
 _SIGTTOU = getattr(signal, "SIGTTOU", None)
-SIGTSTP = getattr(signal, "SIGTSTP", None)
-SIGCONT = getattr(signal, "SIGCONT", None)
+SIGTSTP: Optional[int] = getattr(signal, "SIGTSTP", None)  # both None on Windows (Job() refuses there)
+SIGCONT: Optional[int] = getattr(signal, "SIGCONT", None)
 # After the leader has exited, stops of the other members (not our children)
 # raise no event we can wait on: their states are read at this interval.
 ORPHAN_POLL = 0.05
@@ -60,7 +65,7 @@ class Job:
         if group.leader is None:
             raise ValueError("job control needs a group this program spawned (it waits on the leader)")
         self.group = group
-        self.terminal = terminal if terminal is not None else ForegroundTerminal(0)
+        self.terminal: ForegroundTerminal = terminal if terminal is not None else ForegroundTerminal(0)
 
     @classmethod
     def start(cls, op: ProcessSpawnOperation, executor: Optional[ProcessExecutor] = None,
@@ -98,10 +103,13 @@ class Job:
     def stop(self, sig: Optional[int] = None) -> None:
         """Stop the whole group: SIGTSTP by default (what Ctrl-Z sends; a
         program may catch it), or SIGSTOP (which none can)."""
-        self.group.signal(int(sig if sig is not None else SIGTSTP))
+        sig = sig if sig is not None else SIGTSTP
+        assert sig is not None  # see __init__
+        self.group.signal(int(sig))
 
     def cont(self) -> None:
         """SIGCONT to the whole group; it stays in the background."""
+        assert SIGCONT is not None  # see __init__
         self.group.signal(int(SIGCONT))
 
     def background(self) -> None:

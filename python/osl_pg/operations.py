@@ -4,12 +4,19 @@ Builders return a new operation; the id and creation time of the first one
 are carried along, so a chain of builders yields one logical operation.
 Shape is checked when an operation is built, and again by the executor.
 """
+from __future__ import annotations
+
 import enum
 import os
 import signal as _signal
 import subprocess
 import time
-from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import IO, Any, ClassVar, Dict, Iterable, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+
+    _Op = TypeVar("_Op", bound="_Operation")  # builders return the operation's own type
 
 from ._record import Value
 from .errors import InvalidOperation, InvalidOperationType, Unsupported
@@ -22,7 +29,8 @@ PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 STDOUT = subprocess.STDOUT
 INHERIT = None
-StdioSpec = Union[None, int, IO[Any]]
+if TYPE_CHECKING:
+    StdioSpec = Union[None, int, IO[Any]]
 
 
 class Permission(str, enum.Enum):
@@ -52,10 +60,10 @@ def check_pid(value: Any, what: str = "pid") -> int:
 
 
 def check_pgid(value: Any) -> int:
-    check_pid(value, "pgid")
-    if value == 1:
+    pgid = check_pid(value, "pgid")
+    if pgid == 1:
         raise InvalidOperation("pgid 1 is init's group; signalling it is refused")
-    return value
+    return pgid
 
 
 def check_signal(value: Any) -> int:
@@ -104,18 +112,19 @@ def _check_text(value: Any, what: str) -> str:
 
 
 def _check_stdio(value: Any, slot: str) -> StdioSpec:
+    spec: StdioSpec = value  # checked below
     if value is None or value in (PIPE, DEVNULL):
-        return value
+        return spec
     if value == STDOUT:
         if slot != "stderr":
             raise InvalidOperation("STDOUT is only meaningful for stderr")
-        return value
+        return spec
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise InvalidOperation(f"{slot}: invalid fd {value}")
         return value
     if hasattr(value, "fileno"):
-        return value
+        return spec
     raise InvalidOperation(f"{slot} must be PIPE, DEVNULL, an fd or a file, not {value!r}")
 
 
@@ -137,7 +146,8 @@ def _check_pass_fds(fds: Any) -> Tuple[int, ...]:
 # Largest uid/gid setreuid()/setregid() take: (uid_t)-1 means "unchanged".
 ID_MAX = 2**32 - 2
 
-IdSpec = Union[int, str]
+if TYPE_CHECKING:
+    IdSpec = Union[int, str]
 
 
 def _check_id(value: Any, what: str) -> IdSpec:
@@ -188,7 +198,8 @@ SIGNAL_RESETS = ("restore", "inherit", "all")
 def _check_signal_reset(value: Any) -> str:
     if value not in SIGNAL_RESETS:
         raise InvalidOperation(f"signal reset must be one of {', '.join(SIGNAL_RESETS)}, not {value!r}")
-    return value
+    reset: str = value
+    return reset
 
 
 # --------------------------------------------------------------------------
@@ -201,9 +212,9 @@ class ProcessGroupConfig(Value):
     ProcessGroupConfig.NewGroup() etc."""
 
     __slots__ = ()
-    NewGroup: "ClassVar[type[NewGroup]]"
-    JoinGroup: "ClassVar[type[JoinGroup]]"
-    Inherit: "ClassVar[type[Inherit]]"
+    NewGroup: ClassVar[type[NewGroup]]
+    JoinGroup: ClassVar[type[JoinGroup]]
+    Inherit: ClassVar[type[Inherit]]
 
 
 class NewGroup(ProcessGroupConfig):
@@ -224,9 +235,9 @@ class Inherit(ProcessGroupConfig):
 
 
 _NEW_GROUP = NewGroup()  # immutable, and equal to any other: one will do
-ProcessGroupConfig.NewGroup = NewGroup  # type: ignore[misc]
-ProcessGroupConfig.JoinGroup = JoinGroup  # type: ignore[misc]
-ProcessGroupConfig.Inherit = Inherit  # type: ignore[misc]
+ProcessGroupConfig.NewGroup = NewGroup
+ProcessGroupConfig.JoinGroup = JoinGroup
+ProcessGroupConfig.Inherit = Inherit
 
 
 # --------------------------------------------------------------------------
@@ -248,13 +259,13 @@ class _Operation(Value):
     created_at: float = 0.0
     operation_type: OperationType = OperationType.PROCESS_SPAWN
 
-    def with_operation_id(self, operation_id: str):
+    def with_operation_id(self: _Op, operation_id: str) -> _Op:
         operation_id = _check_text(operation_id, "operation_id")
         if not operation_id:
             raise InvalidOperation("empty operation_id")
         return self._with(operation_id=operation_id)
 
-    def _with(self, **changes: Any):
+    def _with(self: _Op, **changes: Any) -> _Op:
         """A copy with `changes`; the id and creation time are kept. The
         instance dict is copied whole (a Value only guards setattr): a
         builder chain is on run()'s path, and a field-by-field copy cost
@@ -284,7 +295,8 @@ CONTAINMENT = ("cgroup", "best_available")
 def _check_containment(value: Any) -> str:
     if value not in CONTAINMENT:
         raise InvalidOperation(f"containment must be one of {', '.join(CONTAINMENT)}, not {value!r}")
-    return value
+    containment: str = value
+    return containment
 
 
 class Limits(Value):
@@ -349,7 +361,8 @@ class ProcessSpawnOperation(_Operation):
         kind = type(command)
         if kind is list or kind is tuple or (kind is not str and not isinstance(command, (bytes, os.PathLike))
                                              and hasattr(command, "__iter__")):
-            argv = list(command)
+            iterable: Any = command  # an argv: `kind` says so, in a way type checkers do not follow
+            argv = list(iterable)
             if not argv:
                 raise InvalidOperation("empty command")
             command = argv[0]
@@ -559,7 +572,7 @@ def _env_pair(key: Any, value: Any) -> Tuple[str, Optional[str]]:
     return key, value
 
 
-def _init_fields(op: Any, values: Dict[str, Any], extra_positional: tuple) -> None:
+def _init_fields(op: Any, values: Dict[str, Any], extra_positional: Tuple[Any, ...]) -> None:
     """Fill a new operation's fields: the defaults, then `values`, checked
     and made immutable as the builders make them. On run()'s path: one
     dict update each rather than a loop over the fields."""
@@ -678,4 +691,5 @@ class ProcessKillOperation(_Operation):
         check_pid(self.pid)
 
 
-Operation = Union[ProcessSpawnOperation, ProcessSignalOperation, ProcessKillOperation]
+if TYPE_CHECKING:
+    Operation = Union[ProcessSpawnOperation, ProcessSignalOperation, ProcessKillOperation]

@@ -8,8 +8,13 @@ trace of the tree that survives setsid(), setpgid() and the death of the
 parents in between, which the parent links (osl_pg.tiers.DescendantTracker)
 do not.
 """
+from __future__ import annotations
+
 import os
-from typing import Dict, Iterable, List
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List
 
 _PROC = "/proc"
 

@@ -5,8 +5,17 @@ A denial becomes SecurityViolation (a PermissionError), which is final:
 nothing in osl_pg retries it. Policies never depend on logging: switching the
 audit logger off changes what is recorded, never what is allowed.
 """
+from __future__ import annotations
+
 import os
-from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Protocol, Sequence
+else:
+    # A plain base class at run time (no isinstance() checks against it
+    # anywhere); type checkers see the Protocol.
+    Protocol = object
 
 from ._record import Value
 from .context import ExecutionContext
@@ -15,6 +24,8 @@ from .operations import (JoinGroup, Permission, ProcessKillOperation, ProcessSig
 
 if TYPE_CHECKING:
     from .executor import TargetFacts
+    from .operations import Operation
+    from .group import Member
 
 
 class Decision(Value):
@@ -40,7 +51,7 @@ _ALLOWED: Dict[str, Decision] = {}
 class SecurityPolicy(Protocol):
     name: str
 
-    def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision: ...
+    def evaluate(self, op: Operation, ctx: ExecutionContext, target: "TargetFacts") -> Decision: ...
 
 
 class DefaultPolicy:
@@ -109,8 +120,8 @@ class DefaultPolicy:
         return Decision.deny(reason, self.name)
 
 
-def _pids(members: List[object]) -> str:
-    shown = ", ".join(f"pid {m.pid} uid {m.uid}" for m in members[:5])  # type: ignore[attr-defined]
+def _pids(members: Sequence[Member]) -> str:
+    shown = ", ".join(f"pid {m.pid} uid {m.uid}" for m in members[:5])
     return shown + (f" and {len(members) - 5} more" if len(members) > 5 else "")
 
 
@@ -126,13 +137,13 @@ class AllowListPolicy:
 
     def __init__(self, allow: Optional[Mapping[str, Iterable[Permission]]] = None,
                  deny: Optional[Mapping[str, Iterable[Permission]]] = None):
-        self.allow: Optional[Dict[str, frozenset]] = (
+        self.allow: Optional[Dict[str, FrozenSet[Permission]]] = (
             {k: frozenset(Permission(p) for p in v) for k, v in allow.items()} if allow is not None else None)
-        self.deny: Dict[str, frozenset] = {k: frozenset(Permission(p) for p in v) for k, v in (deny or {}).items()}
+        self.deny: Dict[str, FrozenSet[Permission]] = {k: frozenset(Permission(p) for p in v) for k, v in (deny or {}).items()}
 
-    def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
+    def evaluate(self, op: Operation, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
         who = ctx.principal
-        needed = op.required_permissions()  # type: ignore[attr-defined]
+        needed = op.required_permissions()
         refused = self.deny.get(who, frozenset()) | self.deny.get("*", frozenset())
         for perm in needed:
             if perm in refused:

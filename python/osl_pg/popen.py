@@ -37,6 +37,8 @@ raises TypeError. A dropped, still-running Popen warns (ResourceWarning) and
 waits on ``subprocess._active`` to be polled by the next Popen, as
 subprocess's does; its tree is left running. Its finalizer takes no lock.
 """
+from __future__ import annotations
+
 import errno
 import os
 import stat
@@ -45,7 +47,33 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, AnyStr, Dict, List, Literal, Mapping, Optional, Sequence, Union, overload
+
+    from typing_extensions import TypedDict, Unpack
+
+    # What run(), run_async() and Popen take as `args`, as subprocess.
+    CommandArgs = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]",
+                        Sequence[Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]]]
+
+    class _PopenOptions(TypedDict, total=False):
+        """Popen()'s keyword-only arguments besides the text/bytes ones."""
+        user: Union[str, int, None]
+        group: Union[str, int, None]
+        extra_groups: Optional[Sequence[Union[str, int]]]
+        umask: int
+        pipesize: int
+        process_group: Optional[int]
+        grace: float
+        executor: Optional[ProcessExecutor]
+        context: Optional[ExecutionContext]
+else:
+    AnyStr = "AnyStr"  # subprocess.Popen[...] below needs a value at run time, any value
+
+    def overload(func):  # typing.overload without importing typing: the implementation, defined last, wins
+        return func
 
 from .context import ExecutionContext
 from .errors import OslPermissionError, SecurityViolation, Unsupported, caller_stacklevel
@@ -93,6 +121,7 @@ def text_encoding() -> str:
 def argv_of(args: Any, shell: bool) -> List[Any]:
     """The argument list subprocess.Popen would build on POSIX. Each item
     must be str, bytes or os.PathLike (TypeError otherwise, as subprocess)."""
+    argv: List[Any]
     if isinstance(args, (str, bytes)):
         argv = [args]
     elif type(args) in (list, tuple):  # the usual case: no os.PathLike ABC check (~1 us)
@@ -265,14 +294,72 @@ _HAS_PIPESIZE = sys.version_info >= (3, 10)
 _HAS_PROCESS_GROUP = sys.version_info >= (3, 11)
 
 
-class Popen(subprocess.Popen):
+class Popen(subprocess.Popen[AnyStr]):
     """subprocess.Popen whose child leads a new process group (see the
     module docstring). Extra keywords: `grace` (seconds between SIGTERM and
     SIGKILL when `with` exit ends the tree), `executor`/`context` (whose
-    policy and audit log the spawn goes through)."""
+    policy and audit log the spawn goes through). Generic as
+    subprocess.Popen: Popen[str] in text mode, else Popen[bytes]."""
 
     group: Optional[ProcessGroup] = None
     _osl_proc: Optional[Process] = None
+    # subprocess.Popen's internals this class uses (typeshed leaves them out).
+    _waitpid_lock: threading.Lock
+    _child_created: bool
+    if TYPE_CHECKING:
+        def _close_pipe_fds(self, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int,
+                            errwrite: int) -> None: ...
+
+    # Text or bytes, as typeshed's subprocess.Popen: text=True, an encoding
+    # or errors, or universal_newlines=True make the pipes str (Popen[str]).
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[str], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None, *,
+                 universal_newlines: Literal[True], startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (),
+                 encoding: Optional[str] = None, errors: Optional[str] = None, text: Optional[bool] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[bytes], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Literal[False, None] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 text: Literal[False, None] = None, encoding: None = None, errors: None = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
+    @overload
+    def __init__(self: Popen[Any], args: CommandArgs, bufsize: int = -1, executable: Any = None, stdin: Any = None,
+                 stdout: Any = None, stderr: Any = None, preexec_fn: None = None, close_fds: bool = True,
+                 shell: bool = False, cwd: Any = None, env: Optional[Mapping[Any, Any]] = None,
+                 universal_newlines: Optional[bool] = None, startupinfo: Any = None, creationflags: int = 0,
+                 restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (), *,
+                 text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
+                 **options: Unpack[_PopenOptions]) -> None: ...
 
     def __init__(self, args: Any, bufsize: int = -1, executable: Any = None, stdin: Any = None,
                  stdout: Any = None, stderr: Any = None, preexec_fn: Any = None, close_fds: bool = True,
@@ -305,7 +392,7 @@ class Popen(subprocess.Popen):
                          errors=errors, text=text, umask=umask, **extra)
 
     # -- spawn -------------------------------------------------------------------
-    def _execute_child(self, args: Any, executable: Any, preexec_fn: Any, close_fds: bool,  # type: ignore[override]
+    def _execute_child(self, args: Any, executable: Any, preexec_fn: Any, close_fds: bool,
                        pass_fds: Sequence[int], cwd: Any, env: Any, startupinfo: Any, creationflags: int,
                        shell: bool, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int,
                        errwrite: int, restore_signals: bool, gid: Optional[int], gids: Optional[List[int]],
@@ -317,7 +404,7 @@ class Popen(subprocess.Popen):
             for fd in (p2cwrite, c2pread, errread):  # our ends of the pipes (3.10+ does this itself)
                 if fd != -1:
                     fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, self._osl_pipesize)
-        op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
+        op: ProcessSpawnOperation = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
                              start_new_session=start_new_session, process_group=process_group,
                              close_fds=close_fds, pass_fds=pass_fds, stdin=p2cread if p2cread != -1 else None,
                              stdout=c2pwrite if c2pwrite != -1 else None,
@@ -332,7 +419,7 @@ class Popen(subprocess.Popen):
         assert proc is not None
         self._osl_proc = proc
         self.group = result.group
-        self.pid = proc.pid
+        self.pid: int = proc.pid
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
 
@@ -368,17 +455,23 @@ class Popen(subprocess.Popen):
         limit = None if timeout is None or timeout == float("inf") else max(0.0, timeout)  # inf: no limit
         deadline = None if limit is None else time.monotonic() + limit
         if not self._waitpid_lock.acquire(timeout=-1 if limit is None else min(limit, threading.TIMEOUT_MAX)):
-            raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
+            raise self._timeout_expired(timeout)
         try:
             if self.returncode is None:  # else another thread waited
                 try:
                     rc = proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except WaitTimeout:
-                    raise subprocess.TimeoutExpired(self.args, timeout) from None  # type: ignore[arg-type]
+                    raise self._timeout_expired(timeout) from None
                 self._leader_exited(rc)
         finally:
             self._waitpid_lock.release()
-        return self.returncode  # type: ignore[return-value]
+        status = self.returncode
+        assert status is not None  # _leader_exited() set it, here or in the thread that waited
+        return status
+
+    def _timeout_expired(self, timeout: Optional[float]) -> subprocess.TimeoutExpired:
+        assert timeout is not None  # only a wait with a limit runs out of time
+        return subprocess.TimeoutExpired(self.args, timeout)
 
     def _try_wait(self, wait_flags: int) -> Any:
         """subprocess's (pid, wait status), from the handle."""
@@ -449,5 +542,6 @@ class Popen(subprocess.Popen):
             # As subprocess: kept alive on subprocess._active, whose next
             # Popen() polls it (our _internal_poll, outside any finalizer).
             # No poll here: it may take a lock.
-            if subprocess._active is not None:  # type: ignore[attr-defined]
-                subprocess._active.append(self)  # type: ignore[attr-defined]
+            active: Optional[List[Popen[Any]]] = getattr(subprocess, "_active", None)  # private: not in typeshed
+            if active is not None:
+                active.append(self)

@@ -6,6 +6,8 @@ A process group handle may *pin* the leader: its status is then read with
 WNOWAIT and the zombie is kept (holding the pid, and so the pgid, against
 reuse) until the group is released.
 """
+from __future__ import annotations
+
 import collections
 import errno
 import io
@@ -16,7 +18,10 @@ import sys
 import threading
 import time
 import weakref
-from typing import IO, Any, Dict, List, Optional, Sequence, Set, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ._backend import backend
 from ._timeouts import check_timeout, poll_ms
@@ -168,10 +173,19 @@ class Process:
     another os.wait() caller) the code is 0, as subprocess reports it.
     """
 
-    def __init__(self, pid: int, args: Sequence[str], stdin: Optional[int] = None,
+    # Set by read_pipes() (and _pipe_threads), absent until a first read:
+    # its state, kept so that a timed-out call can resume; how long it took;
+    # the pipes reader threads still read (see close_pipes).
+    _comm: Dict[str, Any]
+    _comm_elapsed: float
+    _threads_reading: List[IO[bytes]]
+
+    # self: Process, not Self: weakref.ref(self) goes into a map of ref[Process]
+    # (refs are invariant).
+    def __init__(self: Process, pid: int, args: Sequence[str], stdin: Optional[int] = None,
                  stdout: Optional[int] = None, stderr: Optional[int] = None, pidfd: Optional[int] = None):
         self.pid = pid
-        self.args = list(args)
+        self.args: List[str] = list(args)
         self.returncode: Optional[int] = None
         self.stdin: Optional[IO[bytes]] = io.open(stdin, "wb") if stdin is not None else None
         self.stdout: Optional[IO[bytes]] = io.open(stdout, "rb") if stdout is not None else None
@@ -280,7 +294,8 @@ class Process:
         WaitTimeout (a subprocess.TimeoutExpired) after `timeout` seconds."""
         timeout = check_timeout(timeout)
         if self.returncode is not None:
-            return self._collect(block=False)  # type: ignore[return-value]
+            rc = self._collect(block=False)
+            return self.returncode if rc is None else rc
         if timeout is None:
             while True:
                 try:
@@ -420,7 +435,7 @@ def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
 
 
 def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
-               stop_when: Optional[Any] = None,
+               stop_when: Optional[Callable[[], object]] = None,
                wake_fd: Optional[int] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
     """Write `input` to stdin and read stdout/stderr until EOF with one
     selector (no threads). `stop_when()` is polled every 10 ms; when it
@@ -440,7 +455,7 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
                 proc.stdin.flush()  # what the caller wrote before comes first
             except BrokenPipeError:
                 pass
-        st = proc._comm = {"out": [], "err": [], "input": memoryview(input or b""), "off": 0,  # type: ignore[attr-defined]
+        st = proc._comm = {"out": [], "err": [], "input": memoryview(input or b""), "off": 0,
                            "open": [f for f in (proc.stdout, proc.stderr) if f is not None],
                            "stdin": proc.stdin}
         if proc.stdin is not None and not input:
@@ -459,7 +474,7 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
         poller.register(f.fileno(), _READ)
     watching = stop_when is not None and wake_fd is not None and bool(files)
     polling = stop_when is not None and not watching
-    if watching:
+    if watching and wake_fd is not None:
         poller.register(wake_fd, _READ)
 
     def done_with(fd: int) -> Any:
@@ -473,11 +488,11 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
         if polling:
             wait_for = 0.01 if wait_for is None else min(wait_for, 0.01)
         if wait_for is not None and wait_for <= 0 and not polling:
-            proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+            proc._comm_elapsed = time.monotonic() - start
             raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
         for fd, _ in poller.poll(None if wait_for is None else max(wait_for, 0.0) * 1000):
             if watching and fd == wake_fd:
-                poller.unregister(wake_fd)
+                poller.unregister(fd)
                 watching, polling = False, True
             elif files.get(fd) is st["stdin"]:
                 try:
@@ -493,12 +508,12 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
                     (st["out"] if files[fd] is proc.stdout else st["err"]).append(data)
                 else:
                     st["open"].remove(done_with(fd))
-        if polling and files and stop_when():
+        if polling and stop_when is not None and files and stop_when():
             break
         if deadline is not None and time.monotonic() >= deadline and files:
-            proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+            proc._comm_elapsed = time.monotonic() - start
             raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
-    proc._comm_elapsed = time.monotonic() - start  # type: ignore[attr-defined]
+    proc._comm_elapsed = time.monotonic() - start
     out = b"".join(st["out"]) if proc.stdout is not None else None
     err = b"".join(st["err"]) if proc.stderr is not None else None
     return out, err

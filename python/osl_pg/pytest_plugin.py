@@ -36,7 +36,12 @@ import os
 import sys
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Set, Tuple
+
+    _Key = Tuple[int, float]  # (pid, start time): one process, never a later one with the same pid
 
 import pytest
 
@@ -50,7 +55,6 @@ KILL_TIMEOUT = 5.0  # SIGKILL ends a process within milliseconds unless it is st
 _LINUX = sys.platform.startswith("linux")
 _PR_GET_CHILD_SUBREAPER = 37
 
-_Key = Tuple[int, float]  # (pid, start time): one process, never a later one with the same pid
 
 
 class LeakedProcessWarning(UserWarning):
@@ -270,10 +274,10 @@ class _Owners:
         if not owner_of_key:
             return {}
         owner_of_id = {}
-        for proc in table.values():
-            f = owner_of_key.get(proc.key)
+        for each in table.values():
+            f = owner_of_key.get(each.key)
             if f is not None:
-                owner_of_id.update({i: f for i in (proc.pgid, proc.sid) if i not in own_ids})
+                owner_of_id.update({i: f for i in (each.pgid, each.sid) if i not in own_ids})
         owners: Dict[int, Any] = {}
         for pid in table:
             line, proc = [], table.get(pid)
@@ -389,17 +393,17 @@ class LeakWatcher:
 
     def __init__(self, mode: str):
         self.mode = mode
-        self.owners = _Owners()
+        self.owners: _Owners = _Owners()
         # pytest's own group and session (0 stands for "none": Windows, or
         # a session leader outside our pid namespace).
-        self.own_ids = {0} | ({os.getpgrp(), os.getsid(0)} if os.name == "posix" else set())
+        self.own_ids: Set[int] = {0} | ({os.getpgrp(), os.getsid(0)} if os.name == "posix" else set())
         self.baseline: Set[_Key] = set()   # what ran when the current test began
         self.old_ids: Set[int] = set()    # process groups and sessions that existed then
         self.item: Optional[pytest.Item] = None
         self.found: List[str] = []        # the current test's leak reports (fail mode)
         self.summary: List[str] = []      # one line per offender, for the terminal summary
         self.late: List[str] = []         # fail-mode reports made after the last test ran
-        self.test_mode = mode             # the current test's (see _mode_for)
+        self.test_mode: str = mode            # the current test's (see _mode_for)
 
     # -- the span of one test: subreaper on, baseline taken
 

@@ -1,7 +1,9 @@
 """The result of one executed operation."""
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Union
+from __future__ import annotations
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
+    from typing import Callable, Dict, Optional, Union
     from .group import ProcessGroup
     from .process import Process
 
@@ -18,13 +20,13 @@ class ExecutionResult:
                  metadata: "Union[Dict[str, str], Callable[[], Dict[str, str]], None]" = None,
                  started_at: float = 0.0, duration: float = 0.0, process: Optional["Process"] = None,
                  group: Optional["ProcessGroup"] = None):
-        self.operation_id = operation_id
-        self.operation_type = operation_type
+        self.operation_id: str = operation_id
+        self.operation_type: str = operation_type
         self._metadata = metadata if metadata is not None else {}
-        self.started_at = started_at
-        self.duration = duration  # seconds spent in execute()
-        self.process = process
-        self.group = group
+        self.started_at: float = started_at
+        self.duration: float = duration  # seconds spent in execute()
+        self.process: Optional[Process] = process
+        self.group: Optional[ProcessGroup] = group
 
     @property
     def metadata(self) -> Dict[str, str]:

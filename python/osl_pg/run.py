@@ -4,7 +4,8 @@ subprocess.run(..., timeout=...) fails a tree twice: on timeout it kills only
 the child it started, and its communicate() then waits for EOF on the output
 pipes, which an orphaned grandchild still holds (CPython issue 81605; Go's
 exec.Cmd grew WaitDelay for the same reason). run() keeps subprocess.run()'s
-signature, return type and exceptions, and differs where the tree is
+signature, return type and exceptions (CompletedRun, TimeoutExpired and
+CalledProcessError subclass the stdlib's), and differs where the tree is
 concerned:
 
 - The command always leads a new process group (a new session with
@@ -28,12 +29,65 @@ concerned:
 - On any other exception (KeyboardInterrupt, cancellation) the whole group is
   killed (subprocess.run() kills its one child).
 """
+from __future__ import annotations
+
 import os
 import signal
 import subprocess
 import time
 import warnings
-from typing import IO, Any, Dict, Generator, List, Mapping, Optional, Sequence, Tuple, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import (IO, Any, Dict, Generator, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar, Union,
+                        overload)
+
+    import psutil
+    from typing_extensions import TypedDict, Unpack
+
+    _T = TypeVar("_T")
+    from .popen import CommandArgs
+
+    class _RunOptions(TypedDict, total=False):
+        """run()'s and run_async()'s keywords besides the four that decide
+        between text and bytes (their overloads spell those out)."""
+        stdin: Any
+        input: Any
+        stdout: Any
+        stderr: Any
+        capture_output: bool
+        shell: bool
+        cwd: Any
+        timeout: Optional[float]
+        check: bool
+        env: Optional[Mapping[Any, Any]]
+        start_new_session: bool
+        close_fds: bool
+        pass_fds: Sequence[int]
+        executable: Any
+        grace: float
+        pipe_drain_timeout: float
+        kill_leftovers: bool
+        executor: Optional[ProcessExecutor]
+        context: Optional[ExecutionContext]
+        idle_timeout: Optional[float]
+        # subprocess.Popen's, passed on (see run()'s docstring)
+        bufsize: int
+        restore_signals: bool
+        pipesize: int
+        creationflags: int
+        startupinfo: Any
+        user: Union[str, int, None]
+        group: Union[str, int, None]
+        extra_groups: Optional[Sequence[Union[str, int]]]
+        umask: int
+        process_group: Optional[int]
+        preexec_fn: None
+else:
+    _T = "_T"  # subprocess.CompletedProcess[...] below needs a value at run time, any value
+
+    def overload(func):  # typing.overload without importing typing: the implementation, defined last, wins
+        return func
 
 from ._backend import backend
 from ._record import Record, Value
@@ -87,13 +141,51 @@ class Leftover(Value):
         return f"{self.pid} ({what}): {', '.join(extra)}"
 
 
-class CompletedRun(subprocess.CompletedProcess):
+class CompletedRun(subprocess.CompletedProcess[_T]):
     """subprocess.CompletedProcess plus `pgid` (the command's group) and
-    `leftovers` (a list of Leftover; empty when the command left nothing)."""
+    `leftovers` (a list of Leftover; empty when the command left nothing).
+    Generic as CompletedProcess: CompletedRun[str] from text mode, else
+    CompletedRun[bytes] (CompletedRun[str] works at run time too)."""
 
-    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None,
-                 pgid: int = 0, leftovers: Sequence[Leftover] = ()):
+    pgid: int
+    leftovers: List[Leftover]
+
+    def __init__(self, args: Any, returncode: int, stdout: Optional[_T] = None, stderr: Optional[_T] = None,
+                 pgid: int = 0, leftovers: Sequence[Leftover] = ()) -> None:
         super().__init__(args, returncode, stdout, stderr)
+        self.pgid = pgid
+        self.leftovers = list(leftovers)
+
+
+class TimeoutExpired(subprocess.TimeoutExpired):
+    """What run() and run_async() raise on `timeout` (or `idle_timeout`),
+    once the whole tree is ended: subprocess.TimeoutExpired plus `pgid` (the
+    command's group) and `leftovers` (the processes besides the command
+    that had to be ended, each a Leftover). `output`/`stderr` are bytes
+    even in text mode, as subprocess gives them."""
+
+    pgid: int
+    leftovers: List[Leftover]
+
+    def __init__(self, cmd: Any, timeout: float, output: Optional[bytes] = None, stderr: Optional[bytes] = None,
+                 *, pgid: int = 0, leftovers: Sequence[Leftover] = ()) -> None:
+        super().__init__(cmd, timeout, output, stderr)
+        self.pgid = pgid
+        self.leftovers = list(leftovers)
+
+
+class CalledProcessError(subprocess.CalledProcessError):
+    """What run(check=True) raises for a non-zero exit status:
+    subprocess.CalledProcessError plus `pgid` and `leftovers` (as
+    CompletedRun's)."""
+
+    pgid: int
+    leftovers: List[Leftover]
+
+    def __init__(self, returncode: int, cmd: Any, output: Union[str, bytes, None] = None,
+                 stderr: Union[str, bytes, None] = None, *, pgid: int = 0,
+                 leftovers: Sequence[Leftover] = ()) -> None:
+        super().__init__(returncode, cmd, output, stderr)
         self.pgid = pgid
         self.leftovers = list(leftovers)
 
@@ -164,10 +256,11 @@ class _Plan:
     def deadline(self) -> Optional[float]:
         return None if self.timeout is None else time.monotonic() + self.timeout
 
-    def decode(self, data: Optional[bytes]) -> Any:
-        if data is None or not self.text:
+    def decode(self, data: Optional[bytes]) -> Union[str, bytes, None]:
+        encoding = self.encoding
+        if data is None or encoding is None:  # encoding is None exactly when not in text mode
             return data
-        text = data.decode(self.encoding, self.errors)  # type: ignore[arg-type]
+        text = data.decode(encoding, self.errors)
         return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as subprocess
 
     def spawned(self, result: Any) -> Tuple[Process, ProcessGroup]:
@@ -197,16 +290,14 @@ class _Plan:
         return True
 
     def timeout_error(self, out: Optional[bytes], err: Optional[bytes], pgid: int,
-                      leftovers: List[Leftover]) -> subprocess.TimeoutExpired:
+                      leftovers: List[Leftover]) -> TimeoutExpired:
         # As subprocess: bytes even in text mode, None when nothing came.
         limit = self.idle_timeout if self.idle_expired else self.timeout
-        exc = subprocess.TimeoutExpired(self.args, limit, out or None, err or None)  # type: ignore[arg-type]
-        exc.pgid = pgid  # type: ignore[attr-defined]
-        exc.leftovers = leftovers  # type: ignore[attr-defined]
-        return exc
+        assert limit is not None  # one of them ran out
+        return TimeoutExpired(self.args, limit, out or None, err or None, pgid=pgid, leftovers=leftovers)
 
     def finish(self, rc: int, out: Optional[bytes], err: Optional[bytes], pgid: int,
-               leftovers: List[Leftover], had_terminal: bool) -> CompletedRun:
+               leftovers: List[Leftover], had_terminal: bool) -> CompletedRun[Any]:
         if leftovers:
             warnings.warn(LeftoverProcessWarning(_leftover_message(self.args, leftovers)),
                           stacklevel=caller_stacklevel())
@@ -216,10 +307,7 @@ class _Plan:
             raise KeyboardInterrupt
         stdout, stderr = self.decode(out), self.decode(err)
         if self.check and rc:
-            exc = subprocess.CalledProcessError(rc, self.args, stdout, stderr)
-            exc.pgid = pgid  # type: ignore[attr-defined]
-            exc.leftovers = leftovers  # type: ignore[attr-defined]
-            raise exc
+            raise CalledProcessError(rc, self.args, stdout, stderr, pgid=pgid, leftovers=leftovers)
         return CompletedRun(self.args, rc, stdout, stderr, pgid, leftovers)
 
 
@@ -396,7 +484,7 @@ class _Outsiders:
         return sent
 
 
-def _running(p: Any) -> bool:
+def _running(p: psutil.Process) -> bool:
     import psutil
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
@@ -442,7 +530,8 @@ def _end_tree(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool
                     exits.wait(pids, limit)
                     pids, limit = steps.send(None)
         except StopIteration as done:
-            return done.value
+            outcomes: Dict[int, str] = done.value
+            return outcomes
 
 
 async def _end_tree_async(plan: _Plan, group: ProcessGroup, survey: _Survey, timed_out: bool) -> Dict[int, str]:
@@ -457,7 +546,8 @@ async def _end_tree_async(plan: _Plan, group: ProcessGroup, survey: _Survey, tim
                     await exits.wait_async(pids, limit)
                     pids, limit = steps.send(None)
         except StopIteration as done:
-            return done.value
+            outcomes: Dict[int, str] = done.value
+            return outcomes
 
 
 # --------------------------------------------------------------------------
@@ -504,7 +594,7 @@ def _communicate(proc: Process, plan: _Plan) -> int:
     elif plan.terminal is not None and plan.terminal.fd is not None:
         # Our terminal: wait as a shell does (Ctrl-Z, a busy terminal).
         if not plan.terminal.wait_in_foreground(proc, plan.group, deadline):
-            raise subprocess.TimeoutExpired(plan.args, plan.timeout)
+            raise subprocess.TimeoutExpired(plan.args, plan.timeout or 0.0)  # caught: see timeout_error
     return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
@@ -545,13 +635,13 @@ def _tail(proc: Process, drain: float) -> None:
     proc.close_pipes()
 
 
-def _run_in_foreign_group(plan: _Plan) -> CompletedRun:
+def _run_in_foreign_group(plan: _Plan) -> CompletedRun[Any]:
     """run() for process_group=N: the child joins a group that is not
     ours, so it is handled as subprocess.run() handles its child: a
     timeout (or any exception) kills the child alone, then waits for it."""
     result = plan.executor.execute(plan.op, plan.context)
-    proc = result.process
-    assert proc is not None
+    proc, pgid = result.process, result.pgid
+    assert proc is not None and pgid is not None  # a spawn's metadata has both
     plan.size_pipes(proc)
     try:
         try:
@@ -560,12 +650,12 @@ def _run_in_foreign_group(plan: _Plan) -> CompletedRun:
             _kill_child(proc)
             _tail(proc, plan.drain)
             out, err, _ = read_so_far(proc)
-            raise plan.timeout_error(out, err, result.pgid, []) from None
+            raise plan.timeout_error(out, err, pgid, []) from None
     finally:
         _kill_child(proc)  # a no-op once it has exited (after an exception: as subprocess.run)
         proc.close_pipes()
     out, err, _ = read_so_far(proc)
-    return plan.finish(rc, out, err, result.pgid, [], had_terminal=False)
+    return plan.finish(rc, out, err, pgid, [], had_terminal=False)
 
 
 def _kill_child(proc: Process) -> None:
@@ -577,7 +667,27 @@ def _kill_child(proc: Process) -> None:
         proc.wait()
 
 
-def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: Any = None, input: Any = None,
+# Text or bytes, as subprocess.run(): text=True, universal_newlines=True, or an
+# encoding or errors given, make the output str (CompletedRun[str]).
+@overload
+def run(args: CommandArgs, *, text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+def run(args: CommandArgs, *, encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+def run(args: CommandArgs, *, errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+def run(args: CommandArgs, *, universal_newlines: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+        text: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+def run(args: CommandArgs, *, text: Literal[False, None] = None, encoding: None = None, errors: None = None,
+        universal_newlines: Literal[False, None] = None, **options: Unpack[_RunOptions]) -> CompletedRun[bytes]: ...
+@overload
+def run(args: CommandArgs, *, text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[Any]: ...
+def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
         stdout: Any = None, stderr: Any = None, capture_output: bool = False, shell: bool = False,
         cwd: Any = None, timeout: Optional[float] = None, check: bool = False, encoding: Optional[str] = None,
         errors: Optional[str] = None, text: Optional[bool] = None, env: Optional[Mapping[Any, Any]] = None,
@@ -585,7 +695,7 @@ def run(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: An
         pass_fds: Sequence[int] = (), executable: Any = None, grace: float = DEFAULT_GRACE,
         pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
         executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None,
-        idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun:
+        idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun[Any]:
     """Run `args` as the leader of a new process group and wait for it, as
     subprocess.run() does, ending the whole tree on timeout and what it
     leaves behind when it exits (see the module docstring).
@@ -749,7 +859,7 @@ async def _await_leader(proc: Process, pipes: LoopPipes, plan: _Plan, deadline: 
         while (rc := proc.poll()) is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                raise subprocess.TimeoutExpired(plan.args, plan.timeout)  # type: ignore[arg-type]
+                raise subprocess.TimeoutExpired(plan.args, plan.timeout or 0.0)  # caught: see timeout_error
             step = deadline
             if idle is not None:
                 got = pipes.received()
@@ -784,11 +894,11 @@ async def _kill_child_async(proc: Process) -> None:
         await _aio.shielded(proc.wait_async)
 
 
-async def _run_in_foreign_group_async(plan: _Plan) -> CompletedRun:
+async def _run_in_foreign_group_async(plan: _Plan) -> CompletedRun[Any]:
     """run_async() for process_group=N; see _run_in_foreign_group."""
     result = await plan.executor.execute_async(plan.op, plan.context)
-    proc = result.process
-    assert proc is not None
+    proc, pgid = result.process, result.pgid
+    assert proc is not None and pgid is not None  # a spawn's metadata has both
     plan.size_pipes(proc)
     pipes: Optional[LoopPipes] = None
     try:
@@ -800,17 +910,37 @@ async def _run_in_foreign_group_async(plan: _Plan) -> CompletedRun:
             await pipes.wait_eof(plan.drain)
             pipes.close()
             out, err = pipes.output()
-            raise plan.timeout_error(out, err, result.pgid, []) from None
+            raise plan.timeout_error(out, err, pgid, []) from None
     finally:
         await _kill_child_async(proc)
         if pipes is not None:
             pipes.close()
         proc.close_pipes()
+    assert pipes is not None  # made before anything that returns here
     out, err = pipes.output()
-    return plan.finish(rc, out, err, result.pgid, [], had_terminal=False)
+    return plan.finish(rc, out, err, pgid, [], had_terminal=False)
 
 
-async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], *, stdin: Any = None,
+# As run()'s.
+@overload
+async def run_async(args: CommandArgs, *, text: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+async def run_async(args: CommandArgs, *, encoding: str, errors: Optional[str] = None, text: Optional[bool] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+async def run_async(args: CommandArgs, *, errors: str, encoding: Optional[str] = None, text: Optional[bool] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+async def run_async(args: CommandArgs, *, universal_newlines: Literal[True], encoding: Optional[str] = None, errors: Optional[str] = None,
+        text: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[str]: ...
+@overload
+async def run_async(args: CommandArgs, *, text: Literal[False, None] = None, encoding: None = None, errors: None = None,
+        universal_newlines: Literal[False, None] = None, **options: Unpack[_RunOptions]) -> CompletedRun[bytes]: ...
+@overload
+async def run_async(args: CommandArgs, *, text: Optional[bool] = None, encoding: Optional[str] = None, errors: Optional[str] = None,
+        universal_newlines: Optional[bool] = None, **options: Unpack[_RunOptions]) -> CompletedRun[Any]: ...
+async def run_async(args: CommandArgs, *, stdin: Any = None,
                     input: Any = None, stdout: Any = None, stderr: Any = None, capture_output: bool = False,
                     shell: bool = False, cwd: Any = None, timeout: Optional[float] = None, check: bool = False,
                     encoding: Optional[str] = None, errors: Optional[str] = None, text: Optional[bool] = None,
@@ -819,7 +949,7 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
                     executable: Any = None, grace: float = DEFAULT_GRACE,
                     pipe_drain_timeout: float = DEFAULT_PIPE_DRAIN, kill_leftovers: bool = True,
                     executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None,
-                    idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun:
+                    idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun[Any]:
     """run() for asyncio or trio (and so anyio on either): the running loop
     watches the leader's pidfd and the pipes (no thread per child, no
     asyncio child watcher). The keywords are run()'s.
@@ -874,5 +1004,6 @@ async def run_async(args: Union[str, bytes, "os.PathLike[str]", Sequence[Any]], 
         if pipes is not None:
             pipes.close()
         proc.close_pipes()
+    assert pipes is not None  # made before anything that returns here
     out, err = pipes.output()
     return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes), had_terminal)

@@ -20,11 +20,16 @@ the terminal back and stops its own group too, so the shell that started
 this program prints "Stopped" and has its prompt; on `fg` it hands the
 terminal to the child's group again and continues it.
 """
+from __future__ import annotations
+
 import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 _SIGTTOU = getattr(signal, "SIGTTOU", None)
 _SIGCONT = getattr(signal, "SIGCONT", None)
@@ -155,10 +160,13 @@ class ForegroundTerminal:
         # it in this thread alone, rather than ignoring it process-wide with
         # signal.signal(), also works off the main thread and does not race
         # with handlers other threads install.
+        fd = self.fd
+        if fd is None:
+            return False
         mask = {_SIGTTOU} if _SIGTTOU is not None else set()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
         try:
-            os.tcsetpgrp(self.fd, pgid)  # type: ignore[arg-type]
+            os.tcsetpgrp(fd, pgid)
             return True
         except OSError:  # the group is already gone, or the tty was hung up
             return False

@@ -11,12 +11,18 @@ its members. The handle delegates to one of these strategies:
 
 Both may carry a CgroupSet for per-group limits (osl_pg.cgroup).
 """
+from __future__ import annotations
+
 import errno
 import os
 import select
 import signal
+import sys
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ._backend import backend
 from ._record import Value
@@ -351,7 +357,7 @@ class Tier:
     def __init__(self, pgid: int, cgroups: "Optional[_cg.CgroupSet]"):
         self.pgid = pgid
         self.cgroups = cgroups
-        self.tracker = DescendantTracker()
+        self.tracker: DescendantTracker = DescendantTracker()
         # The first escape-tracking read of the process table waits until a
         # wait has lasted a while: a command that ends at once costs none.
         self._observed_at = time.monotonic()
@@ -528,7 +534,7 @@ class CgroupTier(Tier):
         super().__init__(pgid, cgroups)
         assert cgroups.v2 is not None
         self.cg: _cg.Cgroup = cgroups.v2
-        self.cgroup_path = self.cg.path
+        self.cgroup_path: Optional[str] = self.cg.path
         self._frozen_by_user = False
         self._members_now: Set[int] = set()
 
@@ -665,7 +671,7 @@ def make_tier(pgid: int, session: bool, cgroups: "Optional[_cg.CgroupSet]", cont
     """The strategy for a new group: the cgroup tier when containment was
     asked for and a cgroup v2 directory was made, else its pgid. On
     Windows the group is always its Job Object (osl_pg.job_tier)."""
-    if backend.NAME == "windows":
+    if sys.platform == "win32":  # backend is _windows (a test type checkers understand)
         from .job_tier import JobTier
         return JobTier(pgid, backend.limits_applied(pgid))
     if contained and cgroups is not None and cgroups.v2 is not None:

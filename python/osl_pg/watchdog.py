@@ -19,11 +19,18 @@ If the watchdog cannot be started (no fd for its pipe, no process slot),
 register() raises a typed error and keeps nothing: the group is not on the
 list, no watchdog process or pipe is left behind.
 """
+from __future__ import annotations
+
 import errno
 import os
 import sys
 import threading
-from typing import Dict, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Sequence, Tuple
+
+    from .process import Process
 
 from .errors import from_errno
 
@@ -221,7 +228,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def _start():
+def _start() -> Tuple[Process, int]:
     # Imported here: the executor imports this module.
     from ._backend import backend
     from .operations import PIPE, ProcessSpawnOperation
@@ -231,11 +238,13 @@ def _start():
     op = (ProcessSpawnOperation(sys.executable).with_args(["-I", "-S", "-c", _WATCHDOG_CODE])
           .with_detach_from_terminal().with_stdin(PIPE))
     spawned = backend.spawn(op)
+    stdin = spawned.stdin
+    assert stdin is not None  # with_stdin(PIPE)
     try:
         proc = Process(spawned.pid, [sys.executable, "watchdog"])
     except BaseException:
         # Started, but we cannot keep it: EOF with nothing registered ends it.
-        os.close(spawned.stdin)
+        os.close(stdin)
         os.waitpid(spawned.pid, 0)
         raise
-    return proc, spawned.stdin
+    return proc, stdin
