@@ -40,7 +40,7 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(os|subprocess|enum|logging|typing|asyncio|signal|collections\.abc)(\..*)?"),
-    (r"py:class", r"osl_pg\.(\w+\.)*_\w+"),
+    (r"py:class", r"osl_pg(\.\w+)*\._\w+(\.\w+)*"),
     (r"py:class", r"osl_pg\.tiers\.Tier"),
 ]
 
