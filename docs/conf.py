@@ -47,3 +47,45 @@ nitpick_ignore_regex = [
 html_theme = "alabaster"
 html_title = f"osl_pg {release}"
 html_static_path = []
+
+
+def _private(cls):
+    module = getattr(cls, "__module__", "")
+    return module.startswith("osl_pg.") and ("._" in module or cls.__name__.startswith("_"))
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Show a private base (the _record value classes, _Operation) as its
+    nearest public ancestor: the helper says nothing to a reader."""
+    shown = []
+    for base in bases:
+        public = next(c for c in base.__mro__ if not _private(c))
+        if public not in shown:
+            shown.append(public)
+    bases[:] = shown
+
+
+def _record_signature(app, what, name, obj, options, signature, return_annotation):
+    """The value classes (osl_pg._record) take their fields positionally or
+    by name through one generic __init__(*args, **kwargs): show the fields."""
+    from osl_pg import _record
+
+    if what != "class" or not isinstance(obj, type) or not issubclass(obj, _record.Record):
+        return None
+    if "__init__" in vars(obj):  # a class with an __init__ of its own keeps its signature
+        return None
+    params = []
+    for field in obj._fields:
+        default = obj._defaults[field]
+        if default is _record._REQUIRED:
+            params.append(field)
+        elif isinstance(default, _record._Factory):
+            params.append(f"{field}=...")
+        else:
+            params.append(f"{field}={default!r}")
+    return f"({', '.join(params)})", None
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", _public_bases)
+    app.connect("autodoc-process-signature", _record_signature)
