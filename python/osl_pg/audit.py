@@ -118,7 +118,12 @@ def _json_lines_handler() -> type:
         import logging
 
         class JsonLinesHandler(logging.Handler):
-            """Writes each audit record as one JSON object per line."""
+            """A logging handler that appends each audit record to `path`
+            as one JSON object per line (keys sorted; flushed per record, so
+            a crash loses nothing already logged). Records of other loggers
+            (without audit fields) are ignored. Safe to share between
+            threads. Opens `path` for appending at creation (OSError if it
+            cannot)."""
 
             def __init__(self, path: str):
                 super().__init__(INFO)
@@ -127,6 +132,8 @@ def _json_lines_handler() -> type:
                 self._write_lock = threading.Lock()
 
             def emit(self, record: logging.LogRecord) -> None:
+                """Write the audit fields of `record` as one JSON line;
+                records without them are skipped."""
                 data = getattr(record, "audit", None)
                 if data is None:
                     return
@@ -137,6 +144,9 @@ def _json_lines_handler() -> type:
                     self._file.flush()
 
             def close(self) -> None:
+                """Close the file and the handler (a second call does
+                nothing). Remove the handler from its logger first: a
+                record emitted after close() raises ValueError."""
                 with self._write_lock:
                     if not self._file.closed:
                         self._file.close()
