@@ -40,8 +40,14 @@ def public_callables():
             yield f"cli.{name}", obj
 
 
+def _documented(obj) -> bool:
+    doc = (obj.__doc__ or "").strip()
+    # A @dataclass without a docstring gets its signature as one: not a doc.
+    return bool(doc) and not (inspect.isclass(obj) and doc.startswith(obj.__name__ + "("))
+
+
 def undocumented():
-    return sorted(name for name, obj in public_callables() if not (obj.__doc__ or "").strip())
+    return sorted(name for name, obj in public_callables() if not _documented(obj))
 
 
 def test_every_public_callable_has_a_docstring():
