@@ -1,9 +1,9 @@
 """Every public class, function, method and property of osl_pg has a docstring.
 
 The public API is what ``osl_pg.__all__`` exports, the public (not ``_``-led)
-methods and properties those classes define themselves, and the public
-functions of ``osl_pg.cli``. Inherited members are checked where they are
-defined (a subprocess.Popen method keeps CPython's docstring).
+methods and properties of those classes (their own and those inherited from
+osl_pg bases), and the public functions of ``osl_pg.cli``. Members inherited
+from elsewhere keep their own docstrings (subprocess.Popen's are CPython's).
 """
 from __future__ import annotations
 
@@ -14,13 +14,21 @@ import osl_pg.cli
 
 
 def _own_members(cls: type):
-    for name, value in vars(cls).items():
-        if name.startswith("_"):
+    """Public methods and properties defined by `cls` or by one of its
+    osl_pg bases (a private base's builders are part of the public class);
+    those of other bases (object, subprocess.Popen, enum) are theirs."""
+    seen = set()
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("osl_pg"):
             continue
-        if isinstance(value, (staticmethod, classmethod)):
-            value = value.__func__
-        if isinstance(value, property) or inspect.isfunction(value):
-            yield name, value
+        for name, value in vars(klass).items():
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property) or inspect.isfunction(value):
+                yield name, value
 
 
 def public_callables():
