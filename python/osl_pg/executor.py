@@ -185,8 +185,8 @@ class ProcessExecutor:
     async def execute_async(self, op: Operation, ctx: Optional[ExecutionContext] = None) -> ExecutionResult:
         """execute() for asyncio: the same steps, result and errors. Nothing
         in it blocks (a spawn returns as soon as the child exists), so it
-        runs inline on the loop's thread; await the handles' *_async
-        methods to wait."""
+        runs inline on the loop's thread; await the handles' async
+        methods (wait_async, terminate_async...) to wait."""
         # Every step is non-blocking (a spawn returns as soon as the child
         # exists), so the coroutine runs it inline: no thread hop.
         return self.execute(op, ctx)
