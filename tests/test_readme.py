@@ -5,14 +5,15 @@ import re
 import pytest
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+GETTING_STARTED = os.path.join(os.path.dirname(__file__), "..", "docs", "getting-started.md")
 
 _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 
 
-def _examples():
+def _examples(path=README):
     """(code, shown output) of each ```python block; the output is the
     ```text block right after it (prose may stand between), else ""."""
-    with open(README) as f:
+    with open(path) as f:
         blocks = _BLOCK.findall(f.read())
     return [(body, blocks[i + 1][1] if i + 1 < len(blocks) and blocks[i + 1][0] == "text" else "")
             for i, (lang, body) in enumerate(blocks) if lang == "python"]
@@ -40,3 +41,8 @@ def test_readme_links_to_files_that_exist():
     root = os.path.dirname(README)
     missing = [t for t in targets if not os.path.exists(os.path.join(root, t))]
     assert not missing, f"README links to missing files: {missing}"
+
+
+def test_getting_started_shows_the_readme_examples():
+    # docs/getting-started.md repeats them; what is run here is what it shows.
+    assert set(_examples()) <= set(_examples(GETTING_STARTED))
