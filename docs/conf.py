@@ -41,7 +41,9 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(os|subprocess|enum|logging|typing|asyncio|signal|collections\.abc)(\..*)?"),
     (r"py:class", r"osl_pg(\.\w+)*\._\w+(\.\w+)*"),
+    # internal types that appear in public signatures
     (r"py:class", r"osl_pg\.tiers\.Tier"),
+    (r"py:class", r"osl_pg\.terminal\.ForegroundTerminal"),
 ]
 
 html_theme = "alabaster"
