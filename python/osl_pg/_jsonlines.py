@@ -10,7 +10,11 @@ from .audit import INFO
 
 
 class JsonLinesHandler(logging.Handler):
-    """Writes each audit record as one JSON object per line."""
+    """A logging handler that appends each audit record to `path` as one
+    JSON object per line (keys sorted; flushed per record, so a crash loses
+    nothing already logged). Records of other loggers (without audit
+    fields) are ignored. Safe to share between threads. Opens `path` for
+    appending at creation (OSError if it cannot)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(INFO)
@@ -19,6 +23,8 @@ class JsonLinesHandler(logging.Handler):
         self._write_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Write the audit fields of `record` as one JSON line; records
+        without them are skipped."""
         data = getattr(record, "audit", None)
         if data is None:
             return
@@ -29,6 +35,9 @@ class JsonLinesHandler(logging.Handler):
             self._file.flush()
 
     def close(self) -> None:
+        """Close the file and the handler (a second call does nothing).
+        Remove the handler from its logger first: a record emitted after
+        close() raises ValueError."""
         with self._write_lock:
             if not self._file.closed:
                 self._file.close()

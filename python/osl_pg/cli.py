@@ -388,6 +388,14 @@ def _start(op: ProcessSpawnOperation) -> Union[ExecutionResult, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`osl-pg run`: run the command as a group leader (or in a cgroup), as
+    coreutils timeout would with the options in `args`, then end and name
+    what it left running. Returns the exit status timeout would (124 timed
+    out, 125 osl-pg failed and the command never ran, 126/127 not runnable
+    or not found, 137 SIGKILL was needed, else the command's own). When
+    a signal ended the command (and no timeout fired) osl-pg kills itself
+    with that signal on POSIX, as timeout does, so the caller sees what
+    the command got. Usage errors exit through argparse with 125."""
     first_signal: int = args.signal  # parse_signal's
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -533,6 +541,9 @@ def _no_such_group(pgid: int) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    """`osl-pg ps PGID`: print the members of group `args.pgid` as a tree
+    (with session ids; escaped descendants marked), or as JSON with
+    `args.json`. Returns 0, or 1 when there is no such group."""
     members = scan_group(args.pgid)
     if not members:
         return _no_such_group(args.pgid)
@@ -596,6 +607,12 @@ def _refusal(pgid: int, e: SecurityViolation) -> str:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    """`osl-pg kill PGID`: signal every member through a ProcessExecutor
+    (its policy refuses osl-pg's own group or session, and other users'
+    processes unless `--force` makes the context elevated), then with `-k`
+    wait and SIGKILL what is left; `-l` lists the signals instead. Returns
+    0 when sent (and, with -k, the group ended), 1 when refused, when
+    there is no such group, or when members outlived SIGKILL."""
     if args.list:
         return _list_signals()
     parser: argparse.ArgumentParser = args.parser
@@ -708,6 +725,9 @@ def _json_equals_file(argv: List[str]) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `osl-pg` argument parser with its run, ps, kill and bench
+    subcommands (each with a description, the exit statuses and
+    examples); a usage error in `run` exits with 125, as timeout's do."""
     parser = _Parser(prog="osl-pg", description="Spawn process trees and control or kill all of them.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="{run,ps,kill,bench}")
@@ -769,6 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of `osl-pg` (and `python -m osl_pg`): parse `argv`
+    (default sys.argv[1:]), run the subcommand and return its exit status.
+    No subcommand prints the usage and returns 2; osl_pg's own errors are
+    printed as one line on stderr and return 1; Ctrl-C returns 130."""
     parser = build_parser()
     args, extra = parser.parse_known_args(_json_equals_file(list(sys.argv[1:] if argv is None else argv)))
     if args.cmd is None:

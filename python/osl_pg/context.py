@@ -20,25 +20,37 @@ def _current_user() -> str:
 
 
 class SecurityContext(Value):
-    """`principal` names the caller for policy and audit. `elevated` lets a
-    policy allow what it refuses to ordinary callers (signalling groups of
-    other users, or the caller's own group)."""
+    """Who the caller is. `principal` names the caller for policy and audit
+    (default: the current OS user's login name, else the uid). `elevated`
+    lets a policy allow what it refuses to ordinary callers (signalling
+    groups of other users, or the caller's own group); it grants nothing by
+    itself, the OS still decides. `roles` is for policies of your own.
+    Immutable."""
 
     principal: str = field(default_factory=_current_user)
     elevated: bool = False
     roles: FrozenSet[str] = frozenset()
 
     def with_elevated(self, elevated: bool = True) -> "SecurityContext":
+        """A copy of this context with `elevated` set (the principal and
+        roles kept)."""
         return SecurityContext(self.principal, elevated, self.roles)
 
 
 class ExecutionContext(Value):
+    """What an operation runs under: a SecurityContext, free-form string
+    `metadata` for your policies and audit consumers (not compared), and
+    when the context was made (`created_at`, time.time()). Every execute()
+    takes one; omitted, it is the current OS user's (current()).
+    Immutable."""
+
     security_context: SecurityContext = field(default_factory=SecurityContext)
     metadata: Dict[str, str] = field(default_factory=dict, compare=False)
     created_at: float = field(default_factory=time.time, compare=False)
 
     @property
     def principal(self) -> str:
+        """The security context's principal: who the caller is."""
         return self.security_context.principal
 
     @classmethod

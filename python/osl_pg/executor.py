@@ -43,6 +43,8 @@ class TargetFacts:
 
     @property
     def pgid(self) -> Optional[int]:
+        """The process group the operation targets: the group a spawn
+        joins (JoinGroup), a group signal's pgid; None otherwise."""
         op = self.op
         if isinstance(op, ProcessSpawnOperation):
             return op.process_group.pgid if isinstance(op.process_group, JoinGroup) else None
@@ -59,6 +61,9 @@ class TargetFacts:
 
     @property
     def members(self) -> List[Member]:
+        """The target group's members now (pid, name, uid...), read from
+        the process table on first access and kept for the rest of this
+        execution; empty when the operation targets no group."""
         if self._members is None:
             self._members = scan_group(self.pgid) if self.pgid is not None else []
         return self._members
@@ -78,10 +83,15 @@ class TargetFacts:
             return len(exits.live(backend.group_pids(self.pgid)))
 
     def foreign_members(self, uid: int) -> List[Member]:
+        """The target group's members that run as a user other than `uid`
+        (members whose uid could not be read are not counted)."""
         return [m for m in self.members if m.uid is not None and m.uid != uid]
 
     @property
     def is_own_group_or_session(self) -> bool:
+        """True when the target group is this process's own process group
+        or its session's (signalling it would signal the caller). Always
+        False on Windows."""
         pgid = self.pgid
         if pgid is None or not hasattr(os, "getpgrp"):
             return False
@@ -89,11 +99,16 @@ class TargetFacts:
 
     @property
     def own_child(self) -> bool:
+        """True when the operation's pid is a child this process spawned
+        and has not reaped (so the pid cannot have been reused)."""
         proc = child_by_pid(getattr(self.op, "pid", 0))
         return proc is not None and not proc.reaped
 
     @property
     def process_uid(self) -> Optional[int]:
+        """The real uid of the process the operation targets (by its pid),
+        or None when there is none or it cannot be read (read with psutil,
+        imported only here)."""
         import psutil
         try:
             # Only signal and kill operations (their pid) get this far; uids()
@@ -122,6 +137,26 @@ class ProcessExecutor:
 
     # -- the template --------------------------------------------------------------
     def execute(self, op: Operation, ctx: Optional[ExecutionContext] = None) -> ExecutionResult:
+        """Run one operation under `ctx` (default: the current OS user):
+        validate its shape, ask every policy, call the backend, and write an
+        audit record (logger osl_pg.audit) whatever happened.
+
+        Returns an ExecutionResult: for a spawn its `process` handle, its
+        `group` (a ProcessGroup when the child leads a new group or session)
+        and the spawn metadata; for a signal or kill the target and
+        `processes_affected`.
+
+        Raises InvalidOperation (a ValueError) for a malformed operation or
+        one this executor does not run, SecurityViolation (a
+        PermissionError) when a policy refuses, CommandNotFound (a
+        FileNotFoundError) for a missing command or working directory,
+        ProcessNotFound (a ProcessLookupError) for a gone, released or
+        reused target, OslPermissionError for EPERM/EACCES from the OS,
+        OslOSError for other OS failures (a full fd table, say),
+        Unsupported (a NotImplementedError) for what the platform lacks. A
+        spawn while SIGCHLD is ignored warns ChildrenAutoReapedWarning. If
+        the child exists but its group handle cannot be made, the child is
+        ended before the error propagates."""
         ctx = resolve_context(ctx)
         handler = self._handlers.get(type(op))
         op_type = _op_type(op)
@@ -157,11 +192,20 @@ class ProcessExecutor:
             audit.emit(record)
 
     async def execute_async(self, op: Operation, ctx: Optional[ExecutionContext] = None) -> ExecutionResult:
+        """execute() for asyncio: the same steps, result and errors. Nothing
+        in it blocks (a spawn returns as soon as the child exists), so it
+        runs inline on the loop's thread; await the handles' async
+        methods (wait_async, terminate_async...) to wait."""
         # Every step is non-blocking (a spawn returns as soon as the child
         # exists), so the coroutine runs it inline: no thread hop.
         return self.execute(op, ctx)
 
     def authorize(self, op: Operation, ctx: ExecutionContext, facts: Optional[TargetFacts] = None) -> Decision:
+        """The policy step of execute() alone: the Decision for `op` under
+        `ctx`, without running it. An operation that requires elevated
+        privileges is denied to a context that is not elevated; otherwise
+        the first policy that denies decides, and if none does the result
+        allows. Raises nothing for a refusal (look at `.allowed`)."""
         facts = facts or TargetFacts(op, self.name)
         if op.requires_elevated_privileges() and not ctx.security_context.elevated:
             return Decision.deny(f"{op.operation_type.value} as requested needs an elevated context", "executor")
@@ -347,23 +391,34 @@ def _quote(a: str) -> str:
 
 
 class OSLFramework:
-    """A facade owning one executor and one context."""
+    """A facade owning one executor and one context, so that callers pass
+    only operations. Each method is ProcessExecutor.execute() (or
+    execute_async()) with that context, with its results and errors."""
 
     def __init__(self, executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None):
         self.executor: ProcessExecutor = executor or ProcessExecutor("osl-framework")
         self.context: ExecutionContext = resolve_context(context)
 
     def execute(self, op: Operation) -> ExecutionResult:
+        """Execute any operation with this framework's executor and context."""
         return self.executor.execute(op, self.context)
 
     def spawn(self, op: ProcessSpawnOperation) -> ExecutionResult:
+        """Execute a spawn operation; the result carries its process and,
+        for a new group or session, its ProcessGroup."""
         return self.executor.execute(op, self.context)
 
     def signal_process_group(self, pgid: int, sig: int) -> ExecutionResult:
+        """Send `sig` to every member of group `pgid`, after the policy
+        checks (ProcessSignalOperation.signal_group). Raises
+        ProcessLookupError for a group that is gone or whose number this
+        program released and another process now has."""
         return self.executor.execute(ProcessSignalOperation.signal_group(pgid, sig), self.context)
 
     async def spawn_async(self, op: ProcessSpawnOperation) -> ExecutionResult:
+        """spawn() for asyncio."""
         return await self.executor.execute_async(op, self.context)
 
     async def signal_process_group_async(self, pgid: int, sig: int) -> ExecutionResult:
+        """signal_process_group() for asyncio."""
         return await self.executor.execute_async(ProcessSignalOperation.signal_group(pgid, sig), self.context)

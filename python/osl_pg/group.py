@@ -70,6 +70,12 @@ SIGCONT = getattr(_signal, "SIGCONT", None)
 
 
 class Member(Value):
+    """One process of a group, as ProcessGroup.members() found it: `pid`,
+    `ppid` (None if it could not be read), `name` (the command name, as
+    in /proc/PID/comm), `zombie` (it has exited and awaits its reap) and
+    `uid` (its real user id, None where unknown). A snapshot: the process
+    may be gone by the time it is read."""
+
     pid: int
     ppid: Optional[int]
     name: str
@@ -96,6 +102,14 @@ class MemberOutcome(Record):
 
 
 class TerminateReport(Record):
+    """What ProcessGroup.terminate() did: `members`, one MemberOutcome per
+    process it saw in the group (sorted by pid), `escalated` (True when
+    SIGKILL was needed after the grace), `duration` (seconds), and
+    `all_gone`: False when members outlived `kill_timeout` after SIGKILL
+    (stuck in the kernel, uninterruptible); they are left "running" and the
+    handle stays open (and pinned) so the caller can wait, retry or
+    close()."""
+
     pgid: int
     members: List[MemberOutcome] = field(default_factory=list)
     escalated: bool = False  # SIGKILL was needed
@@ -106,6 +120,8 @@ class TerminateReport(Record):
     all_gone: bool = True
 
     def by_outcome(self, outcome: str) -> List[MemberOutcome]:
+        """The members that ended as `outcome` ("exited", "terminated",
+        "killed", or "running" for survivors), in pid order."""
         return [m for m in self.members if m.outcome == outcome]
 
 
@@ -291,7 +307,10 @@ class ProcessGroup:
 
     @classmethod
     def for_pgid(cls, pgid: int) -> "ProcessGroup":
-        """The open handle of a group this process created."""
+        """The open handle of group `pgid`, if this process created it and
+        has not released it. Raises ProcessNotFound (a ProcessLookupError)
+        otherwise: a handle is never made for a group found by number,
+        whose id could not be pinned."""
         group = owned_group(pgid)
         if group is None:
             raise ProcessNotFound(errno.ESRCH, f"no open group {pgid} was created by this process")
@@ -304,10 +323,15 @@ class ProcessGroup:
     # -- queries -------------------------------------------------------------------
     @property
     def leader_pid(self) -> int:
+        """The pid of the group's leader: the same number as `pgid` (on
+        Windows, the pid the Job Object is named by)."""
         return self.pgid
 
     @property
     def released(self) -> bool:
+        """True once the handle let go of the group (it ended, or close()
+        ran): the pgid is no longer pinned, signal() raises
+        ProcessLookupError and members() is empty."""
         return self._released
 
     def members(self) -> List[Member]:
@@ -342,11 +366,19 @@ class ProcessGroup:
         return self._strategy.limit_events()
 
     def freeze(self) -> None:
-        """Freeze every member (cgroup tier; Unsupported otherwise)."""
+        """Freeze every member at once (cgroup v2's cgroup.freeze): unlike
+        SIGSTOP they cannot notice, catch or be continued by anyone else,
+        until thaw(). cgroup tier only: raises Unsupported (a
+        NotImplementedError) in the other tiers and before Linux 5.2,
+        ProcessLookupError once released. Returns once the kernel reports
+        the cgroup frozen. (osl_pg.jobcontrol stops other tiers with
+        SIGSTOP.)"""
         self._check_open()
         self._strategy.freeze()
 
     def thaw(self) -> None:
+        """Undo freeze(): every member runs again. cgroup tier only (raises
+        Unsupported otherwise); ProcessLookupError once released."""
         self._check_open()
         self._strategy.thaw()
 
@@ -369,8 +401,16 @@ class ProcessGroup:
             raise ProcessNotFound(errno.ESRCH, f"process group {self.pgid} is gone and its handle was released")
 
     def signal(self, sig: int) -> None:
-        """Send `sig` to every member. Safe against pgid reuse (see the
-        module docstring): raises ProcessLookupError once released."""
+        """Send `sig` to every member of the group.
+
+        Safe against pgid reuse (see the module docstring): while the leader
+        is unreaped (the pgid pinned) this is one killpg(); after the leader's reap each
+        member is signalled through a pidfd checked to be in the group; in
+        the cgroup tier the cgroup's members are signalled. Raises
+        ProcessLookupError (ProcessNotFound) once the handle is released or
+        no member is left, PermissionError when the OS refuses, and
+        Unsupported on Windows for a signal that has no equivalent there
+        (see the Windows guide)."""
         # acquire()/release() rather than `with`: this is the hot path, and
         # the context-manager protocol cost ~0.1 us of its ~0.9 (osl-pg bench).
         lock = self._release_lock
@@ -392,7 +432,10 @@ class ProcessGroup:
             self._sigkilled = True
 
     def kill(self) -> None:
-        """SIGKILL every member (see signal())."""
+        """SIGKILL every member (see signal(); in the cgroup tier
+        cgroup.kill, which also reaches members forked meanwhile; on
+        Windows TerminateJobObject). Does not wait: follow with wait() or
+        use terminate()/close()."""
         self.signal(SIGKILL)
 
     # -- waiting --------------------------------------------------------------------------

@@ -34,11 +34,19 @@ if TYPE_CHECKING:
 
 
 class Permission(str, enum.Enum):
+    """What an operation needs a policy to grant (see AllowListPolicy):
+    PROCESS_SPAWN to start a process, PROCESS_MANAGE to signal or kill one,
+    or to put a new process into an existing group."""
+
     PROCESS_SPAWN = "ProcessSpawn"
     PROCESS_MANAGE = "ProcessManage"
 
 
 class OperationType(str, enum.Enum):
+    """An operation's kind, as its `operation_type` and the audit records
+    and metadata name it: process_spawn, process_signal (one process),
+    process_group_signal (every member of a group), process_kill."""
+
     PROCESS_SPAWN = "process_spawn"
     PROCESS_SIGNAL = "process_signal"
     PROCESS_GROUP_SIGNAL = "process_group_signal"
@@ -260,6 +268,10 @@ class _Operation(Value):
     operation_type: OperationType = OperationType.PROCESS_SPAWN
 
     def with_operation_id(self: _Op, operation_id: str) -> _Op:
+        """A copy with `operation_id` as its id (audit records and results
+        carry it), instead of the random UUID every operation gets at
+        creation. Raises InvalidOperation for an empty id or one with a NUL
+        byte."""
         operation_id = _check_text(operation_id, "operation_id")
         if not operation_id:
             raise InvalidOperation("empty operation_id")
@@ -277,9 +289,12 @@ class _Operation(Value):
         return new
 
     def required_permissions(self) -> Tuple[Permission, ...]:
+        """The permissions a policy must grant for this operation."""
         raise NotImplementedError
 
     def requires_elevated_privileges(self) -> bool:
+        """True when the executor must refuse this operation to a context
+        that is not elevated, whatever the policies say."""
         return False
 
     def validate(self) -> None:
@@ -319,6 +334,7 @@ class Limits(Value):
             raise InvalidOperation(f"cpu_quota must be a number of CPUs in 0.01..4096, not {q!r}")
 
     def requested(self) -> Dict[str, Any]:
+        """The limits that were set, by name (those left None omitted)."""
         d = self.__dict__
         return {k: d[k] for k in self._fields if d[k] is not None}
 
@@ -372,9 +388,15 @@ class ProcessSpawnOperation(_Operation):
 
     # builders --------------------------------------------------------------
     def arg(self, a: str) -> "ProcessSpawnOperation":
+        """A copy with one more argument. A str, bytes (decoded with the
+        filesystem encoding) or path; InvalidOperation for anything else or
+        a NUL byte."""
         return self._with(args=self.args + (_check_text(a, "argument"),))
 
     def with_args(self, args: Iterable[str]) -> "ProcessSpawnOperation":
+        """A copy with `args` appended to the arguments (argv[1:]). One
+        string is refused (InvalidOperation): it would be split into
+        characters; pass a list."""
         if isinstance(args, (str, bytes)):
             raise InvalidOperation("with_args takes a list of arguments, not one string")
         return self._with(args=self.args + tuple(_check_text(a, "argument") for a in args))
@@ -385,6 +407,9 @@ class ProcessSpawnOperation(_Operation):
         return self._with(env_overrides=self.env_overrides + (_env_pair(key, value),))
 
     def with_env(self, env: Mapping[str, Optional[str]]) -> "ProcessSpawnOperation":
+        """A copy that sets each variable of `env` on top of the inherited
+        environment (a None value removes it), as env() for each. Keys must
+        be non-empty, without "=" or NUL (InvalidOperation)."""
         return self._with(env_overrides=self.env_overrides + tuple(_env_pair(k, v) for k, v in env.items()))
 
     def with_clean_env(self) -> "ProcessSpawnOperation":
@@ -392,18 +417,35 @@ class ProcessSpawnOperation(_Operation):
         return self._with(inherit_env=False)
 
     def working_dir(self, d: Union[str, "os.PathLike[str]"]) -> "ProcessSpawnOperation":
+        """A copy whose child starts in directory `d` (subprocess's `cwd`).
+        A missing directory fails at spawn with FileNotFoundError
+        (CommandNotFound), a file with NotADirectoryError."""
         return self._with(cwd=_check_text(d, "working directory"))
 
     def with_new_process_group(self) -> "ProcessSpawnOperation":
+        """A copy whose child leads a new process group (its pgid is its
+        pid: POSIX_SPAWN_SETPGROUP; on Windows a new Job Object). The
+        result then has a ProcessGroup handle for the whole tree."""
         return self._with(process_group=_NEW_GROUP)
 
     def with_process_group(self, pgid: int) -> "ProcessSpawnOperation":
+        """A copy whose child joins the existing group `pgid` (POSIX: one of
+        this session; Windows: a group this process made). No handle is
+        made for that group. The default policy allows it for groups this
+        executor created or whose members all run as the caller; needs the
+        PROCESS_MANAGE permission. InvalidOperation for pgid < 2."""
         return self._with(process_group=JoinGroup(pgid))
 
     def with_group_config(self, config: Optional[ProcessGroupConfig]) -> "ProcessSpawnOperation":
+        """A copy with the group given as a value: NewGroup(), JoinGroup(pgid)
+        or Inherit() (None: inherit, the default)."""
         return self._with(process_group=config)
 
     def with_detach_from_terminal(self) -> "ProcessSpawnOperation":
+        """A copy whose child leads a new session (setsid: no controlling
+        terminal, so a terminal hangup does not reach it) and so a new
+        group too; the group's tier is "session". On Windows, a job whose
+        leader has no console (DETACHED_PROCESS)."""
         return self._with(detach_from_terminal=True)
 
     def with_kill_on_parent_death(self) -> "ProcessSpawnOperation":
@@ -444,15 +486,28 @@ class ProcessSpawnOperation(_Operation):
         return self.process_group
 
     def with_stdin(self, spec: StdioSpec) -> "ProcessSpawnOperation":
+        """A copy whose child's stdin is `spec`: PIPE (then
+        `result.process.stdin` is the writable end), DEVNULL, an fd, a file
+        object with fileno(), or INHERIT/None (ours)."""
         return self._with(stdin=_check_stdio(spec, "stdin"))
 
     def with_stdout(self, spec: StdioSpec) -> "ProcessSpawnOperation":
+        """A copy whose child's stdout is `spec`: PIPE (then
+        `result.process.stdout` is the readable end), DEVNULL, an fd, a
+        file object with fileno(), or INHERIT/None (ours)."""
         return self._with(stdout=_check_stdio(spec, "stdout"))
 
     def with_stderr(self, spec: StdioSpec) -> "ProcessSpawnOperation":
+        """A copy whose child's stderr is `spec`: as with_stdout(), plus
+        STDOUT (the same file as stdout)."""
         return self._with(stderr=_check_stdio(spec, "stderr"))
 
     def with_close_fds(self, close: bool) -> "ProcessSpawnOperation":
+        """A copy that closes (True, the default) or keeps (False) the fds
+        >= 3 the child would inherit, as subprocess's `close_fds`. With
+        False only inheritable fds reach the child (Python makes its fds
+        non-inheritable). Windows always passes the three std handles
+        alone."""
         return self._with(close_fds=bool(close))
 
     def with_pass_fds(self, fds: Iterable[int]) -> "ProcessSpawnOperation":
@@ -506,6 +561,8 @@ class ProcessSpawnOperation(_Operation):
     # properties ----------------------------------------------------------------
     @property
     def group_config(self) -> ProcessGroupConfig:
+        """The group setting as a value: NewGroup(), JoinGroup(pgid) or
+        Inherit() (what None means)."""
         return self.process_group if self.process_group is not None else Inherit()
 
     @property
@@ -514,12 +571,20 @@ class ProcessSpawnOperation(_Operation):
         return self.detach_from_terminal or isinstance(self.process_group, NewGroup)
 
     def required_permissions(self) -> Tuple[Permission, ...]:
+        """PROCESS_SPAWN, plus PROCESS_MANAGE when the child joins an
+        existing group."""
         if isinstance(self.process_group, JoinGroup):
             # Putting a process into an existing group manages that group.
             return (Permission.PROCESS_SPAWN, Permission.PROCESS_MANAGE)
         return (Permission.PROCESS_SPAWN,)
 
     def validate(self) -> None:
+        """Check the operation's shape (done at creation and again by the
+        executor): a non-empty command, text without NUL bytes, valid stdio,
+        fds and ids, a group setting that fits (a detached child cannot join
+        a group; containment and limits need a new group or session).
+        Raises InvalidOperation (a ValueError). Nothing is looked up: a
+        missing command is found at spawn."""
         if not self.command:
             raise InvalidOperation("empty command")
         _check_text(self.command, "command")
@@ -630,6 +695,12 @@ class ProcessSignalOperation(_Operation):
 
     @classmethod
     def signal_group(cls, pgid: int, signal: int) -> "ProcessSignalOperation":
+        """Send `signal` to every member of process group `pgid` (kill(-pgid)
+        semantics, with the executor's PID-reuse checks: an open
+        ProcessGroup of ours is signalled through its handle). The default
+        policy refuses the caller's own group or session and groups with
+        other users' processes unless the context is elevated.
+        InvalidOperation for pgid < 2 or an unknown signal."""
         return cls(pgid, signal, target_group=True)
 
     @classmethod
@@ -639,14 +710,18 @@ class ProcessSignalOperation(_Operation):
 
     @classmethod
     def terminate(cls, pid: int) -> "ProcessSignalOperation":
+        """SIGTERM to process `pid` alone (on Windows: TerminateProcess)."""
         return cls(pid, int(_signal.SIGTERM))
 
     @classmethod
     def kill(cls, pid: int) -> "ProcessSignalOperation":
+        """SIGKILL to process `pid` alone (9 on Windows too: TerminateProcess)."""
         return cls(pid, SIGKILL)
 
     @classmethod
     def hangup(cls, pid: int) -> "ProcessSignalOperation":
+        """SIGHUP to process `pid` alone. Raises Unsupported on Windows,
+        which has no SIGHUP."""
         if not hasattr(_signal, "SIGHUP"):
             raise Unsupported("Windows has no SIGHUP (a console's close event cannot be sent)")
         return cls(pid, int(_signal.SIGHUP))
@@ -658,15 +733,22 @@ class ProcessSignalOperation(_Operation):
 
     @property
     def signal_name(self) -> str:
+        """The signal's name ("SIGTERM"; "SIGRTMIN+3" for real-time ones; "0"
+        for the liveness probe), as the `signal_name` metadata has it."""
         return signal_name(self.signal)
 
     def required_permissions(self) -> Tuple[Permission, ...]:
+        """PROCESS_MANAGE."""
         return (Permission.PROCESS_MANAGE,)
 
     def requires_elevated_privileges(self) -> bool:
+        """True after with_allow_own_group(): signalling our own group or
+        session needs an elevated context."""
         return self.allow_own_group
 
     def validate(self) -> None:
+        """Check the shape: a pid in 1..2**31-1 (a pgid also not 1, init's
+        group) and a signal this OS has (or 0). Raises InvalidOperation."""
         if self.target_group:
             check_pgid(self.pid)
         else:
@@ -685,9 +767,11 @@ class ProcessKillOperation(_Operation):
         self.validate()
 
     def required_permissions(self) -> Tuple[Permission, ...]:
+        """PROCESS_MANAGE."""
         return (Permission.PROCESS_MANAGE,)
 
     def validate(self) -> None:
+        """Check the shape: a pid in 1..2**31-1. Raises InvalidOperation."""
         check_pid(self.pid)
 
 

@@ -29,12 +29,18 @@ if TYPE_CHECKING:
 
 
 class Decision(Value):
+    """A policy's answer: `allowed`, and for a denial the `reason` (the
+    SecurityViolation's message) and the `policy` that gave it. Immutable;
+    make one with Decision.allow() or Decision.deny()."""
+
     allowed: bool
     reason: str = ""
     policy: str = ""
 
     @classmethod
     def allow(cls, policy: str = "") -> "Decision":
+        """An allowing Decision from `policy` (one shared instance per
+        policy name: decisions are immutable)."""
         hit = _ALLOWED.get(policy)  # immutable: one per policy name, not one per operation
         if hit is None:
             hit = _ALLOWED[policy] = cls(True, "", policy)
@@ -42,6 +48,8 @@ class Decision(Value):
 
     @classmethod
     def deny(cls, reason: str, policy: str = "") -> "Decision":
+        """A denying Decision from `policy`; `reason` says why, in words a
+        caller can act on (the executor raises it as SecurityViolation)."""
         return cls(False, reason, policy)
 
 
@@ -49,9 +57,20 @@ _ALLOWED: Dict[str, Decision] = {}
 
 
 class SecurityPolicy(Protocol):
+    """What a policy given to ProcessExecutor(policies=[...]) provides: a
+    `name` (recorded in audit records and denials) and evaluate(). Any
+    object with both will do; every policy must allow an operation for it
+    to run."""
+
     name: str
 
-    def evaluate(self, op: Operation, ctx: ExecutionContext, target: "TargetFacts") -> Decision: ...
+    def evaluate(self, op: Operation, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
+        """Decide on `op` for the caller in `ctx`, given the facts the
+        executor gathered about its target (`target`: group ownership,
+        members' uids, whether it is the caller's own group). Return
+        Decision.allow() or Decision.deny(reason); never raise for a
+        refusal. Called on every execute(): keep it cheap."""
+        ...
 
 
 class DefaultPolicy:
@@ -78,11 +97,18 @@ class DefaultPolicy:
 
     @property
     def uid(self) -> int:
+        """The uid whose processes count as the caller's: the one given to
+        the constructor, else this process's effective uid (0 on
+        Windows, which has no uids)."""
         if self._uid is not None:
             return self._uid
         return os.geteuid() if hasattr(os, "geteuid") else 0
 
     def evaluate(self, op: object, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
+        """Apply the rules in the class docstring to `op`. Returns a
+        Decision; a denial's reason names the processes of other users
+        (their pids and uids) or the rule that refused. An operation type
+        it does not know is denied."""
         elevated = ctx.security_context.elevated
         if isinstance(op, ProcessSpawnOperation):
             if isinstance(op.process_group, JoinGroup) and not target.owned_group and not elevated:
@@ -142,6 +168,10 @@ class AllowListPolicy:
         self.deny: Dict[str, FrozenSet[Permission]] = {k: frozenset(Permission(p) for p in v) for k, v in (deny or {}).items()}
 
     def evaluate(self, op: Operation, ctx: ExecutionContext, target: "TargetFacts") -> Decision:
+        """Deny when any permission `op.required_permissions()` lists is in
+        the deny map for the context's principal (or "*"), or, when an allow
+        map was given, is not granted there; else allow. The facts about
+        the target are not used."""
         who = ctx.principal
         needed = op.required_permissions()
         refused = self.deny.get(who, frozenset()) | self.deny.get("*", frozenset())

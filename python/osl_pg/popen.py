@@ -295,8 +295,20 @@ _HAS_PROCESS_GROUP = sys.version_info >= (3, 11)
 
 
 class Popen(subprocess.Popen[AnyStr]):
-    """subprocess.Popen whose child leads a new process group (see the
-    module docstring). Extra keywords: `grace` (seconds between SIGTERM and
+    """subprocess.Popen whose child leads a new process group (a new
+    session with `start_new_session=True`), spawned through a
+    ProcessExecutor without fork. `isinstance(p, subprocess.Popen)` holds;
+    pipes, text mode and communicate() are subprocess's own code.
+
+    send_signal(), terminate() and kill() reach the whole group; `p.group`
+    is its ProcessGroup. poll()/wait() return the leader's status and
+    release the group handle when no member is left. `with` exit closes the
+    pipes and waits for the leader, as Popen does, then ends what is left
+    of the group (SIGTERM, `grace`, SIGKILL); an exception in the block ends
+    the whole tree instead of waiting. `process_group=N` joins group N
+    (`p.group` is None, signals reach the child alone). `preexec_fn` raises
+    TypeError: no Python can run in a child that is never forked. POSIX
+    only for now: raises Unsupported on Windows. Extra keywords: `grace` (seconds between SIGTERM and
     SIGKILL when `with` exit ends the tree), `executor`/`context` (whose
     policy and audit log the spawn goes through). Generic as
     subprocess.Popen: Popen[str] in text mode, else Popen[bytes]."""

@@ -220,6 +220,10 @@ class Process:
     # -- status --------------------------------------------------------------
     @property
     def reaped(self) -> bool:
+        """True once the child's exit status was collected and the zombie
+        reaped: its pid may then belong to another process, so
+        send_signal() refuses. A child whose ProcessGroup pins it stays
+        unreaped after it exits until the group is released."""
         return self._state.reaped
 
     def _collect(self, block: bool, try_lock: bool = False) -> Optional[int]:
@@ -285,8 +289,10 @@ class Process:
             state.lock.release()
 
     def poll(self) -> Optional[int]:
-        """The returncode if the child has exited, else None (never blocks:
-        while another thread is reaping it, None until the next call)."""
+        """The returncode if the child has exited, else None. Never blocks:
+        while another thread is reaping it, None until the next call (safe
+        from a signal handler). Reaps the child unless a ProcessGroup pins
+        it."""
         return self._collect(block=False, try_lock=True)
 
     def wait(self, timeout: Optional[float] = None) -> int:
@@ -373,8 +379,13 @@ class Process:
 
     # -- signals -------------------------------------------------------------------
     def send_signal(self, sig: int) -> None:
-        """Signal the child. After it has been reaped this raises
-        ProcessLookupError rather than signalling whoever has the pid now."""
+        """Send `sig` to the child alone. After it has been reaped this
+        raises ProcessLookupError (ProcessNotFound) rather than signalling
+        whoever has the pid now; the check and the kill happen under the
+        lock that reaping takes. PermissionError if the OS refuses. On
+        Windows only SIGTERM/SIGKILL (TerminateProcess, the signal number
+        as exit code) and, for a group leader, SIGBREAK are mapped; other
+        signals raise Unsupported."""
         # Under the lock that reaping takes: no other thread can reap (and
         # free the pid) between the check and the kill.
         with self._state.lock:
@@ -383,10 +394,16 @@ class Process:
             backend.kill(self.pid, sig)
 
     def terminate(self) -> None:
+        """SIGTERM the child alone (not its group: see ProcessGroup). On
+        Windows, TerminateProcess with exit code 15. Raises
+        ProcessLookupError once the child was reaped."""
         import signal
         self.send_signal(int(getattr(signal, "SIGTERM", 15)))
 
     def kill(self) -> None:
+        """SIGKILL the child alone (not its group: see ProcessGroup). On
+        Windows, TerminateProcess with exit code 9. Raises
+        ProcessLookupError once the child was reaped."""
         import signal
         self.send_signal(int(getattr(signal, "SIGKILL", 9)))
 
@@ -402,6 +419,9 @@ class Process:
         return out, err
 
     def close_pipes(self) -> None:
+        """Close the parent's ends of the child's stdin, stdout and stderr
+        pipes (those that were made); errors on close are ignored. The
+        child is not waited for."""
         # A pipe a reader thread still reads (Windows) is left to that
         # thread, which closes it at EOF: closing it here would block until
         # then, as the C runtime locks the fd during the pending read.

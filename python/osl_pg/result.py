@@ -9,10 +9,21 @@ if TYPE_CHECKING:
 
 
 class ExecutionResult:
-    """Metadata values are strings (the contract of the Rust original);
-    typed views are offered as properties. `metadata` may be given as a
-    zero-argument function: the dict is then built on first access (a
-    spawn's quoting of its arguments is not on run()'s path)."""
+    """What ProcessExecutor.execute() returns for one operation.
+
+    `metadata` holds strings (the contract of the Rust original): for a
+    spawn `pid`, `pgid`, `is_group_leader`, `command`, `args`, `executor`,
+    `user`, `containment` (the group's tier) and `limits` when it has any; for a group
+    signal `operation_type` = "process_group_signal", `target_pgid`,
+    `signal`, `signal_name`, `processes_affected`. Typed views are offered
+    as properties. `process` is the spawned child's Process handle (None for
+    signal and kill operations), `group` its ProcessGroup when the spawn
+    made a new group or session (None when the child joined or inherited
+    one). `duration` is the seconds spent in execute().
+
+    `metadata` may be given as a zero-argument function: the dict is then
+    built on first access (a spawn's quoting of its arguments is not on
+    run()'s path)."""
 
     __slots__ = ("operation_id", "operation_type", "_metadata", "started_at", "duration", "process", "group")
 
@@ -30,6 +41,8 @@ class ExecutionResult:
 
     @property
     def metadata(self) -> Dict[str, str]:
+        """The metadata dict (str keys, str values), built on first access
+        if it was given as a function."""
         meta = self._metadata
         if callable(meta):
             meta = self._metadata = meta()
@@ -40,6 +53,8 @@ class ExecutionResult:
                 f"metadata={self.metadata!r}, duration={self.duration!r})")
 
     def get_metadata(self, key: str) -> Optional[str]:
+        """The metadata value for `key` as a string, or None when this
+        operation did not record it."""
         return self.metadata.get(key)
 
     def _int(self, key: str) -> Optional[int]:
@@ -48,16 +63,26 @@ class ExecutionResult:
 
     @property
     def pid(self) -> Optional[int]:
+        """The spawned child's pid (the `pid` metadata as int); None for
+        operations that spawned nothing."""
         return self._int("pid")
 
     @property
     def pgid(self) -> Optional[int]:
+        """The process group the child is in (the `pgid` metadata as int):
+        its own pid when it leads a new group, the joined or inherited
+        group's id otherwise; on Windows the id of the group's Job Object.
+        None for operations that spawned nothing."""
         return self._int("pgid")
 
     @property
     def is_group_leader(self) -> bool:
+        """True when the spawned child leads its process group (it was
+        spawned with a new group or session)."""
         return self.metadata.get("is_group_leader") == "true"
 
     @property
     def processes_affected(self) -> Optional[int]:
+        """How many processes a group signal reached (the
+        `processes_affected` metadata as int); None for other operations."""
         return self._int("processes_affected")

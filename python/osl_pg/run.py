@@ -698,7 +698,26 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
         idle_timeout: Optional[float] = None, **popen_kwargs: Any) -> CompletedRun[Any]:
     """Run `args` as the leader of a new process group and wait for it, as
     subprocess.run() does, ending the whole tree on timeout and what it
-    leaves behind when it exits (see the module docstring).
+    leaves behind when it exits. Returns a CompletedRun (a
+    subprocess.CompletedProcess with `pgid` and `leftovers`).
+
+    Where it differs from subprocess.run(): on timeout the whole group is
+    terminated (SIGTERM, `grace` seconds, SIGKILL) before TimeoutExpired is
+    raised; when the command exits, its pipes get `pipe_drain_timeout`
+    seconds to reach EOF and reading then stops even if a descendant holds
+    them; what the command left (the rest of its group, and processes that
+    left the group but hold the pipes or descend from a live member) is then
+    ended (`kill_leftovers=True`) or left running (False), and named in
+    `leftovers` and a LeftoverProcessWarning. A child that inherits our
+    foreground terminal gets the terminal while it runs. Any exception
+    (Ctrl-C, cancellation) kills the whole group.
+
+    Raises what subprocess.run() raises: subprocess.TimeoutExpired,
+    subprocess.CalledProcessError with `check=True` (carrying `leftovers`
+    too), FileNotFoundError for a missing command, PermissionError,
+    ValueError/TypeError for bad arguments (before anything is spawned);
+    and SecurityViolation (a PermissionError) when the executor's policy
+    refuses the spawn.
 
     Every other keyword subprocess.run() passes to Popen is accepted:
     `bufsize`, `startupinfo`, `creationflags` at their defaults (POSIX, as
