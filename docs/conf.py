@@ -42,8 +42,10 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(os|subprocess|enum|logging|typing|asyncio|signal|collections\.abc)(\..*)?"),
     (r"py:class", r"osl_pg(\.\w+)*\._\w+(\.\w+)*"),
     # internal types that appear in public signatures
-    (r"py:class", r"osl_pg\.tiers\.Tier"),
-    (r"py:class", r"osl_pg\.terminal\.ForegroundTerminal"),
+    (r"py:class", r"(osl_pg\.tiers\.)?Tier"),
+    (r"py:class", r"(osl_pg\.terminal\.)?ForegroundTerminal"),
+    # type aliases (Unions of public types) that exist only for type checkers
+    (r"py:class", r"(osl_pg\.\w+\.)?(Operation|StdioSpec|IdSpec|CommandArgs|_\w+|AnyStr)"),
 ]
 
 html_theme = "alabaster"
