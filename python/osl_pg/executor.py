@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from .operations import Operation
 
-from . import audit
+from . import audit, watchdog
 from ._backend import backend
 from .context import ExecutionContext, resolve_context
 from .errors import (ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation,
@@ -224,15 +224,22 @@ class ProcessExecutor:
         # joins them before it executes (osl_pg.cgroup).
         # A backend with LIMITS_IN_SPAWN (Windows: the job) applies op.limits itself.
         limits = None if _LIMITS_IN_SPAWN else op.limits
+        watched = op.kill_on_parent_death and op.makes_group and not _GROUPS_DIE_WITH_PARENT
+        if watched:
+            # Before the child exists: a watchdog that cannot start (no fd
+            # for its pipe) then leaves nothing to kill with fds still short.
+            watchdog.ready()
         cgroups = None
-        if op.containment is not None or limits is not None:
-            from . import cgroup  # imported when first needed: most spawns never use it
-            cgroups = cgroup.prepare(op.containment, limits)
         try:
+            if op.containment is not None or limits is not None:
+                from . import cgroup  # imported when first needed: most spawns never use it
+                cgroups = cgroup.prepare(op.containment, limits)
             spawned = backend.spawn(op, cgroups.open_join_fds()) if cgroups is not None else backend.spawn(op)
         except BaseException:
             if cgroups is not None:
                 cgroups.remove()
+            if watched:
+                watchdog.release_if_idle()
             raise
         finally:
             if cgroups is not None:
@@ -251,7 +258,7 @@ class ProcessExecutor:
             if op.makes_group:
                 group = ProcessGroup(pgid, proc, owner=self.name, strategy=make_tier(
                     pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None))
-                if op.kill_on_parent_death and not _GROUPS_DIE_WITH_PARENT:
+                if watched:
                     group._kill_with_parent()
         except BaseException:
             # The child exists but the caller gets no handle for it: end it

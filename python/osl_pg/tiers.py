@@ -577,7 +577,19 @@ class CgroupTier(Tier):
         """SIGKILL to every process in the cgroup at once (cgroup.kill,
         Linux 5.14); else freeze, kill each, thaw (cgroup.freeze, 5.2)."""
         if self.cg.has("cgroup.kill"):
-            self.cg.write("cgroup.kill", "1")
+            try:
+                self.cg.write("cgroup.kill", "1")
+            except OSError as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                # No fd left to open cgroup.kill with: killpg needs none and
+                # reaches every member still in the group (the leader at
+                # least, pinned); the error then says the rest is unconfirmed.
+                try:
+                    backend.signal_group(self.pgid, SIGKILL)
+                except ProcessLookupError:
+                    pass
+                raise
             return
         self._kill_each()
 

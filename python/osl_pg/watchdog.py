@@ -143,6 +143,34 @@ def register(pgid: int, cgroup_kill_file: Optional[str] = None, cgroup_dirs: Seq
             raise
 
 
+def ready() -> None:
+    """Start the watchdog now if none runs. A spawn with_kill_on_parent_death
+    calls this before its child exists, so that a watchdog that cannot start
+    (no fd left for its pipe, no process slot) is a typed error with nothing
+    to clean up, rather than a live group to kill with those same fds short."""
+    global _proc, _pipe
+    with _lock:
+        if _pipe is not None:
+            return
+        try:
+            _proc, _pipe = _start()
+            # Groups still listed if an earlier watchdog died: hand them on.
+            _write_all(_pipe, b"".join(_line(p, e) for p, e in _groups.items()))
+        except BaseException as e:
+            _discard_watchdog()
+            if isinstance(e, OSError):
+                raise _start_error(e) from e
+            raise
+
+
+def release_if_idle() -> None:
+    """After ready() and a spawn that then failed: a watchdog with no group
+    to watch is let go (EOF with an empty list: it exits without killing)."""
+    with _lock:
+        if not _groups:
+            _discard_watchdog()
+
+
 def _start_error(e: OSError) -> OSError:
     """The same typed error, saying that the watchdog could not start."""
     err = e.errno or errno.EIO
