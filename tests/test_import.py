@@ -30,3 +30,25 @@ def test_import_osl_pg_imports_none_of_the_heavy_modules():
     assert before == [], f"the interpreter's start already imported {before}: the check below would prove nothing"
     assert added == [], f"import osl_pg imported {added}"
 
+
+
+CLI_PROBE = """
+import sys
+from osl_pg.cli import main
+rc = main(["run", "--", {true!r}])
+print(rc)
+print(" ".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_osl_pg_run_of_a_command_that_leaves_nothing_reads_no_process_table():
+    # `osl-pg run -- true` used to import psutil (to list the finished
+    # group's members) and the bench module (to build its parser): ~35 ms of
+    # its ~75. A command that leaves nothing needs neither.
+    import shutil
+    heavy = HEAVY + ("osl_pg.bench", "statistics")
+    out = subprocess.run([sys.executable, "-c", CLI_PROBE.format(true=shutil.which("true"), heavy=heavy)],
+                         capture_output=True, text=True, check=True).stdout
+    rc, loaded = out.split("\n")[:2]
+    assert rc == "0"
+    assert loaded.split() == [], f"osl-pg run -- true imported {loaded}"

@@ -56,16 +56,6 @@ CROWD_GROUP = 2000  # ...for the group.wait and kill+confirm rows
 WARMUP = 3
 SIGNAL_BATCH = 20  # thin signal calls take ~1 us: time batches, report per call
 
-BENCH_EXAMPLES = """examples:
-  osl-pg bench --quick
-      the whole comparison in under 20 s with fewer rounds (noisier)
-  osl-pg bench --json > bench.json
-      the same numbers for machines: medians, p90s, ratios, targets, samples counts
-  osl-pg bench --plot bench.png
-      also draw the medians and p90s (needs matplotlib: pip install 'osl_pg[plot]')
-  python -m osl_pg bench
-      the full run, as the README's Performance table was made
-"""
 
 
 # --------------------------------------------------------------------------
@@ -963,22 +953,6 @@ def plot_report(report: Dict[str, Any], path: str) -> None:
 # command line
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """The `bench` subcommand of osl-pg (cli.py calls this)."""
-    p: argparse.ArgumentParser = subparsers.add_parser("bench", help="measure spawn, signal and kill latency against the alternatives",
-                              description="Spawn, signal and kill latency of osl_pg against subprocess, "
-                                          "os.posix_spawn, asyncio, psutil and C floors, interleaved in one run.",
-                              epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer rounds: under about 20 s on two cores")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw the medians and p90s (needs matplotlib)")
-    # For the tests: tiny runs that still go through every code path.
-    p.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--parent-mib", type=int, default=BIG_PARENT_MIB, help=argparse.SUPPRESS)
-    p.set_defaults(func=main)
-    return p
-
-
 def main(args: argparse.Namespace) -> int:
     if not hasattr(os, "posix_spawn") or sys.platform == "win32":
         print("osl-pg bench: POSIX only for now", file=sys.stderr)
@@ -990,7 +964,8 @@ def main(args: argparse.Namespace) -> int:
             print("osl-pg bench: --plot needs matplotlib: pip install 'osl_pg[plot]'", file=sys.stderr)
             return 2
     progress = None if args.json else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
-    report = run(Options(quick=args.quick, iterations=args.iterations, parent_mib=args.parent_mib,
+    mib = args.parent_mib if args.parent_mib is not None else BIG_PARENT_MIB
+    report = run(Options(quick=args.quick, iterations=args.iterations, parent_mib=mib,
                          progress=progress))
     if args.json:
         print(json.dumps(report, indent=2))

@@ -116,6 +116,18 @@ examples:
   osl-pg kill -l                        the signal names and numbers
 """
 
+BENCH_EXAMPLES = """examples:
+  osl-pg bench --quick
+      the whole comparison in under 20 s with fewer rounds (noisier)
+  osl-pg bench --json > bench.json
+      the same numbers for machines: medians, p90s, ratios, targets, samples counts
+  osl-pg bench --plot bench.png
+      also draw the medians and p90s (needs matplotlib: pip install 'osl_pg[plot]')
+  python -m osl_pg bench
+      the full run, as the README's Performance table was made
+"""
+
+
 BENCH_EXIT_STATUS = """
 exit status:
   0  the benchmark ran
@@ -350,9 +362,29 @@ def _die_of(sig: int) -> None:
     os.kill(os.getpid(), sig)
 
 
-def _sweep(group: ProcessGroup, grace: float, keep: bool, say: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+def _nothing_left(group: ProcessGroup, subreaper: bool) -> bool:
+    """The usual end, told without reading the process table (psutil's
+    import and scan were most of `osl-pg run -- true`'s time): the group
+    is empty (ProcessGroup.release_if_empty: one killpg after the leader's
+    reap) and this process, the tree's subreaper, has no child left. An
+    escapee would be one: its parent is a live member (the group is not
+    empty), another escapee, or gone, and then the kernel gave it to us."""
+    if not subreaper or not group.release_if_empty():
+        return False
+    try:
+        # WNOWAIT: a child that exited stays for the full sweep to name.
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # no child at all
+        return True
+    return False
+
+
+def _sweep(group: ProcessGroup, grace: float, keep: bool, say: bool,
+           subreaper: bool) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """After the command exited: end the members still running (or leave
     them, with --keep-leftovers) and name them and the escapees."""
+    if _nothing_left(group, subreaper):
+        return [], []
     leftovers = [m for m in group.members() if not m.zombie]
     escaped = _escapees(group)
     if say and leftovers:
@@ -405,6 +437,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     json_to = args.json
     say = not (args.quiet or json_to == "-")  # the line reports; errors are always said
     op = ProcessSpawnOperation(command[0]).with_args(command[1:])
+    subreaper = False
     if not args.foreground:
         op = (op.with_new_process_group() if args.containment == "process_group"
               else op.with_containment(args.containment))
@@ -412,6 +445,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             # Orphans of the tree come to us rather than to init: they are
             # reaped and counted with the group, and escapees can be named.
             set_child_subreaper(True)
+            subreaper = True
         except NotImplementedError:
             pass
     catch = set(FORWARDED)
@@ -461,7 +495,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         rc = proc.wait()
         signaller.stop()
         if group is not None:
-            leftovers, escaped = _sweep(group, sweep_grace, args.keep_leftovers, say)
+            leftovers, escaped = _sweep(group, sweep_grace, args.keep_leftovers, say, subreaper)
     finally:
         signaller.stop()
         terminal.restore()
@@ -782,10 +816,27 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("pgid", metavar="PGID", type=parse_pgid, nargs="?")
     kill.set_defaults(func=cmd_kill)
 
-    from . import bench  # its heavy imports happen only when it runs
-    bench_parser = bench.add_parser(sub)
-    bench_parser.epilog = BENCH_EXIT_STATUS.lstrip("\n") + "\n" + (bench_parser.epilog or "")
+    bench = sub.add_parser("bench", help="measure spawn, signal and kill latency against the alternatives",
+                           description="Spawn, signal and kill latency of osl_pg against subprocess, "
+                                       "os.posix_spawn, asyncio, psutil and C floors, interleaved in one run.",
+                           epilog=BENCH_EXIT_STATUS.lstrip("\n") + "\n" + BENCH_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--quick", action="store_true", help="fewer rounds: under about 20 s on two cores")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    bench.add_argument("--plot", metavar="FILE.png", help="also draw the medians and p90s (needs matplotlib)")
+    # For the tests: tiny runs that still go through every code path.
+    bench.add_argument("--iterations", type=int, default=None, help=argparse.SUPPRESS)
+    bench.add_argument("--parent-mib", type=int, default=None, help=argparse.SUPPRESS)
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`osl-pg bench`. The bench module (statistics, dataclasses, its
+    programs) is imported only here: building the parser for `osl-pg run`
+    must not pay for it."""
+    from . import bench
+    return bench.main(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
