@@ -1,4 +1,5 @@
 """Operations are immutable values with stable ids."""
+import os
 import sys
 import time
 
@@ -108,3 +109,22 @@ def test_windows_refuses_user_group_and_umask_before_spawning():
         with pytest.raises(NotImplementedError, match="POSIX-only"):
             ProcessExecutor("x").execute(built)
     assert ProcessExecutor("x").execute(op.with_restore_signals(False)).process.wait(60) == 0  # ignored there
+
+
+def test_operation_ids_are_uuid4_unique_and_not_shared_with_a_forked_child():
+    import uuid
+    ids = [ProcessSpawnOperation("true").operation_id for _ in range(300)]  # spans several drawn blocks
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+    if not hasattr(os, "fork"):
+        return
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next id must not be the parent's next one
+        os.write(w, ProcessSpawnOperation("true").operation_id.encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    child_id = os.read(r, 100).decode()
+    os.close(r)
+    assert child_id != ProcessSpawnOperation("true").operation_id

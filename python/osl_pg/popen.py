@@ -79,7 +79,7 @@ from .context import ExecutionContext
 from .errors import OslPermissionError, SecurityViolation, Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
-from .operations import ProcessSpawnOperation
+from .operations import NEW_GROUP, ProcessSpawnOperation
 from .process import Process, WaitTimeout
 
 PREEXEC_FN_REFUSED = ("preexec_fn is not supported: osl_pg spawns with posix_spawn/vfork and runs no Python in the "
@@ -220,18 +220,18 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
         raise ValueError("empty command")  # subprocess: IndexError deep inside; ours says what
     if shell and executable is not None:
         argv[0] = executable  # subprocess: the shell to run, and its argv[0]
-    op = ProcessSpawnOperation(argv)
-    if executable is not None and not shell:
-        op = op.with_executable(executable)
     if process_group is not None and process_group > 0:
         if start_new_session:  # subprocess's child fails setpgid() after setsid() the same way
             raise OslPermissionError(errno.EPERM, f"start_new_session=True and process_group={process_group}: "
                                                   "a new session's leader cannot join another group")
-        op = op.with_process_group(process_group)
+        op = ProcessSpawnOperation(argv).with_process_group(process_group)
     elif start_new_session:
-        op = op.with_detach_from_terminal()
+        op = ProcessSpawnOperation(argv).with_detach_from_terminal()
     else:
-        op = op.with_new_process_group()
+        # The usual case, made in one step (with_new_process_group() is a copy).
+        op = ProcessSpawnOperation(argv, process_group=NEW_GROUP)
+    if executable is not None and not shell:
+        op = op.with_executable(executable)
     if pass_fds:
         op = op.with_pass_fds(pass_fds)
     elif not close_fds:
