@@ -192,6 +192,50 @@ def test_the_number_of_a_dropped_group_is_refused_once_reused():
     assert in_new_pid_namespace(DROPPED_AND_REUSED).stdout.split() == ["refused", "-9"]
 
 
+REAPED_BEHIND_AND_REUSED = textwrap.dedent("""
+    # pid 1 of a new pid namespace: our child is reaped behind our back and
+    # its number goes to a process that is not our child (a shell's
+    # background job). The pidfd a waiter gets must not name that stranger.
+    import os, signal, subprocess
+    from osl_pg import ProcessExecutor, ProcessSpawnOperation
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write("100")                                    # room below for the shell
+    p = ProcessExecutor("reuse").execute(ProcessSpawnOperation("sleep").arg("30")).process
+    os.kill(p.pid, signal.SIGKILL)
+    os.waitpid(p.pid, 0)                                  # a foreign os.wait()
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(p.pid - 2))
+    sh = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    stranger = int(sh.stdout.readline())
+    assert stranger == p.pid, (stranger, p.pid)
+    print(p.exit_fd(), p.wait(5), p.reaped)
+    os.kill(stranger, signal.SIGKILL)
+    print(sh.wait())
+""")
+
+
+@linux_only
+def test_a_waiter_gets_no_pidfd_for_a_stranger_with_our_reaped_childs_number():
+    assert in_new_pid_namespace(REAPED_BEHIND_AND_REUSED).stdout.split() == ["None", "0", "True", "0"]
+
+
+def test_exit_fd_names_our_child_until_it_is_reaped(executor):
+    if not getattr(osl_pg._backend.backend, "HAS_PIDFD", False):
+        pytest.skip("no pidfds here")
+    proc = spawn(executor, "sleep", "30", group=True).process
+    fd = proc.exit_fd()
+    try:
+        assert fd is not None
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            assert f"Pid:\t{proc.pid}\n" in f.read()
+    finally:
+        if fd is not None:
+            os.close(fd)
+        proc.kill()
+        proc.wait(10)
+    assert proc.exit_fd() is None  # reaped: no pidfd for whoever gets the number next
+
+
 def test_close_is_bounded_when_a_member_outlives_sigkill(executor, monkeypatch):
     # SIGKILL taken away from the tier stands for a member stuck in the
     # kernel (D state): close() gives up after kill_timeout, says so, and

@@ -35,6 +35,7 @@ HAS_PDEATHSIG = bool(FEATURES & lib.OSL_FEAT_PDEATHSIG)
 # it to exercise both paths.
 SPAWN_PATH = lib.OSL_SPAWN_AUTO
 HAS_PIDFD = hasattr(os, "pidfd_open")
+_P_PIDFD = getattr(os, "P_PIDFD", None)  # waitid() on a pidfd: Linux 5.4, Python 3.9
 
 _FD_INHERIT = lib.OSL_FD_INHERIT
 _NOHANG = lib.OSL_WAIT_NOHANG
@@ -472,6 +473,31 @@ def open_exit_fd(pid: int) -> Optional[int]:
         if e.errno == errno.ESRCH:
             raise ProcessNotFound(e.errno, f"process {pid} is gone") from None
         return None  # ENOSYS (old kernel), EMFILE...: callers poll instead
+
+
+def child_exit_fd(pid: int) -> Optional[int]:
+    """A pidfd of our unreaped child `pid` (the caller holds the lock that
+    reaping takes), or None: no pidfds here, no fd left, or the number is no
+    longer our child's. The pidfd names whoever has the number now; while
+    our child is unreaped that is our child (a zombie keeps its number), and
+    waitid(P_PIDFD, WNOHANG | WNOWAIT), which reaps nothing, fails with
+    ECHILD when it is not a child of ours (ours was reaped behind our back
+    and the number reused): the caller's next wait then finds that out."""
+    if not HAS_PIDFD:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # ESRCH (reaped behind our back), EMFILE, ENOSYS: callers poll
+        return None
+    if _P_PIDFD is not None:
+        try:
+            os.waitid(_P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            os.close(fd)
+            return None
+        except OSError:  # EINVAL: Linux 5.3 has pidfd_open but not P_PIDFD
+            pass
+    return fd
 
 
 # --------------------------------------------------------------------------

@@ -699,6 +699,11 @@ def open_exit_fd(pid: int) -> None:
     return None
 
 
+def child_exit_fd(pid: int) -> None:
+    """Windows has no fd for a process exit; callers poll."""
+    return None
+
+
 def _wait_job(pgid: Optional[int], deadline: Optional[float]) -> bool:
     """Sleep in osl_job_wait_empty for at most one slice; True if the job
     was found (the caller rescans either way)."""

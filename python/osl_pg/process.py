@@ -37,39 +37,36 @@ class WaitTimeout(subprocess.TimeoutExpired, OslError):
 
 class _ChildState:
     """What the finalizer needs, kept apart from the handle: the pid, whether
-    it was reaped, the lock under which it is reaped, and (Linux) a pidfd
-    opened at spawn, before anything could have reaped the child, so it
-    names our child and no later process with the same number (trio keeps
-    one for the same reason). The pidfd is closed when the child is reaped;
-    a waiter polls a dup() of it, taken under the lock, so closing the
-    original never pulls an fd from under another thread's poll()."""
+    it was reaped, and the lock under which it is reaped. A waiter that
+    sleeps on the child's exit gets a pidfd of its own (exit_fd()), opened
+    under that lock while the child is unreaped, so it names our child: a
+    number cannot be reused while its zombie exists. Opening one per spawn
+    instead (as trio does) would cost every run() and wait() a pidfd_open()
+    and a close() (~5-8 us here) that the blocking waitid() never needs."""
 
-    __slots__ = ("pid", "reaped", "lock", "pidfd", "code")
+    __slots__ = ("pid", "reaped", "lock", "code")
 
-    def __init__(self, pid: int, pidfd: Optional[int] = None):
+    def __init__(self, pid: int):
         self.pid = pid
         self.reaped = False
         self.code: Optional[int] = None  # the status, when the sweep reaped it
         self.lock = threading.Lock()
-        self.pidfd = pidfd
 
     def mark_reaped(self) -> None:
         self.reaped = True
         _remember_reaped(self.pid)
-        fd, self.pidfd = self.pidfd, None
-        if fd is not None:
-            os.close(fd)
 
-    def dup_pidfd(self) -> Optional[int]:
-        """A pidfd of the child for the caller to poll and close, or None
-        (no pidfd here, or the child is reaped already)."""
+    def exit_fd(self) -> Optional[int]:
+        """A new pidfd of the child for the caller to poll and close, or None
+        (no pidfds here, no fd left, or the child is reaped already). Under
+        the lock that reaping takes: no thread of ours can reap the child,
+        and free its number, while the pidfd is opened; the backend checks
+        that it names a child of ours, which fails when something else
+        reaped ours behind our back (SIGCHLD ignored, a foreign os.wait())."""
         with self.lock:
-            if self.pidfd is None or self.reaped:
+            if self.reaped:
                 return None
-            try:
-                return os.dup(self.pidfd)
-            except OSError:  # EMFILE: the caller polls instead
-                return None
+            return backend.child_exit_fd(self.pid)
 
 
 # Pids of children this program reaped (the newest 4096): once a number is
@@ -184,19 +181,14 @@ class Process:
     # self: Process, not Self: weakref.ref(self) goes into a map of ref[Process]
     # (refs are invariant).
     def __init__(self: Process, pid: int, args: Sequence[str], stdin: Optional[int] = None,
-                 stdout: Optional[int] = None, stderr: Optional[int] = None, pidfd: Optional[int] = None):
+                 stdout: Optional[int] = None, stderr: Optional[int] = None):
         self.pid = pid
         self.args: List[str] = list(args)
         self.returncode: Optional[int] = None
         self.stdin: Optional[IO[bytes]] = io.open(stdin, "wb") if stdin is not None else None
         self.stdout: Optional[IO[bytes]] = io.open(stdout, "rb") if stdout is not None else None
         self.stderr: Optional[IO[bytes]] = io.open(stderr, "rb") if stderr is not None else None
-        if pidfd is None:
-            try:
-                pidfd = backend.open_exit_fd(pid)  # before anything can reap it (Linux; else None)
-            except OSError:  # reaped already (SIGCHLD ignored): waits fall back to polling
-                pidfd = None
-        self._state = _ChildState(pid, pidfd)
+        self._state = _ChildState(pid)
         self._pinned = False
         self._wref = _weakref_ref(self)
         _children[pid] = self._wref
@@ -315,7 +307,7 @@ class Process:
         rc = self._collect(block=False)
         if rc is not None:
             return rc
-        fd = self._state.dup_pidfd() if timeout > 0 else None
+        fd = self._state.exit_fd() if timeout > 0 else None
         try:
             delay = 0.0005
             while True:
@@ -336,17 +328,16 @@ class Process:
 
     async def wait_async(self, timeout: Optional[float] = None) -> int:
         """wait() for asyncio or trio (osl_pg._aio), without a thread per
-        child: on Linux the running loop watches the pidfd held since the
-        spawn (so the child cannot have been reaped, nor its pid reused,
-        before the watch starts); elsewhere the status is polled with
-        backoff. Raises WaitTimeout after `timeout` seconds."""
+        child: on Linux the running loop watches a pidfd opened while the
+        child is unreaped (so it names our child, not a later process with
+        its number); elsewhere the status is polled with backoff. Raises WaitTimeout after `timeout` seconds."""
         from . import _aio
         timeout = check_timeout(timeout)
         rc = self._collect(block=False)
         if rc is not None:
             return rc
         deadline = None if timeout is None else time.monotonic() + timeout
-        fd = self._state.dup_pidfd()
+        fd = self._state.exit_fd()
         try:
             delay = 0.0005
             while (rc := self._collect(block=False)) is None:
@@ -367,7 +358,7 @@ class Process:
         """A pidfd that becomes readable when the child exits, for an event
         loop to watch; the caller closes it. None without pidfds, or once
         the child was reaped."""
-        return self._state.dup_pidfd()
+        return self._state.exit_fd()
 
     # -- pinning (used by ProcessGroup) -------------------------------------------
     def _pin(self) -> None:

@@ -578,10 +578,9 @@ def _communicate(proc: Process, plan: _Plan) -> int:
     the leader. Raises subprocess.TimeoutExpired at the deadline."""
     deadline = plan.deadline
     if proc.stdin is not None or proc.stdout is not None or proc.stderr is not None:
-        # The leader's exit ends the no-polling phase: a dup of the pidfd
-        # held since the spawn (~0.3 us; a pidfd_open and its close cost
-        # ~3 us), None without pidfds or once reaped.
-        wake = proc._state.dup_pidfd()
+        # The leader's exit ends the no-polling phase: its pidfd, None
+        # without pidfds or once reaped.
+        wake = proc._state.exit_fd()
         try:
             stop = _DrainClock(proc, plan.drain, deadline)
             if plan.idle_timeout is None:
