@@ -126,12 +126,15 @@ def test_same_error_as_subprocess_run(runner, name, args, kwargs):
             expected.returncode, expected.cmd, expected.output, expected.stderr)
 
 
-def test_timeout_exception_matches_subprocess():
+@pytest.mark.parametrize("timeout", [1, 0.5], ids=["int", "float"])
+def test_timeout_exception_matches_subprocess(timeout):
     cmd = [SH, "-c", "echo partial; exec sleep 300"]
-    expected = raised_by(subprocess.run, cmd, capture_output=True, text=True, timeout=1)
-    got = raised_by(osl_pg.run, cmd, capture_output=True, text=True, timeout=1)
+    expected = raised_by(subprocess.run, cmd, capture_output=True, text=True, timeout=timeout)
+    got = raised_by(osl_pg.run, cmd, capture_output=True, text=True, timeout=timeout)
     assert type(got) is osl_pg.TimeoutExpired and type(expected) is subprocess.TimeoutExpired
-    assert (got.cmd, got.timeout) == (expected.cmd, expected.timeout)
+    # The timeout as given (1, not 1.0), in the stdlib's very wording.
+    assert (got.cmd, got.timeout, type(got.timeout)) == (expected.cmd, expected.timeout, type(timeout))
+    assert str(got) == str(expected) == f"Command '{cmd}' timed out after {timeout} seconds"
     # bytes even in text mode (as subprocess); None for a stream with nothing
     assert got.stdout == expected.stdout == b"partial\n"
     assert got.stderr is None and expected.stderr is None
@@ -258,6 +261,28 @@ def test_check_failure_carries_output_and_leftovers():
     assert type(e) is osl_pg.CalledProcessError
     assert (e.returncode, e.output, e.stderr) == (5, "out\n", "")
     assert len(e.leftovers) == 1 and not alive(e.leftovers[0].pid)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_timeout_without_pipes_and_idle_timeout_show_the_given_value(runner):
+    # subprocess.run without pipes shows the time left when its wait ran
+    # out (0.99... seconds); osl_pg shows the timeout given, as with pipes.
+    e = raised_by(runner, [SH, "-c", "sleep 300"], timeout=1)
+    assert str(e) == str(subprocess.TimeoutExpired(e.cmd, 1)) and type(e.timeout) is int
+    e = raised_by(runner, [SH, "-c", "sleep 300"], capture_output=True, idle_timeout=1)
+    assert str(e) == str(subprocess.TimeoutExpired(e.cmd, 1)) and type(e.timeout) is int
+
+
+def test_run_errors_are_osl_errors_too():
+    # except osl_pg.OslError catches every error osl_pg raises, these two included.
+    assert issubclass(osl_pg.TimeoutExpired, osl_pg.OslError)
+    assert issubclass(osl_pg.CalledProcessError, osl_pg.OslError)
+    with pytest.raises(osl_pg.OslError) as e:
+        osl_pg.run([SH, "-c", "exit 3"], check=True)
+    assert type(e.value) is osl_pg.CalledProcessError and e.value.returncode == 3
+    with pytest.raises(osl_pg.OslError) as e:
+        osl_pg.run([SH, "-c", "sleep 300"], timeout=0.5)
+    assert type(e.value) is osl_pg.TimeoutExpired and e.value.timeout == 0.5
 
 
 def test_run_errors_are_the_stdlib_types_with_pgid_and_leftovers():

@@ -4,10 +4,10 @@ Process groups and sessions on POSIX, Job Objects on Windows. See README.md.
 """
 from .audit import write_audit_log
 from .context import ExecutionContext, SecurityContext
-from .errors import (CgroupPermissionError, CgroupUnavailable, ChildrenAutoReapedWarning, CommandNotFound,
+from .errors import (CalledProcessError, CgroupPermissionError, CgroupUnavailable, ChildrenAutoReapedWarning, CommandNotFound,
                      InvalidOperation,
                      LimitUnavailable, OslError, OslOSError, OslPermissionError, OslTimeoutError,
-                     ProcessNotFound, SecurityViolation, Unsupported)
+                     ProcessNotFound, SecurityViolation, TimeoutExpired, Unsupported)
 from .executor import OSLFramework, ProcessExecutor, TargetFacts
 from .group import Member, MemberOutcome, ProcessGroup, TerminateReport, set_child_subreaper
 from .operations import (DEVNULL, INHERIT, PIPE, STDOUT, Inherit, JoinGroup, Limits, NewGroup, OperationType,
@@ -17,7 +17,7 @@ from .policy import AllowListPolicy, Decision, DefaultPolicy, SecurityPolicy
 from .process import Process, WaitTimeout
 from .result import ExecutionResult
 from .tiers import Escapee
-from .run import CalledProcessError, CompletedRun, Leftover, LeftoverProcessWarning, TimeoutExpired, run, run_async
+from .run import CompletedRun, Leftover, LeftoverProcessWarning, run, run_async
 from .popen import Popen
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import subprocess
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import Optional
+    from typing import Any, List, Optional, Sequence, Union
+
+    from .run import Leftover
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -103,6 +106,48 @@ class OslInterrupted(InterruptedError, OslError):
 
 class OslTimeoutError(TimeoutError, OslError):
     """A wait ran out of time."""
+
+
+class TimeoutExpired(subprocess.TimeoutExpired, OslError):
+    """What run() and run_async() raise on `timeout` (or `idle_timeout`),
+    once the whole tree is ended: subprocess.TimeoutExpired plus `pgid` (the
+    command's group) and `leftovers` (the processes besides the command
+    that had to be ended, each a Leftover). `timeout` is the value the
+    caller gave (``1``, not ``1.0``), so the message reads as
+    subprocess.run(..., capture_output=True)'s: "Command '...' timed out
+    after 1 seconds". `output`/`stderr` are bytes even in text mode, as
+    subprocess gives them."""
+
+    pgid: int
+    leftovers: List[Leftover]
+
+    def __init__(self, cmd: Any, timeout: float, output: Optional[bytes] = None, stderr: Optional[bytes] = None,
+                 *, pgid: int = 0, leftovers: Sequence[Leftover] = ()) -> None:
+        super().__init__(cmd, timeout, output, stderr)
+        self.pgid = pgid
+        self.leftovers = list(leftovers)
+
+
+class CalledProcessError(subprocess.CalledProcessError, OslError):
+    """What run(check=True) raises for a non-zero exit status:
+    subprocess.CalledProcessError plus `pgid` and `leftovers` (as
+    CompletedRun's)."""
+
+    pgid: int
+    leftovers: List[Leftover]
+
+    def __init__(self, returncode: int, cmd: Any, output: Union[str, bytes, None] = None,
+                 stderr: Union[str, bytes, None] = None, *, pgid: int = 0,
+                 leftovers: Sequence[Leftover] = ()) -> None:
+        super().__init__(returncode, cmd, output, stderr)
+        self.pgid = pgid
+        self.leftovers = list(leftovers)
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        if not self.leftovers:
+            return base
+        return f"{base[:-1]}, leftovers=[{'; '.join(str(x) for x in self.leftovers)}])"
 
 
 def caller_stacklevel() -> int:

@@ -92,7 +92,7 @@ else:
 from ._backend import backend
 from ._record import Record, Value
 from .context import ExecutionContext
-from .errors import Unsupported, caller_stacklevel
+from .errors import CalledProcessError, TimeoutExpired, Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import PIPE, JoinGroup, ProcessSignalOperation
@@ -157,45 +157,6 @@ class CompletedRun(subprocess.CompletedProcess[_T]):
         self.leftovers = list(leftovers)
 
 
-class TimeoutExpired(subprocess.TimeoutExpired):
-    """What run() and run_async() raise on `timeout` (or `idle_timeout`),
-    once the whole tree is ended: subprocess.TimeoutExpired plus `pgid` (the
-    command's group) and `leftovers` (the processes besides the command
-    that had to be ended, each a Leftover). `output`/`stderr` are bytes
-    even in text mode, as subprocess gives them."""
-
-    pgid: int
-    leftovers: List[Leftover]
-
-    def __init__(self, cmd: Any, timeout: float, output: Optional[bytes] = None, stderr: Optional[bytes] = None,
-                 *, pgid: int = 0, leftovers: Sequence[Leftover] = ()) -> None:
-        super().__init__(cmd, timeout, output, stderr)
-        self.pgid = pgid
-        self.leftovers = list(leftovers)
-
-
-class CalledProcessError(subprocess.CalledProcessError):
-    """What run(check=True) raises for a non-zero exit status:
-    subprocess.CalledProcessError plus `pgid` and `leftovers` (as
-    CompletedRun's)."""
-
-    pgid: int
-    leftovers: List[Leftover]
-
-    def __init__(self, returncode: int, cmd: Any, output: Union[str, bytes, None] = None,
-                 stderr: Union[str, bytes, None] = None, *, pgid: int = 0,
-                 leftovers: Sequence[Leftover] = ()) -> None:
-        super().__init__(returncode, cmd, output, stderr)
-        self.pgid = pgid
-        self.leftovers = list(leftovers)
-
-    def __repr__(self) -> str:
-        base = super().__repr__()
-        if not self.leftovers:
-            return base
-        return f"{base[:-1]}, leftovers=[{'; '.join(str(x) for x in self.leftovers)}])"
-
-
 class _Plan:
     """Everything decided before the spawn: subprocess.run()'s argument
     checks and text handling, and the spawn operation."""
@@ -206,7 +167,7 @@ class _Plan:
                  universal_newlines: Optional[bool], start_new_session: bool, close_fds: bool, grace: float,
                  pipe_drain_timeout: float, kill_leftovers: bool, executor: Optional[ProcessExecutor],
                  context: Optional[ExecutionContext], executable: Any = None, pass_fds: Sequence[int] = (),
-                 idle_timeout: Optional[float] = None, **popen: Any):
+                 idle_timeout: Optional[float] = None, given_timeout: Any = None, **popen: Any):
         _check_popen_keywords(popen)
         if input is not None:
             if stdin is not None:
@@ -228,6 +189,9 @@ class _Plan:
         self.args = args
         self.timeout = timeout
         self.idle_timeout = _check_idle_timeout(idle_timeout, stdout, stderr)
+        # What TimeoutExpired shows: the caller's values (1, not 1.0), as
+        # subprocess shows them.
+        self.given_timeout, self.given_idle_timeout = given_timeout, idle_timeout
         self.idle_expired = False
         self.check = check
         self.grace = grace
@@ -292,7 +256,7 @@ class _Plan:
     def timeout_error(self, out: Optional[bytes], err: Optional[bytes], pgid: int,
                       leftovers: List[Leftover]) -> TimeoutExpired:
         # As subprocess: bytes even in text mode, None when nothing came.
-        limit = self.idle_timeout if self.idle_expired else self.timeout
+        limit = self.given_idle_timeout if self.idle_expired else self.given_timeout
         assert limit is not None  # one of them ran out
         return TimeoutExpired(self.args, limit, out or None, err or None, pgid=pgid, leftovers=leftovers)
 
@@ -735,10 +699,12 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
     TimeoutExpired raised with `timeout` = idle_timeout), and the
     `executor`/`context` whose policy and audit log the spawn and the
     signals go through."""
+    given_timeout = timeout
     timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
-                 kill_leftovers, executor, context, executable, pass_fds, idle_timeout, **popen_kwargs)
+                 kill_leftovers, executor, context, executable, pass_fds, idle_timeout, given_timeout,
+                 **popen_kwargs)
     if plan.joins_group:
         return _run_in_foreign_group(plan)
     proc, group = plan.spawned(plan.executor.execute(plan.op, plan.context))
@@ -978,10 +944,12 @@ async def run_async(args: CommandArgs, *, stdin: Any = None,
     teardown is shielded from further cancellation and bounded by `grace`
     and the kill timeout; the loop keeps running meanwhile."""
     from . import _aio
+    given_timeout = timeout
     timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
-                 kill_leftovers, executor, context, executable, pass_fds, idle_timeout, **popen_kwargs)
+                 kill_leftovers, executor, context, executable, pass_fds, idle_timeout, given_timeout,
+                 **popen_kwargs)
     if plan.joins_group:
         return await _run_in_foreign_group_async(plan)
     proc, group = plan.spawned(await plan.executor.execute_async(plan.op, plan.context))
