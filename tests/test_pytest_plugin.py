@@ -18,17 +18,29 @@ ON = ["-p", "osl_pg.pytest_plugin"]
 
 # Imported by each inner test file: leaves processes running and says which.
 HELPERS = """
-import os, subprocess, psutil
+import os, subprocess, time, psutil
 
 def record(*pids):
     with open(os.path.join(os.path.dirname(__file__), "pids.txt"), "a") as f:
         for pid in pids:
             f.write(f"{pid} {psutil.Process(pid).create_time()}\\n")
 
-def sh_leak(script):
-    '''Run `script` under sh, which prints the pids it leaves behind.'''
+def wait_exec(pid, argv):
+    '''Until `pid` runs `argv` (its /proc/PID/cmdline): a child sh has
+    forked but not yet exec'd would be ended, and shown, as "sh -c ...".'''
+    deadline = time.monotonic() + 60
+    while psutil.Process(pid).cmdline() != argv:
+        assert time.monotonic() < deadline, f"{pid} never ran {argv}: {psutil.Process(pid).cmdline()}"
+        time.sleep(0.01)
+
+def sh_leak(script, *argvs):
+    '''Run `script` under sh, which prints the pids it leaves behind; each
+    has exec'd the matching argv of `argvs` when this returns.'''
     out = subprocess.run(["sh", "-c", script], stdout=subprocess.PIPE, text=True, check=True).stdout
     pids = [int(w) for w in out.split()]
+    assert not argvs or len(pids) == len(argvs), (pids, argvs)
+    for pid, argv in zip(pids, argvs):
+        wait_exec(pid, argv)
     record(*pids)
     return pids
 """
@@ -104,10 +116,8 @@ def test_an_orphaned_sleep_is_a_leak_of_the_test_and_is_reaped(inner, script, st
         import os, signal, time, psutil
         from leakhelpers import sh_leak
         def test_leaks():
-            pid, = sh_leak({script!r})
-            if {stop}:
-                while psutil.Process(pid).cmdline() != ["sleep", "300"]:  # stopped before its exec,
-                    time.sleep(0.01)                                    # it would hold run()'s pipe
+            pid, = sh_leak({script!r}, ["sleep", "300"])  # stopped before its exec, it would hold
+            if {stop}:                                      # run()'s pipe
                 os.kill(pid, signal.SIGSTOP)
                 while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
                     time.sleep(0.01)
@@ -127,13 +137,19 @@ def test_an_orphaned_sleep_is_a_leak_of_the_test_and_is_reaped(inner, script, st
 def test_setsid_tree_is_shown_as_a_tree(inner):
     inner.makepyfile(test_it="""
         import os, time, psutil
-        from leakhelpers import sh_leak, record
+        from leakhelpers import sh_leak, record, wait_exec
         def test_setsid():
-            leader, = sh_leak("setsid sh -c 'sleep 300 & sleep 301 & wait' >/dev/null 2>&1 & echo $!")
+            leader, = sh_leak("setsid sh -c 'sleep 300 & sleep 301 & wait' >/dev/null 2>&1 & echo $!",
+                              ["sh", "-c", "sleep 300 & sleep 301 & wait"])
             while len(psutil.Process(leader).children()) < 2:
                 time.sleep(0.01)
             assert os.getsid(leader) == leader != os.getsid(0)  # a session of its own
-            record(*[c.pid for c in psutil.Process(leader).children()])
+            children = sorted(psutil.Process(leader).children(), key=lambda c: c.pid)
+            for child in children:  # sleep 300 and sleep 301, in either order
+                while child.cmdline()[:1] != ["sleep"]:
+                    time.sleep(0.01)
+            assert sorted(c.cmdline() for c in children) == [["sleep", "300"], ["sleep", "301"]]
+            record(*[c.pid for c in children])
     """)
     result = run(inner, *ON)
     result.assert_outcomes(passed=1, errors=1)
@@ -157,14 +173,14 @@ def test_a_test_marked_off_sees_orphans_go_to_init_and_is_not_charged(inner):
 
         @pytest.mark.leaked_processes("off")
         def test_orphan_goes_to_init():
-            pid, = sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
+            pid, = sh_leak("sleep 300 >/dev/null 2>&1 & echo $!", ["sleep", "300"])
             deadline = time.monotonic() + 10
             while psutil.Process(pid).ppid() != 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert psutil.Process(pid).ppid() != os.getpid()
 
         def test_watched_again():
-            sh_leak("sleep 301 >/dev/null 2>&1 & echo $!")
+            sh_leak("sleep 301 >/dev/null 2>&1 & echo $!", ["sleep", "301"])
     """)
     result = run(inner, *ON)
     result.assert_outcomes(passed=2, errors=1)
@@ -209,7 +225,7 @@ def test_a_new_session_is_searched_beyond_our_descendants(inner):
     inner.makepyfile(session_maker=SESSION_MAKER, test_it="""
         import os, subprocess, sys, time, psutil
         import osl_pg
-        from leakhelpers import record
+        from leakhelpers import record, wait_exec
         KEPT = []
 
         def test_orphan_outside_our_tree():
@@ -217,8 +233,8 @@ def test_a_new_session_is_searched_beyond_our_descendants(inner):
             leader = subprocess.Popen([sys.executable, "session_maker.py"], stdout=subprocess.PIPE, text=True)
             KEPT.append(leader)
             orphan = int(leader.stdout.readline())
-            while psutil.Process(leader.pid).cmdline() != ["sleep", "301"]:  # until it has exec'd
-                time.sleep(0.01)
+            wait_exec(leader.pid, ["sleep", "301"])
+            wait_exec(orphan, ["sleep", "300"])
             assert os.getsid(orphan) == leader.pid
             assert os.getpid() not in [p.pid for p in psutil.Process(orphan).parents()]
             record(leader.pid, orphan)
@@ -319,7 +335,7 @@ def test_module_fixture_leak_is_charged_to_the_fixture(inner):
 LEAK_ONE = """
     from leakhelpers import sh_leak
     def test_leaks():
-        sh_leak("sleep 300 >/dev/null 2>&1 & echo $!")
+        sh_leak("sleep 300 >/dev/null 2>&1 & echo $!", ["sleep", "300"])
 """
 
 
