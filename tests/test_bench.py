@@ -18,8 +18,29 @@ LINUX = sys.platform.startswith("linux")
 needs_linux = pytest.mark.skipif(not LINUX, reason="static ELF programs and subreapers are Linux-only")
 
 
+# Runs argv as its child and reaps every orphan that comes to it, as init
+# does on a host: the bench's crowds (processes a shell starts and leaves)
+# would otherwise go to pytest, the leak plugin's subreaper, and stay its
+# zombies until the test ends, and Crowd.close() would wait 30 s for them to
+# go. An orphan still running when the bench exits goes on to pytest, whose
+# leak checks see it.
+REAPER = """
+import os, subprocess, sys
+from osl_pg import set_child_subreaper
+set_child_subreaper(True)
+child = subprocess.Popen(sys.argv[1:])
+while True:
+    pid, status = os.wait()
+    if pid == child.pid:
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+        sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_bench(*args, timeout=300):
     cmd = [sys.executable, "-m", "osl_pg", "bench", *args]
+    if LINUX:
+        cmd = [sys.executable, "-c", REAPER, *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
