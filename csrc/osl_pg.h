@@ -28,6 +28,8 @@
 #define OSL_STEP_GROUPS 8 /* setgroups(): the supplementary groups */
 #define OSL_STEP_GID 9    /* setregid() */
 #define OSL_STEP_UID 10   /* setreuid() */
+#define OSL_STEP_USERNS 11 /* pid_namespace: clone() of the namespaces, or
+                              writing setgroups / uid_map / gid_map */
 
 /* osl_spawn_attr.signal_reset: what the child's signal dispositions start
  * as. Handled signals are reset to default in every mode (exec does that;
@@ -104,6 +106,29 @@ int osl_features(void);
  * *used_vfork tells whether the vfork fallback ran (for tests/benchmarks). */
 int osl_spawn(const struct osl_spawn_attr *attr, int *pid_out, int *step_out,
               int *used_vfork);
+
+/* The "pid_namespace" tier (Linux): spawn `attr` (whose path and argv
+ * name csrc/osl_pg_init.c's program and its arguments) as pid 1 of a new
+ * user namespace, in which the caller's effective uid and gid are mapped
+ * to themselves and setgroups() is denied, and a new PID namespace. The
+ * rest of `attr` applies as in osl_spawn() (the child is always the vfork
+ * kind). ENOSYS where there are no namespaces; EPERM, ENOSPC or EUSERS
+ * when they are refused here (OSL_STEP_USERNS). */
+int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
+                    int *step_out);
+
+/* What the init writes to its status fd: one record per write(). */
+struct osl_init_record {
+    int kind;  /* OSL_INIT_STARTED, _EXEC_FAILED, _EXITED */
+    int value; /* EXEC_FAILED: errno; EXITED: exit code, or -signal */
+};
+#define OSL_INIT_STARTED 1
+#define OSL_INIT_EXEC_FAILED 2
+#define OSL_INIT_EXITED 3
+/* The init's own exit codes when it wrote no EXITED record. */
+#define OSL_INIT_USAGE 120        /* bad arguments */
+#define OSL_INIT_SETUP_FAILED 121 /* fcntl() or signalfd() failed (EXEC_FAILED sent) */
+#define OSL_INIT_PARENT_GONE 122  /* the status pipe's reader is gone */
 
 int osl_kill(int pid, int sig);
 int osl_killpg(int pgid, int sig);

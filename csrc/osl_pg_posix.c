@@ -32,6 +32,9 @@
 #include <unistd.h>
 
 #ifdef __linux__
+#include <sched.h> /* clone() */
+#include <stdio.h> /* snprintf() of the id maps, in the parent */
+#include <stdlib.h> /* malloc() of the clone child's stack, in the parent */
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #else
@@ -708,6 +711,136 @@ static int valid_pass_fds(const struct osl_spawn_attr *a)
     }
     return 1;
 }
+
+#if defined(__linux__) && defined(CLONE_NEWUSER) && defined(CLONE_NEWPID)
+/* ------------------------------------------------------------------ */
+/* pid_namespace: the vfork child, in new user and PID namespaces      */
+
+struct pidns_child_args {
+    const struct osl_spawn_attr *attr;
+    struct child_report *report;
+    char uid_map[32]; /* "E E 1\n": the caller's euid mapped to itself */
+    char gid_map[32];
+};
+
+/* Write all of `text` to `path` (one write: the kernel takes a map only
+ * whole). Async-signal-safe. */
+static int write_file(const char *path, const char *text)
+{
+    ssize_t n, len = (ssize_t)strlen(text);
+    int fd;
+    do {
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return -1;
+    do {
+        n = write(fd, text, (size_t)len);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n != len) {
+        if (n >= 0)
+            errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
+/* The clone child: pid 1 of the new PID namespace, in a user namespace
+ * with no ids mapped yet. It maps its own (an unprivileged process may map
+ * exactly its euid and egid, and the gid only once setgroups is denied:
+ * user_namespaces(7)), then does what osl_spawn's vfork child does. Writing
+ * the maps here rather than from the parent needs no second round trip
+ * and no helper (newuidmap). /proc is the host's, whose /proc/self is this
+ * process's host pid. Its parent is outside the namespace, so getppid()
+ * reads 0, which vfork_child's parent-death check is given to compare. */
+static int pidns_child(void *arg)
+{
+    struct pidns_child_args *c = (struct pidns_child_args *)arg;
+    if (write_file("/proc/self/setgroups", "deny") < 0 ||
+        write_file("/proc/self/uid_map", c->uid_map) < 0 ||
+        write_file("/proc/self/gid_map", c->gid_map) < 0) {
+        c->report->step = OSL_STEP_USERNS;
+        c->report->err = errno ? errno : EINVAL;
+        _exit(127);
+    }
+    vfork_child(c->attr, 0, c->report);
+}
+
+/* The clone child's stack. With CLONE_VM it cannot use ours (clone() must
+ * return in the parent on a stack the child has not written), and with
+ * CLONE_VFORK we are suspended until it execs, so one allocation per
+ * spawn, freed after, is all it needs; vfork_child's largest frame is
+ * close_listed's 2 KiB buffer. */
+#define PIDNS_STACK_SIZE (64 * 1024)
+
+int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
+                    int *step_out)
+{
+    struct pidns_child_args c;
+    struct child_report report;
+    sigset_t all, old;
+    char *stack;
+    pid_t child;
+    int status, err;
+
+    load_features();
+    *step_out = OSL_STEP_SPAWN;
+    if (!valid_pass_fds(attr) || attr->signal_reset < OSL_SIGNALS_RESTORE ||
+        attr->signal_reset > OSL_SIGNALS_ALL || attr->set_ids) {
+        /* Credentials cannot change inside: only one uid is mapped. */
+        return EINVAL;
+    }
+    report.err = 0;
+    report.step = OSL_STEP_NONE;
+    c.attr = attr;
+    c.report = &report;
+    snprintf(c.uid_map, sizeof(c.uid_map), "%lu %lu 1\n",
+             (unsigned long)geteuid(), (unsigned long)geteuid());
+    snprintf(c.gid_map, sizeof(c.gid_map), "%lu %lu 1\n",
+             (unsigned long)getegid(), (unsigned long)getegid());
+    if ((stack = malloc(PIDNS_STACK_SIZE)) == NULL)
+        return ENOMEM;
+
+    /* As spawn_vfork: no handler of ours may run in the child. */
+    fill_all_signals(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* CLONE_VM | CLONE_VFORK: vfork's sharing, so a large parent costs no
+     * page-table copy; CLONE_NEWUSER gives the namespaces without
+     * privilege; CLONE_NEWPID makes the child pid 1 of a new namespace.
+     * The stack grows down on every architecture Linux wheels target. */
+    child = clone(pidns_child, stack + PIDNS_STACK_SIZE,
+                  CLONE_VM | CLONE_VFORK | CLONE_NEWUSER | CLONE_NEWPID |
+                      SIGCHLD,
+                  &c);
+    err = child < 0 ? errno : 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    free(stack);
+
+    if (err != 0) {
+        *step_out = OSL_STEP_USERNS; /* refused namespaces fail here */
+        return err;
+    }
+    if (report.err != 0) {
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+            ;
+        *step_out = report.step;
+        return report.err;
+    }
+    *step_out = OSL_STEP_NONE;
+    *pid_out = (int)child;
+    return 0;
+}
+#else
+int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
+                    int *step_out)
+{
+    (void)attr;
+    (void)pid_out;
+    *step_out = OSL_STEP_USERNS;
+    return ENOSYS;
+}
+#endif
 
 int osl_spawn(const struct osl_spawn_attr *attr, int *pid_out, int *step_out,
               int *used_vfork)

@@ -113,6 +113,7 @@ class _Lib:
         OSL_STEP_GROUPS: int
         OSL_STEP_GID: int
         OSL_STEP_UID: int
+        OSL_STEP_USERNS: int
         OSL_SIGNALS_RESTORE: int
         OSL_SIGNALS_INHERIT: int
         OSL_SIGNALS_ALL: int
@@ -130,10 +131,15 @@ class _Lib:
         OSL_FEAT_PDEATHSIG: int
         OSL_WAIT_NOHANG: int
         OSL_WAIT_NOWAIT: int
+        OSL_INIT_STARTED: int
+        OSL_INIT_EXEC_FAILED: int
+        OSL_INIT_EXITED: int
+        OSL_INIT_PARENT_GONE: int
 
         # A bit mask of OSL_FEAT_* (not an errno).
         def osl_features(self) -> int: ...
         def osl_spawn(self, attr: _SpawnAttr, pid_out: CData, step_out: CData, used_vfork: CData, /) -> int: ...
+        def osl_spawn_pidns(self, attr: _SpawnAttr, pid_out: CData, step_out: CData, /) -> int: ...
         def osl_kill(self, pid: int, sig: int, /) -> int: ...
         def osl_killpg(self, pgid: int, sig: int, /) -> int: ...
         def osl_getpgid(self, pid: int, pgid_out: CData, /) -> int: ...
