@@ -442,9 +442,9 @@ def test_keep_leftovers_leaves_them_running_and_names_them():
 
 
 def test_containment_choices_are_the_tiers_that_exist():
-    out = osl_pg("run", "--containment", "pid_namespace", "--", "true")
-    assert out.returncode == 125 and "invalid choice: 'pid_namespace'" in out.stderr
-    assert "{process_group,cgroup,best_available}" in osl_pg("run", "--help").stdout
+    out = osl_pg("run", "--containment", "job", "--", "true")
+    assert out.returncode == 125 and "invalid choice: 'job'" in out.stderr
+    assert "{process_group,cgroup,pid_namespace,best_available}" in osl_pg("run", "--help").stdout
 
 
 def test_containment_cgroup_ends_what_left_the_group():

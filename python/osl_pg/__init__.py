@@ -6,8 +6,8 @@ from .audit import write_audit_log
 from .context import ExecutionContext, SecurityContext
 from .errors import (CalledProcessError, CgroupPermissionError, CgroupUnavailable, ChildrenAutoReapedWarning, CommandNotFound,
                      InvalidOperation,
-                     LimitUnavailable, OslError, OslOSError, OslPermissionError, OslTimeoutError,
-                     ProcessNotFound, SecurityViolation, TimeoutExpired, Unsupported)
+                     LimitUnavailable, NamespaceUnavailable, OslError, OslOSError, OslPermissionError,
+                     OslTimeoutError, ProcessNotFound, SecurityViolation, TimeoutExpired, Unsupported)
 from .executor import OSLFramework, ProcessExecutor, TargetFacts
 from .group import Member, MemberOutcome, ProcessGroup, TerminateReport, set_child_subreaper
 from .operations import (DEVNULL, INHERIT, PIPE, STDOUT, Inherit, JoinGroup, Limits, NewGroup, OperationType,
@@ -43,7 +43,7 @@ __all__ = [
     "ProcessKillOperation", "ProcessNotFound", "ProcessSignalOperation", "ProcessSpawnOperation", "STDOUT",
     "SecurityContext", "SecurityPolicy", "SecurityViolation", "TargetFacts", "TerminateReport", "Unsupported",
     "WaitTimeout", "set_child_subreaper", "write_audit_log",
-    "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits",
+    "CgroupPermissionError", "CgroupUnavailable", "Escapee", "LimitUnavailable", "Limits", "NamespaceUnavailable",
     "CompletedRun", "Leftover", "LeftoverProcessWarning", "Popen", "run", "run_async", "ChildrenAutoReapedWarning",
     "CalledProcessError", "TimeoutExpired",
 ]

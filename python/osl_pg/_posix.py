@@ -237,15 +237,20 @@ def _native_argv(path: str, op: ProcessSpawnOperation) -> Tuple[Any, Any, List[A
     return hit
 
 
-def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Spawned:
+def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = (), pid_namespace: bool = False) -> Spawned:
     """Spawn the child described by a validated operation. The child joins
     the cgroups whose open cgroup.procs files are `cgroup_procs_fds` before
-    it executes (osl_pg.cgroup makes them)."""
+    it executes (osl_pg.cgroup makes them). With `pid_namespace` the child
+    is the pid_namespace tier's init (osl_pg.pidns), which runs the command
+    as pid 2 of new user + PID namespaces; Spawned.init_status_fd is then
+    its status pipe, whose first record has been read (the command runs)."""
     if len(cgroup_procs_fds) > lib.OSL_MAX_CGROUPS:
         raise Unsupported(f"a child can join at most {lib.OSL_MAX_CGROUPS} cgroups")
     if op.kill_on_parent_death and not HAS_PDEATHSIG:
         raise Unsupported("kill on parent death needs Linux's PR_SET_PDEATHSIG")
     path = resolve_command(op)
+    if pid_namespace:
+        return _spawn_in_pid_namespace(op, path, cgroup_procs_fds)
     path_c, argv, argv_strings = _native_argv(path, op)  # all three live until osl_spawn returns
     env = _encode_env(op)
     if env is None:
@@ -303,6 +308,106 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = ()) -> Sp
     else:
         pgid = None  # the caller's group; filled in by the caller if wanted
     return Spawned(pid, pgid, stdio.parent, bool(out[2]))
+
+
+INIT_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_osl_pg_init")
+
+
+def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_fds: Sequence[int]) -> Spawned:
+    """spawn() of the pid_namespace tier: osl_spawn_pidns() runs
+    INIT_PROGRAM STATUS_FD PATH ARGV... as pid 1 of new namespaces, then the
+    init's first record says whether PATH was executed. Parent death needs
+    no PR_SET_PDEATHSIG here: the init exits when the status pipe's read
+    end (ours) is closed, whichever thread spawned it."""
+    from .errors import NamespaceUnavailable
+    if not os.access(INIT_PROGRAM, os.X_OK):
+        raise NamespaceUnavailable(errno.ENOENT, f"the pid_namespace tier's init program {INIT_PROGRAM} is missing "
+                                                 "or not executable (osl_pg was built without it)")
+    if op.changes_credentials:
+        raise Unsupported("user, group and extra_groups cannot change in the pid_namespace tier: its user "
+                          "namespace maps only the caller's own uid and gid")
+    status_r, status_w = os.pipe()  # both O_CLOEXEC; the child makes status_w inheritable (pass_fds)
+    strings = [ffi.new("char[]", os.fsencode(a))
+               for a in (INIT_PROGRAM, str(status_w), path, op.command, *op.args)]
+    argv = ffi.new("char *[]", strings + [ffi.NULL])
+    env = _encode_env(op)
+    env_c = [ffi.new("char[]", e) for e in env] if env is not None else []
+    envp = ffi.new("char *[]", env_c + [ffi.NULL]) if env is not None else ffi.NULL
+    stdio = _Stdio()
+    try:
+        try:
+            stdio.setup(op)
+            attr = ffi.new("struct osl_spawn_attr *")
+            attr.path = strings[0]
+            attr.argv = argv
+            attr.envp = envp
+            cwd_c = ffi.new("char[]", os.fsencode(op.cwd)) if op.cwd is not None else ffi.NULL
+            attr.cwd = cwd_c
+            attr.fds = stdio.child
+            # The init leads a new host group (or session): the handle's pgid.
+            attr.pgroup_mode = lib.OSL_PGROUP_NEW
+            attr.new_session = op.detach_from_terminal
+            attr.close_fds = op.close_fds
+            pass_fds = sorted({*op.pass_fds, status_w})
+            pass_fds_c = ffi.new("int[]", pass_fds)
+            attr.pass_fds = pass_fds_c
+            attr.n_pass_fds = len(pass_fds)
+            attr.signal_reset = _SIGNAL_RESETS[op.signal_reset]
+            attr.n_cgroups = len(cgroup_procs_fds)
+            for i, fd in enumerate(cgroup_procs_fds):
+                attr.cgroup_procs_fds[i] = fd
+            out = ffi.new("int[2]")  # pid, step
+            err = lib.osl_spawn_pidns(attr, out, out + 1)
+            del strings, env_c  # kept alive across the GIL-free call above
+        finally:
+            os.close(status_w)
+        if err:
+            stdio.close_parent_ends()
+            if out[1] == lib.OSL_STEP_USERNS:
+                from .pidns import refusal_cause
+                raise NamespaceUnavailable(err, f"no user + PID namespace for {op.command!r}: {refusal_cause(err)}")
+            raise _spawn_error(err, out[1], op, path)
+        stdio.close_child_ends()
+        pid = out[0]
+        kind, value = _first_init_record(status_r)
+        if kind != lib.OSL_INIT_STARTED:
+            stdio.close_parent_ends()
+            _reap(pid)
+            raise _spawn_error(value or errno.EIO, lib.OSL_STEP_EXEC, op, path)
+    except BaseException:
+        stdio.close_child_ends()
+        stdio.close_parent_ends()
+        os.close(status_r)
+        raise
+    return Spawned(pid, pid, stdio.parent, True, init_status_fd=status_r)
+
+
+def _first_init_record(fd: int) -> Tuple[int, int]:
+    """The init's first record (csrc/osl_pg_init.c): STARTED, or
+    EXEC_FAILED with the errno; (0, 0) if it died before writing one."""
+    data = b""
+    while len(data) < 8:
+        try:
+            chunk = os.read(fd, 8 - len(data))
+        except InterruptedError:
+            continue
+        if not chunk:
+            return 0, 0
+        data += chunk
+    kind, value = int.from_bytes(data[:4], sys.byteorder, signed=True), \
+        int.from_bytes(data[4:], sys.byteorder, signed=True)
+    return kind, value
+
+
+def _reap(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
 
 
 def _spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> OSError:

@@ -15,16 +15,20 @@ SLOTS = ("stdin", "stdout", "stderr")
 
 class Spawned:
     """A spawned child: pid, its group id (None: the caller's), the parent's
-    pipe fds, and whether the backend's fallback path ran (vfork on POSIX,
-    CREATE_SUSPENDED + AssignProcessToJobObject on Windows)."""
+    pipe fds, whether the backend's fallback path ran (vfork on POSIX,
+    CREATE_SUSPENDED + AssignProcessToJobObject on Windows), and in the
+    pid_namespace tier the init's status pipe."""
 
-    __slots__ = ("pid", "pgid", "stdin", "stdout", "stderr", "used_vfork")
+    __slots__ = ("pid", "pgid", "stdin", "stdout", "stderr", "used_vfork", "init_status_fd")
 
-    def __init__(self, pid: int, pgid: Optional[int], pipes: List[Optional[int]], used_vfork: bool):
+    def __init__(self, pid: int, pgid: Optional[int], pipes: List[Optional[int]], used_vfork: bool,
+                 init_status_fd: Optional[int] = None):
         self.pid = pid
         self.pgid = pgid
         self.stdin, self.stdout, self.stderr = pipes
         self.used_vfork = used_vfork
+        # pid_namespace: the read end of the init's status pipe (osl_pg.pidns)
+        self.init_status_fd = init_status_fd
 
 
 class PipeEnds:

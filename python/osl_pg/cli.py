@@ -783,7 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "gets its signals); only CMD is signalled, its children are neither timed out nor ended")
     run.add_argument("--containment", choices=CONTAINMENT_CHOICES, default="process_group",
                      help="process_group (default); cgroup (Linux, a delegated cgroup v2: nothing can leave it; "
-                          "exit 125 if unavailable); best_available (the strongest this process may use)")
+                          "exit 125 if unavailable); pid_namespace (Linux, new user + PID namespaces, no root "
+                          "needed: nothing can leave them; exit 125 if refused); best_available (the strongest "
+                          "this process may use)")
     run.add_argument("--keep-leftovers", action="store_true",
                      help="leave members still running after CMD exits (they are still named)")
     run.add_argument("--json", action="store_const", const="-", metavar="[=FILE]",

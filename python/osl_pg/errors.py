@@ -81,6 +81,19 @@ class CgroupPermissionError(OslPermissionError):
     (not root, and no delegated subtree)."""
 
 
+class NamespaceUnavailable(Unsupported):
+    """The "pid_namespace" tier is refused here: user namespaces are off
+    (kernel.unprivileged_userns_clone=0, user.max_user_namespaces=0,
+    AppArmor's restriction, a container's seccomp filter), the platform
+    has none, or the tier's init program is missing. The message names the
+    cause; `errno` is clone()'s, where it failed (else ENOENT for a
+    missing init, ENOSYS off Linux)."""
+
+    def __init__(self, err: int, message: str):
+        super().__init__(message)
+        self.errno = err
+
+
 class LimitUnavailable(Unsupported):
     """A requested per-group limit has no controller: neither cgroup v2 nor
     a cgroup v1 hierarchy offers it here."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 import warnings
 
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
 from . import audit, watchdog
 from ._backend import backend
 from .context import ExecutionContext, resolve_context
-from .errors import (ChildrenAutoReapedWarning, InvalidOperation, ProcessNotFound, SecurityViolation,
-                     caller_stacklevel)
+from .errors import (ChildrenAutoReapedWarning, InvalidOperation, LimitUnavailable, NamespaceUnavailable,
+                     ProcessNotFound, SecurityViolation, caller_stacklevel)
 from .group import Member, ProcessGroup, owned_group, scan_group, sweep_dropped
 from .operations import JoinGroup, ProcessKillOperation, ProcessSignalOperation, ProcessSpawnOperation, signal_name
 from .policy import Decision, DefaultPolicy, SecurityPolicy
@@ -30,6 +31,7 @@ from .tiers import ExitWatch, make_tier
 SIGKILL = 9
 _LIMITS_IN_SPAWN = getattr(backend, "LIMITS_IN_SPAWN", False)  # Windows: the job applies op.limits
 _GROUPS_DIE_WITH_PARENT = getattr(backend, "GROUPS_DIE_WITH_PARENT", False)
+_HAS_PIDNS = sys.platform.startswith("linux")
 
 
 class TargetFacts:
@@ -224,7 +226,9 @@ class ProcessExecutor:
         # joins them before it executes (osl_pg.cgroup).
         # A backend with LIMITS_IN_SPAWN (Windows: the job) applies op.limits itself.
         limits = None if _LIMITS_IN_SPAWN else op.limits
-        watched = op.kill_on_parent_death and op.makes_group and not _GROUPS_DIE_WITH_PARENT
+        # pid_namespace: its init ends the namespace when we die (osl_pg.pidns).
+        watched = op.kill_on_parent_death and op.makes_group and not _GROUPS_DIE_WITH_PARENT \
+            and op.containment != "pid_namespace"
         if watched:
             # Before the child exists: a watchdog that cannot start (no fd
             # for its pipe) then leaves nothing to kill with fds still short.
@@ -232,9 +236,13 @@ class ProcessExecutor:
         cgroups = None
         try:
             if op.containment is not None or limits is not None:
-                from . import cgroup  # imported when first needed: most spawns never use it
-                cgroups = cgroup.prepare(op.containment, limits)
-            spawned = backend.spawn(op, cgroups.open_join_fds()) if cgroups is not None else backend.spawn(op)
+                cgroups = _prepare_cgroups(op, limits)
+            fds = cgroups.open_join_fds() if cgroups is not None else ()
+            if op.containment is None or (cgroups is not None and cgroups.v2 is not None and
+                                          op.containment != "pid_namespace"):
+                spawned = backend.spawn(op, fds)
+            else:
+                spawned = _spawn_namespaced(op, fds)
         except BaseException:
             if cgroups is not None:
                 cgroups.remove()
@@ -257,7 +265,8 @@ class ProcessExecutor:
         try:
             if op.makes_group:
                 group = ProcessGroup(pgid, proc, owner=self.name, strategy=make_tier(
-                    pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None))
+                    pgid, op.detach_from_terminal, cgroups, contained=op.containment is not None,
+                    init_status_fd=getattr(spawned, "init_status_fd", None), leader=proc))
                 if watched:
                     group._kill_with_parent()
         except BaseException:
@@ -330,6 +339,44 @@ class ProcessExecutor:
             "executor": self.name,
             "user": ctx.principal,
         })
+
+
+def _prepare_cgroups(op: ProcessSpawnOperation, limits: Any) -> Any:
+    """The CgroupSet of a spawn (osl_pg.cgroup.prepare). For pid_namespace
+    it holds only the limits; a limit no cgroup here can apply is refused
+    with LimitUnavailable saying why, not emulated with rlimits (those are
+    per process, not a total for the group)."""
+    from . import cgroup  # imported when first needed: most spawns never use it
+    if op.containment != "pid_namespace":
+        return cgroup.prepare(op.containment, limits)
+    try:
+        return cgroup.prepare(None, limits)
+    except (PermissionError, NotImplementedError) as e:  # LimitUnavailable, CgroupPermissionError...
+        raise LimitUnavailable(f"with_limits in the pid_namespace tier needs a cgroup this process may create, "
+                               f"and there is none ({e}); rlimits would limit each process, not the group, "
+                               "so no limit is applied") from e
+
+
+# The pid_namespace tier was refused in this process (best_available then
+# goes straight to the process group); the kernel's answer does not change.
+_namespaces_refused: List[BaseException] = []
+
+
+def _spawn_namespaced(op: ProcessSpawnOperation, fds: Sequence[int]) -> Any:
+    """The spawn of "pid_namespace", and of "best_available" without a
+    cgroup: in new user + PID namespaces (osl_pg.pidns); best_available
+    falls back to the process group where they are refused."""
+    if op.containment == "best_available" and (_namespaces_refused or not _HAS_PIDNS):
+        return backend.spawn(op, fds)
+    if not _HAS_PIDNS:
+        raise NamespaceUnavailable(errno.ENOSYS, "the pid_namespace tier needs Linux's user and PID namespaces")
+    try:
+        return backend.spawn(op, fds, pid_namespace=True)
+    except NamespaceUnavailable as e:
+        if op.containment != "best_available":
+            raise
+        _namespaces_refused.append(e)
+        return backend.spawn(op, fds)
 
 
 def _containment_metadata(group: Optional[ProcessGroup]) -> Dict[str, str]:

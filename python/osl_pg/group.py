@@ -391,6 +391,13 @@ class ProcessGroup:
         with ExitWatch() as exits:
             return len(self._strategy.live(self._strategy.pids(), exits))
 
+    def terminal_pgid(self) -> int:
+        """The process group to make a terminal's foreground group so that
+        the command reads it and Ctrl-C / Ctrl-Z reach it: `pgid`, but in
+        the pid_namespace tier the command's own group (the host pid of
+        pid 2 there), which the init is not in."""
+        return self._strategy.terminal_pgid()
+
     @property
     def alive(self) -> bool:
         """True while any member is running (zombies do not count)."""

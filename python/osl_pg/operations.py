@@ -322,7 +322,7 @@ class _Operation(Value):
 # --------------------------------------------------------------------------
 # containment and limits
 
-CONTAINMENT = ("cgroup", "best_available")
+CONTAINMENT = ("cgroup", "pid_namespace", "best_available")
 
 
 def _check_containment(value: Any) -> str:
@@ -479,12 +479,16 @@ class ProcessSpawnOperation(_Operation):
         return self._with(kill_on_parent_death=True)
 
     def with_containment(self, tier: str) -> "ProcessSpawnOperation":
-        """Linux: start the group in a fresh cgroup (v2), which no member can
-        leave the way setsid()/setpgid() leave a process group. "cgroup"
+        """Linux: a containment no member can leave the way setsid() or
+        setpgid() leave a process group. "cgroup": a fresh cgroup (v2); it
         fails (NotImplementedError/PermissionError) without a cgroup this
-        process may create; "best_available" then falls back to the process
-        group. The tier obtained is `group.tier` and the "containment"
-        metadata. The child leads a new group unless it is detached."""
+        process may create. "pid_namespace": new user + PID namespaces
+        whose pid 1 is osl_pg's init (osl_pg.pidns), no root needed; it
+        raises NamespaceUnavailable (a NotImplementedError) naming the cause
+        where user namespaces are refused. "best_available" tries cgroup,
+        then pid_namespace, then falls back to the process group. The tier
+        obtained is `group.tier` and the "containment" metadata. The child
+        leads a new group unless it is detached."""
         return self._with(containment=_check_containment(tier), process_group=self._leading_group())
 
     def with_limits(self, max_processes: Optional[int] = None, max_memory: Optional[int] = None,

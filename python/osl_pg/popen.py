@@ -66,6 +66,7 @@ if TYPE_CHECKING:
         umask: int
         pipesize: int
         process_group: Optional[int]
+        containment: Optional[str]
         grace: float
         executor: Optional[ProcessExecutor]
         context: Optional[ExecutionContext]
@@ -79,7 +80,7 @@ from .context import ExecutionContext
 from .errors import OslPermissionError, SecurityViolation, Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
-from .operations import NEW_GROUP, ProcessSpawnOperation
+from .operations import NEW_GROUP, JoinGroup, ProcessSpawnOperation
 from .process import Process, WaitTimeout
 
 PREEXEC_FN_REFUSED = ("preexec_fn is not supported: osl_pg spawns with posix_spawn/vfork and runs no Python in the "
@@ -209,12 +210,14 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
                     process_group: Optional[int] = None, close_fds: bool = True, pass_fds: Sequence[int] = (),
                     stdin: Any = None, stdout: Any = None, stderr: Any = None, restore_signals: bool = True,
                     uid: Optional[int] = None, gid: Optional[int] = None, gids: Optional[Sequence[int]] = None,
-                    umask: int = -1) -> ProcessSpawnOperation:
+                    umask: int = -1, containment: Optional[str] = None) -> ProcessSpawnOperation:
     """The ProcessSpawnOperation for subprocess.Popen's keywords (POSIX
     meaning; ids already resolved by resolve_ids). The child leads a new
     group, a new session with `start_new_session`, or joins group
     `process_group` when that is > 0 (0 and None: a new group, as
-    setpgid(0, 0)). Builders are called only for non-default values."""
+    setpgid(0, 0)). `containment` other than None and "process_group" is
+    with_containment's (a new group or session must be made for it).
+    Builders are called only for non-default values."""
     argv = argv_of(args, shell)
     if not argv:
         raise ValueError("empty command")  # subprocess: IndexError deep inside; ours says what
@@ -256,6 +259,10 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
         op = _builder(op, "with_user", "user")(_fits_id_t(uid, "uid"))
     if umask >= 0:
         op = _builder(op, "with_umask", "umask")(umask)
+    if containment is not None and containment != "process_group":
+        if isinstance(op.process_group, JoinGroup):
+            raise ValueError(f"containment={containment!r} needs a new group: not with process_group=N")
+        op = op.with_containment(containment)
     return op
 
 
@@ -309,7 +316,8 @@ class Popen(subprocess.Popen[AnyStr]):
     (`p.group` is None, signals reach the child alone). `preexec_fn` raises
     TypeError: no Python can run in a child that is never forked. POSIX
     only for now: raises Unsupported on Windows. Extra keywords: `grace` (seconds between SIGTERM and
-    SIGKILL when `with` exit ends the tree), `executor`/`context` (whose
+    SIGKILL when `with` exit ends the tree), `containment` (as run()'s:
+    "cgroup", "pid_namespace", "best_available"), `executor`/`context` (whose
     policy and audit log the spawn goes through). Generic as
     subprocess.Popen: Popen[str] in text mode, else Popen[bytes]."""
 
@@ -380,10 +388,12 @@ class Popen(subprocess.Popen[AnyStr]):
                  restore_signals: bool = True, start_new_session: bool = False, pass_fds: Sequence[int] = (),
                  *, user: Any = None, group: Any = None, extra_groups: Any = None, encoding: Optional[str] = None,
                  errors: Optional[str] = None, text: Optional[bool] = None, umask: int = -1, pipesize: int = -1,
-                 process_group: Optional[int] = None, grace: float = DEFAULT_GRACE,
-                 executor: Optional[ProcessExecutor] = None, context: Optional[ExecutionContext] = None):
+                 process_group: Optional[int] = None, containment: Optional[str] = None,
+                 grace: float = DEFAULT_GRACE, executor: Optional[ProcessExecutor] = None,
+                 context: Optional[ExecutionContext] = None):
         if preexec_fn is not None:
             raise TypeError(PREEXEC_FN_REFUSED)
+        self._osl_containment = containment
         if os.name == "nt":
             raise Unsupported("osl_pg.Popen is POSIX-only for now; use osl_pg.run() or the executor on Windows")
         self.grace = grace
@@ -421,7 +431,7 @@ class Popen(subprocess.Popen[AnyStr]):
                              close_fds=close_fds, pass_fds=pass_fds, stdin=p2cread if p2cread != -1 else None,
                              stdout=c2pwrite if c2pwrite != -1 else None,
                              stderr=errwrite if errwrite != -1 else None, restore_signals=restore_signals,
-                             uid=uid, gid=gid, gids=gids, umask=umask)
+                             uid=uid, gid=gid, gids=gids, umask=umask, containment=self._osl_containment)
         sys.audit("subprocess.Popen", op.executable or op.command, [op.command, *op.args], cwd, env)
         try:
             result = self._osl_executor.execute(op, self._osl_context)

@@ -177,6 +177,9 @@ class Process:
     _comm: Dict[str, Any]
     _comm_elapsed: float
     _threads_reading: List[IO[bytes]]
+    # Maps the child's own status to the returncode, where the child stands
+    # for another program (the pid_namespace tier's init: osl_pg.pidns).
+    _decode: Optional[Callable[[int], int]] = None
 
     # self: Process, not Self: weakref.ref(self) goes into a map of ref[Process]
     # (refs are invariant).
@@ -248,7 +251,7 @@ class Process:
             pinned = self._pinned
             if self.returncode is None:
                 if state.reaped:  # the sweep reaped it (a dropped group's leader)
-                    self.returncode = state.code if state.code is not None else 0
+                    self.returncode = self._decoded(state.code if state.code is not None else 0)
                     return self.returncode
                 try:
                     # A status peeked above still holds: only this lock's
@@ -267,7 +270,7 @@ class Process:
                     return 0
                 if code is None:
                     return None
-                self.returncode = code
+                self.returncode = self._decoded(code)
                 if not pinned:
                     state.mark_reaped()
             elif not pinned and not state.reaped:
@@ -280,6 +283,10 @@ class Process:
             return self.returncode
         finally:
             state.lock.release()
+
+    def _decoded(self, code: int) -> int:
+        decode = self._decode
+        return code if decode is None else decode(code)
 
     def poll(self) -> Optional[int]:
         """The returncode if the child has exited, else None. Never blocks:

@@ -83,6 +83,7 @@ if TYPE_CHECKING:
         umask: int
         process_group: Optional[int]
         preexec_fn: None
+        containment: Optional[str]
 else:
     _T = "_T"  # subprocess.CompletedProcess[...] below needs a value at run time, any value
 
@@ -208,7 +209,7 @@ class _Plan:
                                   start_new_session=start_new_session, process_group=process_group,
                                   close_fds=close_fds, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr,
                                   restore_signals=popen.get("restore_signals", True), uid=uid, gid=gid, gids=gids,
-                                  umask=popen.get("umask", -1))
+                                  umask=popen.get("umask", -1), containment=popen.get("containment"))
         self.pipesize = popen.get("pipesize", -1)
         # process_group=N (> 0): the child joins a group that is not ours.
         self.joins_group = isinstance(self.op.process_group, JoinGroup)
@@ -311,7 +312,7 @@ def _check_popen_keywords(popen: Dict[str, Any]) -> None:
         raise TypeError("process_group must be an int")
 
 
-_POPEN_DEFAULTS: Dict[str, Any] = dict(bufsize=-1, preexec_fn=None, restore_signals=True, startupinfo=None,
+_POPEN_DEFAULTS: Dict[str, Any] = dict(containment=None, bufsize=-1, preexec_fn=None, restore_signals=True, startupinfo=None,
                                        creationflags=0, user=None, group=None, extra_groups=None, umask=-1,
                                        pipesize=-1, process_group=None)
 
@@ -692,7 +693,11 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
     subprocess.run() does (a timeout kills the child alone, no leftovers
     are looked for, the terminal is not handed over).
 
-    The extra keywords: `grace` (seconds between SIGTERM and SIGKILL),
+    The extra keywords: `containment` (None or "process_group": the
+    process group; "session" is start_new_session; "cgroup",
+    "pid_namespace" or "best_available": see
+    ProcessSpawnOperation.with_containment; the tier obtained is
+    `group.tier`), `grace` (seconds between SIGTERM and SIGKILL),
     `pipe_drain_timeout` (how long pipes may stay open after the command
     exited), `kill_leftovers`, `idle_timeout` (seconds without output on the
     captured pipes after which the tree is ended as on `timeout`, and

@@ -78,7 +78,9 @@ class ForegroundTerminal:
         child, before exec; posix_spawn cannot run code there). SIGCONT
         continues it, or discards a stop signal still pending; a child that
         was not stopped only sees a SIGCONT it ignores by default."""
-        if self.give(group.pgid) and _SIGCONT is not None:
+        # The group whose members read the terminal: the pgid, except in the
+        # pid_namespace tier, where it is the command's group under the init.
+        if self.give(group.terminal_pgid()) and _SIGCONT is not None:
             try:
                 group.signal(int(_SIGCONT))
             except ProcessLookupError:  # the whole group has already exited

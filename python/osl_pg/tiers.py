@@ -8,6 +8,8 @@ its members. The handle delegates to one of these strategies:
 - ``cgroup`` (CgroupTier, Linux): members are the processes in the group's
   cgroup v2 directory, which none of them can leave. Kill is one write to
   cgroup.kill; "gone" is cgroup.events saying ``populated 0``.
+- ``pid_namespace`` (osl_pg.pidns.PidNamespaceTier, Linux): members are the
+  processes of a user + PID namespace whose pid 1 is osl_pg's init.
 
 Both may carry a CgroupSet for per-group limits (osl_pg.cgroup).
 """
@@ -29,6 +31,9 @@ from ._record import Value
 from ._timeouts import poll_ms
 from .errors import ProcessNotFound, Unsupported
 from .process import number_in_use
+
+if TYPE_CHECKING:
+    from .process import Process
 
 if TYPE_CHECKING:  # imported when a cgroup is first used (most groups never do)
     from . import cgroup as _cg
@@ -379,6 +384,10 @@ class Tier:
     def leader_reaped(self) -> None:
         """Hook: the group's leader was reaped while the handle is open."""
 
+    def terminal_pgid(self) -> int:
+        """The group a terminal is given to (ProcessGroup.terminal_pgid)."""
+        return self.pgid
+
     def observe(self) -> Dict[int, ProcInfo]:
         """Read the process table and remember the group's descendants for
         escaped() (see DescendantTracker); returns the table."""
@@ -679,13 +688,21 @@ class CgroupTier(Tier):
                         exits.fired(by_fd.pop(fd))
 
 
-def make_tier(pgid: int, session: bool, cgroups: "Optional[_cg.CgroupSet]", contained: bool) -> Tier:
-    """The strategy for a new group: the cgroup tier when containment was
-    asked for and a cgroup v2 directory was made, else its pgid. On
-    Windows the group is always its Job Object (osl_pg.job_tier)."""
+def make_tier(pgid: int, session: bool, cgroups: "Optional[_cg.CgroupSet]", contained: bool,
+              init_status_fd: Optional[int] = None, leader: Optional[Process] = None) -> Tier:
+    """The strategy for a new group: the pid_namespace tier when the child
+    is its init (it has a status pipe: osl_pg.pidns), the cgroup tier when
+    containment was asked for and a cgroup v2 directory was made, else its
+    pgid. On Windows the group is always its Job Object (osl_pg.job_tier)."""
     if sys.platform == "win32":  # backend is _windows (a test type checkers understand)
         from .job_tier import JobTier
         return JobTier(pgid, backend.limits_applied(pgid))
+    if init_status_fd is not None:
+        from .pidns import InitStatus, PidNamespaceTier
+        status = InitStatus(init_status_fd)
+        if leader is not None:
+            leader._decode = status.decode  # the init's status stands for the command's
+        return PidNamespaceTier(pgid, status, cgroups)
     if contained and cgroups is not None and cgroups.v2 is not None:
         return CgroupTier(pgid, cgroups)
     return PgidTier(pgid, "session" if session else "process_group", cgroups)
