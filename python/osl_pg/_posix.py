@@ -319,10 +319,6 @@ def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_f
     init's first record says whether PATH was executed. Parent death needs
     no PR_SET_PDEATHSIG here: the init exits when the status pipe's read
     end (ours) is closed, whichever thread spawned it."""
-    from .errors import NamespaceUnavailable
-    if not os.access(INIT_PROGRAM, os.X_OK):
-        raise NamespaceUnavailable(errno.ENOENT, f"the pid_namespace tier's init program {INIT_PROGRAM} is missing "
-                                                 "or not executable (osl_pg was built without it)")
     if op.changes_credentials:
         raise Unsupported("user, group and extra_groups cannot change in the pid_namespace tier: its user "
                           "namespace maps only the caller's own uid and gid")
@@ -363,10 +359,7 @@ def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_f
             os.close(status_w)
         if err:
             stdio.close_parent_ends()
-            if out[1] == lib.OSL_STEP_USERNS:
-                from .pidns import refusal_cause
-                raise NamespaceUnavailable(err, f"no user + PID namespace for {op.command!r}: {refusal_cause(err)}")
-            raise _spawn_error(err, out[1], op, path)
+            raise _pidns_spawn_error(err, out[1], op, path)
         stdio.close_child_ends()
         pid = out[0]
         kind, value = _first_init_record(status_r)
@@ -380,6 +373,20 @@ def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_f
         os.close(status_r)
         raise
     return Spawned(pid, pid, stdio.parent, True, init_status_fd=status_r)
+
+
+def _pidns_spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> OSError:
+    """What failed before the init ran: the namespaces (NamespaceUnavailable
+    naming the cause), the init's own exec (it is missing: the same), or a
+    step the command's spawn shares (cwd, stdio, cgroups)."""
+    from .errors import NamespaceUnavailable
+    if step == lib.OSL_STEP_USERNS:
+        from .pidns import refusal_cause
+        raise NamespaceUnavailable(err, f"no user + PID namespace for {op.command!r}: {refusal_cause(err)}")
+    if step == lib.OSL_STEP_EXEC:
+        raise NamespaceUnavailable(err, f"the pid_namespace tier's init program {INIT_PROGRAM} cannot be executed "
+                                        f"({os.strerror(err)}): osl_pg was installed without it")
+    return _spawn_error(err, step, op, path)
 
 
 def _first_init_record(fd: int) -> Tuple[int, int]:

@@ -185,6 +185,10 @@ TARGETS: List[Tuple[str, str, Tuple[str, str], Optional[Tuple[str, str]], Union[
      ("kill.tree101", "osl_group"), ("kill.tree101", "psutil"), 0.33),
     ("kill_crowd", f"kill+confirm 101 members with {CROWD_GROUP} other processes vs without",
      ("kill_crowd.flat101", "osl_group"), ("kill.flat101", "osl_group"), 1.3),
+    ("pidns_spawn_vs_pgroup", "spawn + process.wait: pid_namespace tier vs process_group tier",
+     ("pidns", "osl_pidns"), ("pidns", "osl_pgroup"), 1.3),
+    ("pidns_kill_vs_pgroup", "kill+confirm 101 members (flat): pid_namespace tier vs process_group tier",
+     ("pidns_kill.flat101", "osl_pidns"), ("pidns_kill.flat101", "osl_pgroup"), 1.0),
     ("signal_thin", "ProcessGroup.signal (with its release lock) vs os.killpg",
      ("signal", "group_signal"), ("signal", "os_killpg"), 1.2),
     ("import_cost", "python -c 'import osl_pg' minus a bare interpreter start, ms",
@@ -579,10 +583,13 @@ class TreeBuilder:
             if w >= 0:
                 os.close(w)
 
-    def with_osl(self, executor: Any) -> Any:
-        """Started by the executor: returns the ExecutionResult."""
+    def with_osl(self, executor: Any, containment: Optional[str] = None) -> Any:
+        """Started by the executor (in `containment`, else a new process
+        group): returns the ExecutionResult."""
         from .operations import ProcessSpawnOperation
         op = (ProcessSpawnOperation(self.argv[0]).with_args(self.argv[1:]).with_new_process_group())
+        if containment is not None:
+            op = op.with_containment(containment)
         r, w = os.pipe()
         try:
             result = executor.execute(op.with_stdout(w))
@@ -612,6 +619,75 @@ def _kill_and_reap(pgid: int) -> None:
             return
         except InterruptedError:
             continue
+
+
+def pidns_refused() -> Optional[str]:
+    """Why the pid_namespace tier cannot run here, or None."""
+    from .errors import NamespaceUnavailable
+    from .executor import ProcessExecutor
+    from .operations import ProcessSpawnOperation
+    try:
+        result = ProcessExecutor("osl-pg-bench").execute(
+            ProcessSpawnOperation("true").with_containment("pid_namespace"))
+    except NamespaceUnavailable as e:
+        return str(e)
+    assert result.group is not None
+    result.group.close()
+    return None
+
+
+def pidns_spawn_contenders(program: Program) -> List[Contender]:
+    """spawn + process.wait in the pid_namespace tier against the process
+    group tier: the cost of the namespaces, the init's exec and its fork."""
+    from ._backend import backend
+    from .executor import ProcessExecutor
+    from .operations import ProcessSpawnOperation
+
+    executor = ProcessExecutor("osl-pg-bench")
+    op = ProcessSpawnOperation(program.path).with_args(program.argv[1:]).with_new_process_group()
+    in_ns = op.with_containment("pid_namespace")
+
+    def c_floor() -> Dict[str, int]:
+        _, total = backend.bench_spawn(program.path, op.close_fds)
+        return {"wait": total}
+
+    return [
+        Contender("osl_pgroup", "osl_pg: process_group tier, execute + process.wait",
+                  call_then_wait(lambda: executor.execute(op), lambda r: r.process.wait()), ours=True),
+        Contender("osl_pidns", "osl_pg: pid_namespace tier, execute + process.wait",
+                  call_then_wait(lambda: executor.execute(in_ns), lambda r: r.process.wait()), ours=True,
+                  note="clone(NEWUSER|NEWPID) + exec of the init + its vfork + exec of the program"),
+        Contender("c_floor", "C floor of the process_group tier: osl_spawn + waitid, timed in C", c_floor),
+    ]
+
+
+def pidns_kill_contenders(shape: TreeShape, member: Program, executor: Any) -> List[Contender]:
+    """kill + confirm a tree in the pid_namespace tier (SIGKILL of its pid 1,
+    then its exit, which the kernel reports once the namespace is empty)
+    against the process group tier."""
+    now = _clock()
+    builder = TreeBuilder(shape, member)
+
+    def kill_in(containment: Optional[str]) -> Callable[[], Dict[str, int]]:
+        def sample() -> Dict[str, int]:
+            result = builder.with_osl(executor, containment)
+            group = result.group
+            try:
+                t0 = now()
+                group.kill()
+                group.wait()
+                t1 = now()
+            finally:
+                group.close()
+                _reap_group_leftovers(group.pgid)
+            return {"kill": t1 - t0}
+        return sample
+
+    return [
+        Contender("osl_pgroup", "osl_pg: process_group tier, ProcessGroup.kill + wait", kill_in(None), ours=True),
+        Contender("osl_pidns", "osl_pg: pid_namespace tier, ProcessGroup.kill + wait", kill_in("pid_namespace"),
+                  ours=True),
+    ]
 
 
 def kill_contenders(shape: TreeShape, member: Program, executor: Any) -> List[Contender]:
@@ -820,6 +896,23 @@ def run(options: Options) -> Dict[str, Any]:
                 sections += _sections_of(sc, run_round_robin(sc, sc.rounds, warmup=1))
         finally:
             set_child_subreaper(False)
+        say("pid_namespace tier")
+        refused = pidns_refused()
+        if refused is None:
+            sc = Scenario("pidns", f"{title}: pid_namespace tier vs process_group tier", {"wait": "spawn + wait"},
+                          pidns_spawn_contenders(program), options.rounds("spawn"))
+            sections += _sections_of(sc, run_round_robin(sc, sc.rounds))
+            set_child_subreaper(True)
+            try:
+                sc = Scenario("pidns_kill.flat101", "SIGKILL a group of 101 (flat) and confirm it is gone: "
+                              "pid_namespace tier vs process_group tier", {"kill": ""},
+                              pidns_kill_contenders(TreeShape("flat", 100), member, executor),
+                              options.rounds("kill_large"), ["this process is the trees' child subreaper"])
+                sections += _sections_of(sc, run_round_robin(sc, sc.rounds, warmup=1))
+            finally:
+                set_child_subreaper(False)
+        else:
+            say(f"pid_namespace tier skipped: {refused}")
         say("interpreter start and import")
         sc = Scenario("startup", "start a Python interpreter (wall time)", {"call": ""}, startup_contenders(),
                       options.rounds("startup"), ["each sample is a new process"])

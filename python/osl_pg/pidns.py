@@ -103,6 +103,7 @@ class InitStatus:
     def __init__(self, fd: int):
         self.fd = fd
         self.exit_status: Optional[int] = None  # the command's: code, or -signal
+        self.init_exited = False  # its status was collected (decode())
 
     def _drain(self) -> None:
         if self.fd < 0:
@@ -123,6 +124,7 @@ class InitStatus:
         cannot die of a signal it sends itself); the EXITED record says
         which. An init killed (by us: the namespace was killed) reports
         that."""
+        self.init_exited = True
         if self.exit_status is None:
             self._drain()
         if self.exit_status is not None and init_status >= 0:
@@ -250,5 +252,5 @@ class PidNamespaceTier(Tier):
         return exits.live(pids)
 
     def close(self) -> None:
-        self.status.close(running=not self._init_exited())
+        self.status.close(running=not self.status.init_exited and not self._init_exited())
         super().close()
