@@ -665,29 +665,34 @@ def pidns_kill_contenders(shape: TreeShape, member: Program, executor: Any) -> L
     """kill + confirm a tree in the pid_namespace tier (SIGKILL of its pid 1,
     then its exit, which the kernel reports once the namespace is empty)
     against the process group tier."""
-    now = _clock()
     builder = TreeBuilder(shape, member)
-
-    def kill_in(containment: Optional[str]) -> Callable[[], Dict[str, int]]:
-        def sample() -> Dict[str, int]:
-            result = builder.with_osl(executor, containment)
-            group = result.group
-            try:
-                t0 = now()
-                group.kill()
-                group.wait()
-                t1 = now()
-            finally:
-                group.close()
-                _reap_group_leftovers(group.pgid)
-            return {"kill": t1 - t0}
-        return sample
-
     return [
-        Contender("osl_pgroup", "osl_pg: process_group tier, ProcessGroup.kill + wait", kill_in(None), ours=True),
-        Contender("osl_pidns", "osl_pg: pid_namespace tier, ProcessGroup.kill + wait", kill_in("pid_namespace"),
-                  ours=True),
+        Contender("osl_pgroup", "osl_pg: process_group tier, ProcessGroup.kill + wait",
+                  osl_kill_sample(builder, executor), ours=True),
+        Contender("osl_pidns", "osl_pg: pid_namespace tier, ProcessGroup.kill + wait",
+                  osl_kill_sample(builder, executor, "pid_namespace"), ours=True),
     ]
+
+
+def osl_kill_sample(builder: TreeBuilder, executor: Any, containment: Optional[str] = None
+                    ) -> Callable[[], Dict[str, int]]:
+    """A sample: build the tree through the executor (in `containment`),
+    then time ProcessGroup.kill + wait."""
+    now = _clock()
+
+    def sample() -> Dict[str, int]:
+        result = builder.with_osl(executor, containment)
+        group = result.group
+        try:
+            t0 = now()
+            group.kill()
+            group.wait()
+            t1 = now()
+        finally:
+            group.close()
+            _reap_group_leftovers(group.pgid)
+        return {"kill": t1 - t0}
+    return sample
 
 
 def kill_contenders(shape: TreeShape, member: Program, executor: Any) -> List[Contender]:
@@ -699,19 +704,6 @@ def kill_contenders(shape: TreeShape, member: Program, executor: Any) -> List[Co
 
     now = _clock()
     builder = TreeBuilder(shape, member)
-
-    def osl_group() -> Dict[str, int]:
-        result = builder.with_osl(executor)
-        group = result.group
-        try:
-            t0 = now()
-            group.kill()
-            group.wait()
-            t1 = now()
-        finally:
-            group.close()
-            _reap_group_leftovers(group.pgid)
-        return {"kill": t1 - t0}
 
     def psutil_tree() -> Dict[str, int]:
         pid = builder.raw()
@@ -741,7 +733,7 @@ def kill_contenders(shape: TreeShape, member: Program, executor: Any) -> List[Co
         return {"kill": ns}
 
     return [
-        Contender("osl_group", "osl_pg: ProcessGroup.kill + wait", osl_group, ours=True),
+        Contender("osl_group", "osl_pg: ProcessGroup.kill + wait", osl_kill_sample(builder, executor), ours=True),
         Contender("psutil", "psutil: children(recursive) + kill + wait_procs", psutil_tree),
         Contender("c_floor", "C floor: killpg + waitpid(-pgid) until ECHILD", c_floor),
     ]
