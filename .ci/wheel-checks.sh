@@ -14,7 +14,9 @@
 #     auditwheel repair makes it a manylinux_2_28 wheel, which installs and
 #     runs a process group in a fresh venv.
 #  4. The C layer compiles warning-free against musl (musl-gcc) and its C
-#     tests (tests/c/test_posix.c) pass there: the musllinux_1_2 half.
+#     tests (tests/c/test_posix.c, test_pidns.c) pass there: the
+#     musllinux_1_2 half. Both wheels carry the pid_namespace tier's init,
+#     executable.
 #  5. What PyPI and a maintainer check before an upload: `twine check
 #     --strict` on the sdist and the wheel, `check-wheel-contents` on the
 #     wheel, LICENSE in the sdist and in the wheel's .dist-info (with
@@ -98,6 +100,17 @@ PATH="$work/venv/bin:$PATH" auditwheel repair --plat "manylinux_2_28_$arch" -w "
     >"$work/repair.log" 2>&1 || { cat "$work/repair.log" >&2; exit 1; }
 repaired=$(ls "$work"/repaired/*.whl)
 log "auditwheel repair: $(basename "$repaired")"
+# The pid_namespace tier's init is a program of its own in the package: it
+# must be in both wheels, executable (the mode bits travel in the zip).
+for w in "$wheel" "$repaired"; do
+    "$work/venv/bin/python" - "$w" <<'PYEOF' || { log "FAIL: no executable osl_pg/_osl_pg_init in $w"; exit 1; }
+import stat, sys, zipfile
+info = zipfile.ZipFile(sys.argv[1]).getinfo("osl_pg/_osl_pg_init")
+mode = info.external_attr >> 16
+assert stat.S_ISREG(mode) and mode & 0o111 == 0o111, oct(mode)
+PYEOF
+done
+log "both wheels carry osl_pg/_osl_pg_init, executable"
 
 python3 -m venv "$work/try"
 "$work/try/bin/pip" install -q "$repaired" </dev/null >"$work/pip-try.log" 2>&1 || { cat "$work/pip-try.log" >&2; exit 1; }
@@ -112,6 +125,14 @@ r.process.stdin.close()
 assert r.group.wait(30) == 0
 print(f"[wheel-checks] installed wheel ran a group leader (pid {r.pid}) from {os.path.dirname(osl_pg.__file__)}",
       file=sys.stderr)
+init = os.path.join(os.path.dirname(osl_pg.__file__), "_osl_pg_init")
+assert os.access(init, os.X_OK), init
+try:
+    r = osl_pg.run(["sh", "-c", "exit 7"], containment="pid_namespace")
+    assert r.returncode == 7, r
+    print("[wheel-checks] the installed wheel's init ran a pid_namespace group", file=sys.stderr)
+except osl_pg.NamespaceUnavailable as e:
+    print(f"[wheel-checks] pid_namespace not run (refused here: {e})", file=sys.stderr)
 PYEOF
 )
 
@@ -129,6 +150,13 @@ musl-gcc -Wall -Wextra -Werror -g -O1 -I"$root/csrc" "$root/tests/c/test_posix.c
 file "$work/test_posix_musl" | grep -q 'ld-musl' || { log "FAIL: not linked against musl"; exit 1; }
 "$work/test_posix_musl" >"$work/musl.log" 2>&1 || { cat "$work/musl.log" >&2; log "FAIL: C tests on musl"; exit 1; }
 log "musl: $(grep -E '^features' "$work/musl.log" || true); $(tail -n 1 "$work/musl.log")"
+# The pid_namespace init and spawn on musl (static, as setup.py builds it).
+musl-gcc -std=c99 -Wall -Wextra -Werror -O2 -static -I"$root/csrc" "$root/csrc/osl_pg_init.c" -o "$work/init_musl"
+musl-gcc -Wall -Wextra -Werror -g -O1 -I"$root/csrc" "$root/tests/c/test_pidns.c" "$root/csrc/osl_pg_posix.c" \
+    -ldl -o "$work/test_pidns_musl"
+"$work/test_pidns_musl" "$work/init_musl" >"$work/musl-pidns.log" 2>&1 ||
+    { cat "$work/musl-pidns.log" >&2; log "FAIL: pid_namespace C tests on musl"; exit 1; }
+log "musl pid_namespace: $(tail -n 1 "$work/musl-pidns.log")"
 # --- 5. what an upload is checked for -------------------------------------------
 
 "$work/venv/bin/twine" check --strict "$sdist" "$wheel" >"$work/twine.log" 2>&1 ||
