@@ -119,12 +119,13 @@ int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
 
 /* What the init writes to its status fd: one record per write(). */
 struct osl_init_record {
-    int kind;  /* OSL_INIT_STARTED, _EXEC_FAILED, _EXITED */
+    int kind;  /* OSL_INIT_STARTED, _EXEC_FAILED, _EXITED, _STOPPED */
     int value; /* EXEC_FAILED: errno; EXITED: exit code, or -signal */
 };
 #define OSL_INIT_STARTED 1
 #define OSL_INIT_EXEC_FAILED 2
 #define OSL_INIT_EXITED 3
+#define OSL_INIT_STOPPED 4 /* value: the stop signal */
 /* The init's own exit codes when it wrote no EXITED record. */
 #define OSL_INIT_USAGE 120        /* bad arguments */
 #define OSL_INIT_SETUP_FAILED 121 /* fcntl() or signalfd() failed (EXEC_FAILED sent) */

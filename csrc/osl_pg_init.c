@@ -22,8 +22,9 @@
  * STATUS_FD is the write end of a pipe whose read end only our parent
  * holds. Records on it (struct osl_init_record, one write() each, below
  * PIPE_BUF so atomic): STARTED once PATH has been executed, or EXEC_FAILED
- * with the errno; EXITED with the command's status (exit code >= 0, or
- * -signal) just before we exit. Our own exit code is the command's, or
+ * with the errno; STOPPED with the signal each time the command stops;
+ * EXITED with the command's status (exit code >= 0, or -signal) just
+ * before we exit. Our own exit code is the command's, or
  * 128 + signal: a pid 1 cannot die of a signal it sends itself, so the
  * parent takes the signal from the EXITED record. The pipe also tells us
  * when the parent dies: the write end then reports POLLERR, and we exit,
@@ -232,10 +233,15 @@ int main(int argc, char **argv)
          * reparents to the namespace's pid 1. */
         for (;;) {
             int status;
-            pid_t done = waitpid(-1, &status, WNOHANG);
+            /* WUNTRACED: a stop of the command (Ctrl-Z) is reported to
+             * our parent, which cannot see it otherwise: we cannot stop
+             * ourselves (a pid 1 ignores stop signals from inside). */
+            pid_t done = waitpid(-1, &status, WNOHANG | WUNTRACED);
             if (done <= 0)
                 break;
-            if (done == command) {
+            if (done == command && WIFSTOPPED(status)) {
+                report(OSL_INIT_STOPPED, WSTOPSIG(status));
+            } else if (done == command) {
                 command_done = 1;
                 command_status = WIFSIGNALED(status) ? -WTERMSIG(status)
                                                      : WEXITSTATUS(status);

@@ -406,3 +406,42 @@ def test_best_available_falls_back_when_the_tier_is_refused(monkeypatch):
     r = ex.execute(ProcessSpawnOperation("sh").with_args(["-c", "exit 4"]).with_containment("best_available"))
     assert r.group.tier == "process_group" and r.get_metadata("containment") == "process_group"
     assert r.group.wait() == 4
+
+
+# The child's host pid: the shell opens /proc/self/stat itself (a redirect).
+NS_CHILD = "read hp rest < /proc/self/stat; echo child-pid:$hp; read x; echo got:$x"
+RUN_IN_NS = (f"import osl_pg; r = osl_pg.run(['sh', '-c', {NS_CHILD!r}], containment='pid_namespace'); "
+             "print('rc', r.returncode, flush=True)")
+
+
+@needs_pidns
+@pytest.mark.skipif(not os.path.exists("/bin/bash"), reason="needs bash for an interactive shell")
+def test_ctrl_z_stops_run_at_the_shell_and_fg_continues_it():
+    # As test_terminal's test of the process-group tier: the init reports
+    # the command's stop (it cannot stop itself), so run() takes the
+    # terminal back and stops too; `fg` continues both.
+    from test_terminal import wait_state
+    env = dict(os.environ, PS1="PROMPT$ ", TERM="dumb")
+    tty = Pty(["/bin/bash", "--norc", "--noprofile", "-i"], env=env)
+    try:
+        tty.expect("PROMPT$ ")
+        tty.send(f"{sys.executable} -c \"{RUN_IN_NS.replace('$', chr(92) + '$')}\"\n".encode())
+        tty.expect_re(rb"child-pid:(\d+)\s")
+        import re
+        child = int(re.search(rb"child-pid:(\d+)\s", tty.seen).group(1))
+        python = psutil.Process(psutil.Process(child).ppid()).ppid()  # child -> init -> run()'s Python
+        tty.send(b"\x1a")  # Ctrl-Z
+        tty.expect("Stopped")
+        tty.expect("PROMPT$ ")
+        assert wait_state(child, psutil.STATUS_STOPPED) == psutil.STATUS_STOPPED
+        assert wait_state(python, psutil.STATUS_STOPPED) == psutil.STATUS_STOPPED
+        tty.send(b"fg\n")
+        assert wait_state(child, psutil.STATUS_SLEEPING) == psutil.STATUS_SLEEPING
+        assert os.tcgetpgrp(tty.master) == os.getpgid(child)  # the command's group has the terminal again
+        tty.send(b"hello\n")
+        tty.expect("got:hello")
+        tty.expect("rc 0")
+        tty.send(b"exit\n")
+        assert tty.proc.wait(20) == 0
+    finally:
+        tty.close()

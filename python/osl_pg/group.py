@@ -398,6 +398,11 @@ class ProcessGroup:
         pid 2 there), which the init is not in."""
         return self._strategy.terminal_pgid()
 
+    def _wait_exit_or_stop(self, pid: int, deadline: Optional[float]) -> Optional[int]:
+        """The leader's exit (0) or stop (its signal), or None at
+        `deadline`, as the tier sees them (osl_pg.terminal)."""
+        return self._strategy.wait_exit_or_stop(pid, deadline)
+
     @property
     def alive(self) -> bool:
         """True while any member is running (zombies do not count)."""

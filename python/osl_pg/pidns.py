@@ -44,7 +44,7 @@ from .tiers import SIGKILL, Tier, _exited_without_fd
 
 # struct osl_init_record (csrc/osl_pg.h): two C ints.
 RECORD = struct.Struct("=ii")
-STARTED, EXEC_FAILED, EXITED = 1, 2, 3
+STARTED, EXEC_FAILED, EXITED, STOPPED = 1, 2, 3, 4
 
 # The signals the init forwards to the command's group (csrc/osl_pg_init.c).
 # A pid 1 never gets any other from us but SIGKILL: those are sent to each
@@ -104,19 +104,48 @@ class InitStatus:
         self.fd = fd
         self.exit_status: Optional[int] = None  # the command's: code, or -signal
         self.init_exited = False  # its status was collected (decode())
+        self.eof = False  # the init has exited: its end of the pipe is closed
 
-    def _drain(self) -> None:
+    def _drain(self) -> List[int]:
+        """Read the records there are; returns the stop signals among them
+        (the EXITED one is kept). Records are written whole (one write()
+        below PIPE_BUF), so a read never splits one."""
+        stops: List[int] = []
         if self.fd < 0:
-            return
+            return stops
         os.set_blocking(self.fd, False)
         try:
             data = os.read(self.fd, RECORD.size * 16)
         except (BlockingIOError, InterruptedError):
-            return
+            return stops
+        if not data:
+            self.eof = True
         for off in range(0, len(data) - len(data) % RECORD.size, RECORD.size):
             kind, value = RECORD.unpack_from(data, off)
             if kind == EXITED:
                 self.exit_status = value
+            elif kind == STOPPED:
+                stops.append(value)
+        return stops
+
+    def wait_exit_or_stop(self, deadline: Optional[float]) -> Optional[int]:
+        """backend.wait_exit_or_stop() for the init: 0 once it has exited
+        (its end of the pipe is closed), the signal when the command
+        stopped (the init reports it: it cannot stop itself), None at
+        `deadline`."""
+        import select
+        import time
+        while not self.eof and self.fd >= 0:
+            stops = self._drain()
+            if stops:
+                return stops[-1]
+            if self.eof:
+                break
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if timeout == 0.0:
+                return None
+            select.select([self.fd], [], [], timeout)
+        return 0
 
     def decode(self, init_status: int) -> int:
         """The command's return code, from the init's: the init exits with
@@ -211,6 +240,9 @@ class PidNamespaceTier(Tier):
 
     def confirm_empty(self) -> bool:
         return self._init_exited()
+
+    def wait_exit_or_stop(self, pid: int, deadline: Optional[float]) -> Optional[int]:
+        return self.status.wait_exit_or_stop(deadline)
 
     def observe(self) -> Dict[int, object]:  # type: ignore[override]
         return {}  # nothing to track: nothing leaves

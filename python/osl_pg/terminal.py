@@ -104,9 +104,8 @@ class ForegroundTerminal:
         would (see the module docstring): Ctrl-Z stops this process's group
         too, `fg` continues the child's; a child stopped for a terminal
         another of our groups holds gets it once that one is done."""
-        from ._backend import backend
         while True:
-            stop = backend.wait_exit_or_stop(proc.pid, deadline)
+            stop = group._wait_exit_or_stop(proc.pid, deadline)
             if stop is None:
                 return False
             if stop == 0:

@@ -388,6 +388,11 @@ class Tier:
         """The group a terminal is given to (ProcessGroup.terminal_pgid)."""
         return self.pgid
 
+    def wait_exit_or_stop(self, pid: int, deadline: Optional[float]) -> Optional[int]:
+        """Until the leader `pid` exits (0) or stops (the signal), or
+        `deadline` (None): osl_pg.terminal's wait at a terminal."""
+        return backend.wait_exit_or_stop(pid, deadline)
+
     def observe(self) -> Dict[int, ProcInfo]:
         """Read the process table and remember the group's descendants for
         escaped() (see DescendantTracker); returns the table."""
