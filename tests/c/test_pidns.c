@@ -242,6 +242,26 @@ static void test_signal_death(void)
     close(s.status_rd);
 }
 
+/* A stop of the command is reported (the init cannot stop itself), and a
+ * SIGCONT to the init continues it. */
+static void test_stop_reported(void)
+{
+    struct started s = start("kill -STOP $$; exit 4", -1);
+    struct osl_init_record stop, r;
+    int code;
+    if (s.err)
+        return;
+    stop = last_record(s.status_rd);
+    kill(s.pid, SIGCONT);
+    r = last_record(s.status_rd);
+    code = reap(s.pid);
+    CHECK(stop.kind == OSL_INIT_STOPPED && stop.value == SIGSTOP &&
+              r.kind == OSL_INIT_EXITED && r.value == 4 && code == 4,
+          "pidns: the command's stop is STOPPED %d, SIGCONT to the init continues it "
+          "(%d %d, %d %d, %d)", SIGSTOP, stop.kind, stop.value, r.kind, r.value, code);
+    close(s.status_rd);
+}
+
 /* An escaper (setsid, then the command exits) does not keep the init, and
  * dies with the namespace: the init's exit is reported only after it. */
 static void test_escaper_dies(void)
@@ -330,6 +350,7 @@ int main(int argc, char **argv)
     test_missing_init();
     test_forwarding();
     test_signal_death();
+    test_stop_reported();
     test_escaper_dies();
     test_kill_init();
     test_parent_gone();
