@@ -135,12 +135,12 @@ class InitStatus:
         `deadline`."""
         import select
         import time
-        while not self.eof and self.fd >= 0:
+        while self.fd >= 0:
             stops = self._drain()
             if stops:
                 return stops[-1]
             if self.eof:
-                break
+                return 0
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if timeout == 0.0:
                 return None
