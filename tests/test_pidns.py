@@ -408,15 +408,29 @@ def test_best_available_falls_back_when_the_tier_is_refused(monkeypatch):
     assert r.group.wait() == 4
 
 
-# The child's host pid: the shell opens /proc/self/stat itself (a redirect).
-NS_CHILD = "read hp rest < /proc/self/stat; echo child-pid:$hp; read x; echo got:$x"
-RUN_IN_NS = (f"import osl_pg; r = osl_pg.run(['sh', '-c', {NS_CHILD!r}], containment='pid_namespace'); "
-             "print('rc', r.returncode, flush=True)")
+# The command says its host pid once its group has the terminal, and a
+# moment after: the handoff is followed by a SIGCONT (osl_pg.terminal), and a
+# Ctrl-Z that came before it would be undone by it (a stop continued before
+# anyone waited for it is reported to no one), in any tier. The pause only
+# keeps the test's Ctrl-Z out of that window; nothing is timed.
+NS_CHILD = """
+import os, sys, time
+while os.tcgetpgrp(0) != os.getpgrp():
+    time.sleep(0.01)
+time.sleep(0.5)
+print("child-pid:%d" % int(os.readlink("/proc/self")), flush=True)
+print("got:" + sys.stdin.readline().strip(), flush=True)
+"""
+RUN_IN_NS = """
+import sys, osl_pg
+r = osl_pg.run([sys.executable, "-c", sys.argv[1]], containment="pid_namespace")
+print("rc", r.returncode, flush=True)
+"""
 
 
 @needs_pidns
 @pytest.mark.skipif(not os.path.exists("/bin/bash"), reason="needs bash for an interactive shell")
-def test_ctrl_z_stops_run_at_the_shell_and_fg_continues_it():
+def test_ctrl_z_stops_run_at_the_shell_and_fg_continues_it(tmp_path):
     # As test_terminal's test of the process-group tier: the init reports
     # the command's stop (it cannot stop itself), so run() takes the
     # terminal back and stops too; `fg` continues both.
@@ -425,7 +439,9 @@ def test_ctrl_z_stops_run_at_the_shell_and_fg_continues_it():
     tty = Pty(["/bin/bash", "--norc", "--noprofile", "-i"], env=env)
     try:
         tty.expect("PROMPT$ ")
-        tty.send(f"{sys.executable} -c \"{RUN_IN_NS.replace('$', chr(92) + '$')}\"\n".encode())
+        (tmp_path / "run.py").write_text(RUN_IN_NS)
+        (tmp_path / "child.py").write_text(NS_CHILD)
+        tty.send(f"{sys.executable} {tmp_path}/run.py \"$(cat {tmp_path}/child.py)\"\n".encode())
         tty.expect_re(rb"child-pid:(\d+)\s")
         import re
         child = int(re.search(rb"child-pid:(\d+)\s", tty.seen).group(1))
