@@ -4,6 +4,7 @@ its host pid as /proc/self, the host's procfs), NSpid, getsid, psutil.
 Runs as root and as an unprivileged user alike; skipped where user
 namespaces are refused (then only the refusal tests run)."""
 import errno
+import json
 import os
 import shutil
 import signal
@@ -461,3 +462,20 @@ def test_ctrl_z_stops_run_at_the_shell_and_fg_continues_it(tmp_path):
         assert tty.proc.wait(20) == 0
     finally:
         tty.close()
+
+
+@needs_pidns
+def test_osl_pg_run_containment_pid_namespace():
+    cli = [sys.executable, "-m", "osl_pg", "run", "--json", "--containment", "pid_namespace", "--"]
+    out = subprocess.run(cli + ["sh", "-c", "setsid sleep 1000 & exit 3"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 3, out.stderr
+    report = json.loads(out.stderr[out.stderr.index("{"):])
+    assert report["containment"] == "pid_namespace" and report["leftovers"] == [] and report["escaped"] == []
+    # Refused (a throwaway user namespace that allows no nested one): 125.
+    if shutil.which("unshare") is None:
+        return
+    script = ("echo 0 > /proc/sys/user/max_user_namespaces && exec " + " ".join(cli) + " true")
+    out = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 125 and "max_user_namespaces is 0" in out.stderr, out.stderr

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from typing import Callable, Dict, List, Optional
 
     from . import cgroup as _cg
-    from .tiers import Escapee, ExitWatch
+    from .tiers import Escapee, ExitWatch, ProcInfo
 
 from ._backend import backend
 from .tiers import SIGKILL, Tier, _exited_without_fd
@@ -219,7 +219,7 @@ class PidNamespaceTier(Tier):
                     stack.append(child)
         return seen
 
-    def is_member(self, pid: int, info: object) -> bool:
+    def is_member(self, pid: int, info: ProcInfo) -> bool:
         return pid in self.pids()
 
     def terminal_pgid(self) -> int:
@@ -244,8 +244,9 @@ class PidNamespaceTier(Tier):
     def wait_exit_or_stop(self, pid: int, deadline: Optional[float]) -> Optional[int]:
         return self.status.wait_exit_or_stop(deadline)
 
-    def observe(self) -> Dict[int, object]:  # type: ignore[override]
-        return {}  # nothing to track: nothing leaves
+    def observe(self) -> Dict[int, ProcInfo]:
+        """No table is read: nothing leaves, so nothing is tracked."""
+        return {}
 
     def observe_now_and_then(self, every: float = 0.1) -> None:
         return None
