@@ -161,6 +161,9 @@ FULL_FD_TABLE = textwrap.dedent("""
         "parent-death": base.with_new_process_group().with_kill_on_parent_death(),
         "best_available": base.with_new_process_group().with_containment("best_available"),
     }
+    from osl_pg.bench import pidns_refused
+    if pidns_refused() is None:
+        kinds["pid_namespace"] = base.with_containment("pid_namespace")
     import fcntl
     def fds():
         # Without the fd listdir itself used (closed again by now), which

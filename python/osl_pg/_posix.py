@@ -322,7 +322,10 @@ def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_f
     if op.changes_credentials:
         raise Unsupported("user, group and extra_groups cannot change in the pid_namespace tier: its user "
                           "namespace maps only the caller's own uid and gid")
-    status_r, status_w = os.pipe()  # both O_CLOEXEC; the child makes status_w inheritable (pass_fds)
+    try:
+        status_r, status_w = os.pipe()  # both O_CLOEXEC; the child makes status_w inheritable (pass_fds)
+    except OSError as e:  # EMFILE, ENFILE: ours, with what it was for (never a fallback)
+        raise from_errno(e.errno or 0, "cannot make the pid_namespace init's status pipe") from None
     strings = [ffi.new("char[]", os.fsencode(a))
                for a in (INIT_PROGRAM, str(status_w), path, op.command, *op.args)]
     argv = ffi.new("char *[]", strings + [ffi.NULL])
@@ -380,6 +383,10 @@ def _pidns_spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str
     naming the cause), the init's own exec (it is missing: the same), or a
     step the command's spawn shares (cwd, stdio, cgroups)."""
     from .errors import NamespaceUnavailable
+    if err in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN):
+        # Short of fds (the id maps are opened), memory or processes: not a
+        # refusal of namespaces, and never a reason to fall back.
+        return from_errno(err, f"spawning {op.command!r} in new user + PID namespaces failed")
     if step == lib.OSL_STEP_USERNS:
         from .pidns import refusal_cause
         raise NamespaceUnavailable(err, f"no user + PID namespace for {op.command!r}: {refusal_cause(err)}")
