@@ -101,10 +101,10 @@ class InitStatus:
     (csrc/osl_pg_init.c)."""
 
     def __init__(self, fd: int):
-        self.fd = fd
+        self.fd: int = fd
         self.exit_status: Optional[int] = None  # the command's: code, or -signal
-        self.init_exited = False  # its status was collected (decode())
-        self.eof = False  # the init has exited: its end of the pipe is closed
+        self.init_exited: bool = False  # its status was collected (decode())
+        self.eof: bool = False  # the init has exited: its end of the pipe is closed
 
     def _drain(self) -> List[int]:
         """Read the records there are; returns the stop signals among them
@@ -202,7 +202,7 @@ class PidNamespaceTier(Tier):
 
     def __init__(self, pgid: int, status: InitStatus, cgroups: "Optional[_cg.CgroupSet]" = None):
         super().__init__(pgid, cgroups)
-        self.status = status
+        self.status: InitStatus = status
 
     def _init_exited(self) -> bool:
         return _exited_without_fd(self.pgid)
