@@ -479,3 +479,24 @@ def test_osl_pg_run_containment_pid_namespace():
     out = subprocess.run(["unshare", "--user", "--map-root-user", "sh", "-c", script], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 125 and "max_user_namespaces is 0" in out.stderr, out.stderr
+
+
+@needs_pidns
+def test_a_detached_namespace_runs_on_and_its_pipe_is_closed_once_it_ended():
+    result = contained("import time; print('up', flush=True); time.sleep(1000)")
+    assert read_line(result) == "up\n"
+    result.process.stdout.close()
+    fd = result.group._strategy.status.fd
+    result.group.detach()
+    result.group.close()  # released without a kill: the pipe (our end) must stay open
+    command = [p for p in psutil.Process(result.pgid).children()]
+    try:
+        assert command and all(alive(p.pid) for p in command)
+        assert fd in pidns._kept_open
+    finally:
+        os.kill(result.pgid, signal.SIGKILL)  # the namespace goes with its pid 1
+        result.process.wait()
+    # The next spawn of the tier closes the pipe of the init that has exited.
+    osl_pg.run(["true"], containment="pid_namespace")
+    assert fd not in pidns._kept_open
+    assert not any(alive(p.pid) for p in command)

@@ -59,8 +59,24 @@ SYSCTL_DIR = "/proc/sys"
 
 # Status pipes of inits still running when their handle was dropped or
 # detached: closing one would end that namespace (the init takes it for
-# our death), so they stay open until this process exits.
+# our death), so each stays open until its init has exited (the pipe then
+# reports POLLHUP: sweep_kept_open, at the tier's next spawn).
 _kept_open: List[int] = []
+
+
+def sweep_kept_open() -> None:
+    """Close the kept status pipes whose init has exited. Never blocks."""
+    if not _kept_open:
+        return
+    import select
+    poller = select.poll()
+    for fd in _kept_open:
+        poller.register(fd, 0)  # POLLHUP is always reported
+    for fd, events in poller.poll(0):
+        if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) and fd in _kept_open:
+            _kept_open.remove(fd)
+            if not events & select.POLLNVAL:
+                os.close(fd)
 
 
 def _sysctl(name: str) -> Optional[str]:
@@ -203,6 +219,7 @@ class PidNamespaceTier(Tier):
     def __init__(self, pgid: int, status: InitStatus, cgroups: "Optional[_cg.CgroupSet]" = None):
         super().__init__(pgid, cgroups)
         self.status: InitStatus = status
+        sweep_kept_open()
 
     def _init_exited(self) -> bool:
         return _exited_without_fd(self.pgid)
