@@ -225,11 +225,33 @@ def test_threads_polling_and_waiting_all_see_the_leaders_status():
     assert wrong == []
 
 
+def test_communicate_timeout_is_ours_and_keeps_what_was_read():
+    code = "import sys, time; print('early', flush=True); time.sleep(300)"
+    with osl_pg.Popen(py(code), stdout=subprocess.PIPE) as p, subprocess.Popen(py(code), stdout=subprocess.PIPE) as q:
+        for proc in (p, q):
+            assert proc.stdout.readline() == b"early\n"
+        got = {}
+        for name, proc in (("osl", p), ("stdlib", q)):
+            with pytest.raises(subprocess.TimeoutExpired) as e:
+                proc.communicate(timeout=0.2)
+            got[name] = e.value
+        assert isinstance(got["osl"], osl_pg.TimeoutExpired) and got["osl"].pgid == os.getpgid(p.pid)
+        assert str(got["osl"]) == str(got["stdlib"]).replace(repr(q.args), repr(p.args))
+        assert got["osl"].timeout == got["stdlib"].timeout == 0.2
+        q.kill()
+        p.kill()
+        assert p.communicate()[0] == q.communicate()[0] == b""  # nothing more came: both give the same rest
+
+
 def test_wait_timeouts_as_subprocess():
     with osl_pg.Popen(["sleep", "300"]) as p:
         for timeout in (0, -1, 0.05):
             with pytest.raises(subprocess.TimeoutExpired) as e:
                 p.wait(timeout)
             assert e.value.timeout == timeout and e.value.cmd == ["sleep", "300"]
+            # Ours as well: except osl_pg.OslError catches it; it names the group.
+            assert isinstance(e.value, osl_pg.TimeoutExpired) and isinstance(e.value, osl_pg.OslError)
+            assert e.value.pgid == p.group.pgid == os.getpgid(p.pid)
+            assert str(e.value) == str(subprocess.TimeoutExpired(["sleep", "300"], timeout))
         p.kill()
         assert p.wait(float("inf")) == -signal.SIGKILL  # inf: no limit, as subprocess

@@ -77,7 +77,7 @@ else:
         return func
 
 from .context import ExecutionContext
-from .errors import OslPermissionError, SecurityViolation, Unsupported, caller_stacklevel
+from .errors import OslPermissionError, SecurityViolation, TimeoutExpired, Unsupported, caller_stacklevel
 from .executor import ProcessExecutor
 from .group import DEFAULT_GRACE, ProcessGroup
 from .operations import NEW_GROUP, JoinGroup, ProcessSpawnOperation
@@ -491,9 +491,25 @@ class Popen(subprocess.Popen[AnyStr]):
         assert status is not None  # _leader_exited() set it, here or in the thread that waited
         return status
 
-    def _timeout_expired(self, timeout: Optional[float]) -> subprocess.TimeoutExpired:
+    def _timeout_expired(self, timeout: Optional[float], output: Optional[bytes] = None,
+                         stderr: Optional[bytes] = None) -> TimeoutExpired:
+        """osl_pg.TimeoutExpired (a subprocess.TimeoutExpired and an
+        OslError, so `except osl_pg.OslError` catches it too) with the
+        group's pgid; nothing of the tree is ended, as with Popen."""
         assert timeout is not None  # only a wait with a limit runs out of time
-        return subprocess.TimeoutExpired(self.args, timeout)
+        group = self.group
+        return TimeoutExpired(self.args, timeout, output, stderr, pgid=group.pgid if group is not None else 0)
+
+    def _check_timeout(self, *args: Any, **kwargs: Any) -> None:
+        # communicate(timeout=...) raises from subprocess's own
+        # _check_timeout (all versions since 3.3); re-raised as ours, with
+        # what was read so far, as subprocess attaches it.
+        try:
+            getattr(super(), "_check_timeout")(*args, **kwargs)  # private: not in typeshed
+        except TimeoutExpired:
+            raise
+        except subprocess.TimeoutExpired as e:
+            raise self._timeout_expired(e.timeout, e.output, e.stderr) from None
 
     def _try_wait(self, wait_flags: int) -> Any:
         """subprocess's (pid, wait status), from the handle."""
