@@ -648,12 +648,36 @@ fail:
     _exit(127);
 }
 
+/* After vfork() or clone() has returned in the parent (the child has
+ * exec'd or exited): `err` is its errno (the spawn failed at
+ * `spawn_step`), or the child's report says which step failed; then the
+ * child has exited with 127 and is reaped so no zombie is left. */
+static int spawn_outcome(pid_t child, int err, int spawn_step,
+                         const struct child_report *report, pid_t *pid,
+                         int *step)
+{
+    int status;
+
+    if (err != 0) {
+        *step = spawn_step;
+        return err;
+    }
+    if (report->err != 0) {
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+            ;
+        *step = report->step;
+        return report->err;
+    }
+    *pid = child;
+    return 0;
+}
+
 static int spawn_vfork(const struct osl_spawn_attr *a, pid_t *pid, int *step)
 {
     struct child_report report;
     sigset_t all, old;
     pid_t parent = getpid(), child;
-    int status, err;
+    int err;
 #if defined(__linux__) && defined(PR_GET_DUMPABLE)
     int dumpable;
 #endif
@@ -684,19 +708,7 @@ static int spawn_vfork(const struct osl_spawn_attr *a, pid_t *pid, int *step)
         prctl(PR_SET_DUMPABLE, (unsigned long)dumpable);
 #endif
 
-    if (err != 0) {
-        *step = OSL_STEP_SPAWN;
-        return err;
-    }
-    if (report.err != 0) {
-        /* The child has exited with 127; reap it so no zombie is left. */
-        while (waitpid(child, &status, 0) < 0 && errno == EINTR)
-            ;
-        *step = report.step;
-        return report.err;
-    }
-    *pid = child;
-    return 0;
+    return spawn_outcome(child, err, OSL_STEP_SPAWN, &report, pid, step);
 }
 
 /* close_fds_but() relies on this: ascending, no duplicates, none < 3. */
@@ -782,7 +794,7 @@ int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
     sigset_t all, old;
     char *stack;
     pid_t child;
-    int status, err;
+    int err;
 
     load_features();
     *step_out = OSL_STEP_SPAWN;
@@ -817,19 +829,12 @@ int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     free(stack);
 
-    if (err != 0) {
-        *step_out = OSL_STEP_USERNS; /* refused namespaces fail here */
-        return err;
-    }
-    if (report.err != 0) {
-        while (waitpid(child, &status, 0) < 0 && errno == EINTR)
-            ;
-        *step_out = report.step;
-        return report.err;
-    }
+    /* Refused namespaces fail in clone(): OSL_STEP_USERNS. */
     *step_out = OSL_STEP_NONE;
-    *pid_out = (int)child;
-    return 0;
+    err = spawn_outcome(child, err, OSL_STEP_USERNS, &report, &child, step_out);
+    if (err == 0)
+        *pid_out = (int)child;
+    return err;
 }
 #else
 int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,

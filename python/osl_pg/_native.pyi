@@ -132,9 +132,8 @@ class _Lib:
         OSL_WAIT_NOHANG: int
         OSL_WAIT_NOWAIT: int
         OSL_INIT_STARTED: int
-        OSL_INIT_EXEC_FAILED: int
         OSL_INIT_EXITED: int
-        OSL_INIT_PARENT_GONE: int
+        OSL_INIT_STOPPED: int
 
         # A bit mask of OSL_FEAT_* (not an errno).
         def osl_features(self) -> int: ...

@@ -11,6 +11,7 @@ import functools
 import os
 import signal
 import stat
+import struct
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
@@ -237,6 +238,41 @@ def _native_argv(path: str, op: ProcessSpawnOperation) -> Tuple[Any, Any, List[A
     return hit
 
 
+def _spawn_attr(op: ProcessSpawnOperation, path_c: Any, argv: Any, stdio: "_Stdio", pass_fds: Sequence[int],
+                cgroup_procs_fds: Sequence[int]) -> Tuple[Any, List[Any]]:
+    """The struct osl_spawn_attr fields both spawns (osl_spawn and
+    osl_spawn_pidns) fill alike, and the cdata they point into, which the
+    caller keeps alive until the call returns. Unset fields are zero: NULL
+    env and cwd (inherited), the caller's group."""
+    attr = ffi.new("struct osl_spawn_attr *")
+    keep: List[Any] = []
+    attr.path = path_c
+    attr.argv = argv
+    env = _encode_env(op)
+    if env is not None:
+        env_c = [ffi.new("char[]", e) for e in env]
+        envp = ffi.new("char *[]", env_c + [ffi.NULL])
+        keep += (env_c, envp)
+        attr.envp = envp
+    if op.cwd is not None:
+        cwd_c = ffi.new("char[]", os.fsencode(op.cwd))
+        keep.append(cwd_c)
+        attr.cwd = cwd_c
+    attr.fds = stdio.child
+    attr.new_session = op.detach_from_terminal
+    attr.close_fds = op.close_fds
+    if pass_fds:
+        pass_fds_c = ffi.new("int[]", pass_fds)  # sorted and unique
+        keep.append(pass_fds_c)
+        attr.pass_fds = pass_fds_c
+        attr.n_pass_fds = len(pass_fds)
+    attr.signal_reset = _SIGNAL_RESETS[op.signal_reset]
+    attr.n_cgroups = len(cgroup_procs_fds)
+    for i, fd in enumerate(cgroup_procs_fds):
+        attr.cgroup_procs_fds[i] = fd
+    return attr, keep
+
+
 def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = (), pid_namespace: bool = False) -> Spawned:
     """Spawn the child described by a validated operation. The child joins
     the cgroups whose open cgroup.procs files are `cgroup_procs_fds` before
@@ -252,44 +288,22 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = (), pid_n
     if pid_namespace:
         return _spawn_in_pid_namespace(op, path, cgroup_procs_fds)
     path_c, argv, argv_strings = _native_argv(path, op)  # all three live until osl_spawn returns
-    env = _encode_env(op)
-    if env is None:
-        envp = ffi.NULL
-    else:
-        env_c = [ffi.new("char[]", e) for e in env]
-        envp = ffi.new("char *[]", env_c + [ffi.NULL])
     stdio = _Stdio()
     try:
         stdio.setup(op)
-        attr = ffi.new("struct osl_spawn_attr *")
-        attr.path = path_c
-        attr.argv = argv
-        attr.envp = envp
-        cwd_c = ffi.new("char[]", os.fsencode(op.cwd)) if op.cwd is not None else ffi.NULL
-        attr.cwd = cwd_c
-        attr.fds = stdio.child
+        attr, keep = _spawn_attr(op, path_c, argv, stdio, op.pass_fds, cgroup_procs_fds)
         group = op.process_group
         if isinstance(group, NewGroup):
             attr.pgroup_mode = lib.OSL_PGROUP_NEW
         elif isinstance(group, JoinGroup):
             attr.pgroup_mode = lib.OSL_PGROUP_JOIN
             attr.pgid = group.pgid
-        attr.new_session = op.detach_from_terminal
-        attr.close_fds = op.close_fds
-        if op.pass_fds:
-            pass_fds_c = ffi.new("int[]", op.pass_fds)  # sorted and unique (validate())
-            attr.pass_fds = pass_fds_c
-            attr.n_pass_fds = len(op.pass_fds)
         attr.pdeathsig = int(signal.SIGKILL) if op.kill_on_parent_death else 0
-        attr.signal_reset = _SIGNAL_RESETS[op.signal_reset]
         attr.spawn_path = SPAWN_PATH
         ids_c = _set_ids(attr, op) if op.changes_credentials else None
-        attr.n_cgroups = len(cgroup_procs_fds)
-        for i, fd in enumerate(cgroup_procs_fds):
-            attr.cgroup_procs_fds[i] = fd
         out = ffi.new("int[3]")  # pid, step, used_vfork
         err = lib.osl_spawn(attr, out, out + 1, out + 2)
-        del argv_strings, ids_c  # kept alive across the GIL-free call above
+        del argv_strings, ids_c, keep  # kept alive across the GIL-free call above
         if err:
             stdio.close_parent_ends()
             if err == errno.ENOENT or err == errno.ENOEXEC:
@@ -311,6 +325,9 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = (), pid_n
 
 
 INIT_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_osl_pg_init")
+# struct osl_init_record (csrc/osl_pg.h), and the kinds osl_pg.pidns reads.
+INIT_RECORD = struct.Struct("=ii")
+INIT_EXITED, INIT_STOPPED = lib.OSL_INIT_EXITED, lib.OSL_INIT_STOPPED
 
 
 def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_fds: Sequence[int]) -> Spawned:
@@ -329,35 +346,16 @@ def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_f
     strings = [ffi.new("char[]", os.fsencode(a))
                for a in (INIT_PROGRAM, str(status_w), path, op.command, *op.args)]
     argv = ffi.new("char *[]", strings + [ffi.NULL])
-    env = _encode_env(op)
-    env_c = [ffi.new("char[]", e) for e in env] if env is not None else []
-    envp = ffi.new("char *[]", env_c + [ffi.NULL]) if env is not None else ffi.NULL
     stdio = _Stdio()
     try:
         try:
             stdio.setup(op)
-            attr = ffi.new("struct osl_spawn_attr *")
-            attr.path = strings[0]
-            attr.argv = argv
-            attr.envp = envp
-            cwd_c = ffi.new("char[]", os.fsencode(op.cwd)) if op.cwd is not None else ffi.NULL
-            attr.cwd = cwd_c
-            attr.fds = stdio.child
+            attr, keep = _spawn_attr(op, strings[0], argv, stdio, sorted({*op.pass_fds, status_w}), cgroup_procs_fds)
             # The init leads a new host group (or session): the handle's pgid.
             attr.pgroup_mode = lib.OSL_PGROUP_NEW
-            attr.new_session = op.detach_from_terminal
-            attr.close_fds = op.close_fds
-            pass_fds = sorted({*op.pass_fds, status_w})
-            pass_fds_c = ffi.new("int[]", pass_fds)
-            attr.pass_fds = pass_fds_c
-            attr.n_pass_fds = len(pass_fds)
-            attr.signal_reset = _SIGNAL_RESETS[op.signal_reset]
-            attr.n_cgroups = len(cgroup_procs_fds)
-            for i, fd in enumerate(cgroup_procs_fds):
-                attr.cgroup_procs_fds[i] = fd
             out = ffi.new("int[2]")  # pid, step
             err = lib.osl_spawn_pidns(attr, out, out + 1)
-            del strings, env_c  # kept alive across the GIL-free call above
+            del strings, keep  # kept alive across the GIL-free call above
         finally:
             os.close(status_w)
         if err:
@@ -378,7 +376,7 @@ def _spawn_in_pid_namespace(op: ProcessSpawnOperation, path: str, cgroup_procs_f
     return Spawned(pid, pid, stdio.parent, True, init_status_fd=status_r)
 
 
-def _pidns_spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> OSError:
+def _pidns_spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str) -> Exception:
     """What failed before the init ran: the namespaces (NamespaceUnavailable
     naming the cause), the init's own exec (it is missing: the same), or a
     step the command's spawn shares (cwd, stdio, cgroups)."""
@@ -389,9 +387,9 @@ def _pidns_spawn_error(err: int, step: int, op: ProcessSpawnOperation, path: str
         return from_errno(err, f"spawning {op.command!r} in new user + PID namespaces failed")
     if step == lib.OSL_STEP_USERNS:
         from .pidns import refusal_cause
-        raise NamespaceUnavailable(err, f"no user + PID namespace for {op.command!r}: {refusal_cause(err)}")
+        return NamespaceUnavailable(err, f"no user + PID namespace for {op.command!r}: {refusal_cause(err)}")
     if step == lib.OSL_STEP_EXEC:
-        raise NamespaceUnavailable(err, f"the pid_namespace tier's init program {INIT_PROGRAM} cannot be executed "
+        return NamespaceUnavailable(err, f"the pid_namespace tier's init program {INIT_PROGRAM} cannot be executed "
                                         f"({os.strerror(err)}): osl_pg was installed without it")
     return _spawn_error(err, step, op, path)
 
@@ -400,16 +398,15 @@ def _first_init_record(fd: int) -> Tuple[int, int]:
     """The init's first record (csrc/osl_pg_init.c): STARTED, or
     EXEC_FAILED with the errno; (0, 0) if it died before writing one."""
     data = b""
-    while len(data) < 8:
+    while len(data) < INIT_RECORD.size:
         try:
-            chunk = os.read(fd, 8 - len(data))
+            chunk = os.read(fd, INIT_RECORD.size - len(data))
         except InterruptedError:
             continue
         if not chunk:
             return 0, 0
         data += chunk
-    kind, value = int.from_bytes(data[:4], sys.byteorder, signed=True), \
-        int.from_bytes(data[4:], sys.byteorder, signed=True)
+    kind, value = INIT_RECORD.unpack(data)
     return kind, value
 
 

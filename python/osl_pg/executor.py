@@ -238,11 +238,13 @@ class ProcessExecutor:
             if op.containment is not None or limits is not None:
                 cgroups = _prepare_cgroups(op, limits)
             fds = cgroups.open_join_fds() if cgroups is not None else ()
-            if op.containment is None or (cgroups is not None and cgroups.v2 is not None and
-                                          op.containment != "pid_namespace"):
-                spawned = backend.spawn(op, fds)
-            else:
+            # best_available's second choice, when no cgroup could be made
+            # for it ("cgroup" itself raises then).
+            no_cgroup = cgroups is None or cgroups.v2 is None
+            if op.containment == "pid_namespace" or (op.containment == "best_available" and no_cgroup):
                 spawned = _spawn_namespaced(op, fds)
+            else:
+                spawned = backend.spawn(op, fds)
         except BaseException:
             if cgroups is not None:
                 cgroups.remove()

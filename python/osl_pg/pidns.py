@@ -30,21 +30,17 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import struct
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import Callable, Dict, List, Optional
+    from typing import Dict, List, Optional
 
     from . import cgroup as _cg
-    from .tiers import Escapee, ExitWatch, ProcInfo
+    from .tiers import Escapee, ProcInfo
 
 from ._backend import backend
+from ._posix import INIT_EXITED, INIT_RECORD, INIT_STOPPED  # this tier is Linux's: the backend is _posix
 from .tiers import SIGKILL, Tier, _exited_without_fd
-
-# struct osl_init_record (csrc/osl_pg.h): two C ints.
-RECORD = struct.Struct("=ii")
-STARTED, EXEC_FAILED, EXITED, STOPPED = 1, 2, 3, 4
 
 # The signals the init forwards to the command's group (csrc/osl_pg_init.c).
 # A pid 1 never gets any other from us but SIGKILL: those are sent to each
@@ -131,16 +127,15 @@ class InitStatus:
             return stops
         os.set_blocking(self.fd, False)
         try:
-            data = os.read(self.fd, RECORD.size * 16)
+            data = os.read(self.fd, INIT_RECORD.size * 16)
         except (BlockingIOError, InterruptedError):
             return stops
         if not data:
             self.eof = True
-        for off in range(0, len(data) - len(data) % RECORD.size, RECORD.size):
-            kind, value = RECORD.unpack_from(data, off)
-            if kind == EXITED:
+        for kind, value in INIT_RECORD.iter_unpack(data[:len(data) - len(data) % INIT_RECORD.size]):
+            if kind == INIT_EXITED:
                 self.exit_status = value
-            elif kind == STOPPED:
+            elif kind == INIT_STOPPED:
                 stops.append(value)
         return stops
 
@@ -227,11 +222,13 @@ class PidNamespaceTier(Tier):
     def pids(self) -> List[int]:
         if self._init_exited():
             return []
-        seen = [self.pgid]
+        seen = [self.pgid]  # the init first: signal() skips it
+        known = {self.pgid}
         stack = [self.pgid]
         while stack:
             for child in _children(stack.pop()):
-                if child not in seen:
+                if child not in known:
+                    known.add(child)
                     seen.append(child)
                     stack.append(child)
         return seen
@@ -291,15 +288,6 @@ class PidNamespaceTier(Tier):
                 continue
         if not reached:
             backend.kill(self.pgid, 0)  # ProcessLookupError once the init is gone too
-
-    def signaller(self) -> Callable[[int], None]:
-        return self.signal
-
-    def kill(self) -> None:
-        backend.kill(self.pgid, SIGKILL)
-
-    def live(self, pids: List[int], exits: "ExitWatch") -> List[int]:
-        return exits.live(pids)
 
     def close(self) -> None:
         self.status.close(running=not self.status.init_exited and not self._init_exited())

@@ -33,10 +33,8 @@ from .errors import ProcessNotFound, Unsupported
 from .process import number_in_use
 
 if TYPE_CHECKING:
+    from . import cgroup as _cg  # imported when a cgroup is first used (most groups never do)
     from .process import Process
-
-if TYPE_CHECKING:  # imported when a cgroup is first used (most groups never do)
-    from . import cgroup as _cg
 
 SIGKILL = 9
 SIGCONT = int(getattr(signal, "SIGCONT", 18))
