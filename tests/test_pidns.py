@@ -56,16 +56,24 @@ def read_line(result, timeout=60):
 # names the reader in the procfs's own (the host's) pid namespace.
 HOST_PID = "int(os.readlink('/proc/self'))"
 
-DOUBLE_FORK = f"""
+# escape(w): a child that calls setsid() and forks a grandchild, which
+# writes its host pid to fd `w` and sleeps: out of the command's session
+# and group, an orphan of the namespace's pid 1 once the child exits.
+ESCAPE = f"""
 import os, sys, time
-r, w = os.pipe()
-if os.fork() == 0:
-    os.setsid()
+def escape(w):
     if os.fork() == 0:
-        os.write(w, b"%d\\n" % {HOST_PID})
-        time.sleep(1000)
-    os._exit(0)
-os.wait()
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, b"%d\\n" % {HOST_PID})
+            time.sleep(1000)
+        os._exit(0)
+    os.wait()
+"""
+
+DOUBLE_FORK = ESCAPE + f"""
+r, w = os.pipe()
+escape(w)
 print(os.read(r, 64).decode().strip(), {HOST_PID}, os.getpid(), os.getppid(), flush=True)
 time.sleep(1000)
 """
@@ -93,18 +101,11 @@ def test_setsid_double_fork_escaper_dies_on_terminate():
         result.process.stdout.close()
 
 
-DAEMON_50 = f"""
-import os, sys, time
+DAEMON_50 = ESCAPE + """
 pids = []
 for i in range(50):
     r, w = os.pipe()
-    if os.fork() == 0:
-        os.setsid()
-        if os.fork() == 0:
-            os.write(w, b"%d\\n" % {HOST_PID})
-            time.sleep(1000)
-        os._exit(0)
-    os.wait()
+    escape(w)
     pids.append(os.read(r, 64).decode().strip())
     os.close(r); os.close(w)
 print(" ".join(pids), flush=True)

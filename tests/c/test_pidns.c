@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "osl_pg.h"
+#include "check.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,22 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int passed, failed;
 static const char *init_path;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (cond) {                                                           \
-            passed++;                                                         \
-            printf("ok   ");                                                  \
-        } else {                                                              \
-            failed++;                                                         \
-            printf("FAIL ");                                                  \
-        }                                                                     \
-        printf(__VA_ARGS__);                                                  \
-        printf("\n");                                                         \
-        fflush(stdout);                                                       \
-    } while (0)
 
 struct started {
     int pid;        /* host pid of the init */
@@ -74,10 +60,48 @@ static struct started start(const char *script, int out_fd)
     s.err = osl_spawn_pidns(&a, &s.pid, &s.step);
     close(pipefd[1]);
     s.status_rd = pipefd[0];
-    if (s.err == 0 &&
-        read(s.status_rd, &s.first, sizeof(s.first)) != (ssize_t)sizeof(s.first))
+    if (s.err != 0) {
+        close(s.status_rd);
+        s.status_rd = -1;
+    } else if (read(s.status_rd, &s.first, sizeof(s.first)) !=
+               (ssize_t)sizeof(s.first)) {
         s.first.kind = -1;
+    }
     return s;
+}
+
+/* start(), with the command's stdout a new pipe whose read end is *out_rd
+ * (-1 when the pipe or the spawn failed). */
+static struct started start_piped(const char *script, int *out_rd)
+{
+    struct started s;
+    int out[2];
+
+    *out_rd = -1;
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        memset(&s, 0, sizeof(s));
+        s.err = errno;
+        s.status_rd = -1;
+        return s;
+    }
+    s = start(script, out[1]);
+    close(out[1]);
+    if (s.err != 0)
+        close(out[0]);
+    else
+        *out_rd = out[0];
+    return s;
+}
+
+/* A test's own spawn succeeded; else it fails the test (main() has
+ * probed: namespaces are available, so a refusal here is a failure). */
+static int spawned(const struct started *s)
+{
+    if (s->err == 0)
+        return 1;
+    CHECK(0, "pidns: osl_spawn_pidns failed (%s, step %d)", strerror(s->err),
+          s->step);
+    return 0;
 }
 
 /* Reap the init; its status as osl_wait reports it. */
@@ -106,7 +130,7 @@ static void test_exit_status(void)
     CHECK(s.err == 0 && s.first.kind == OSL_INIT_STARTED,
           "pidns: spawned, init reports STARTED (err %d, kind %d)", s.err,
           s.first.kind);
-    if (s.err)
+    if (!spawned(&s))
         return;
     r = last_record(s.status_rd);
     code = reap(s.pid);
@@ -118,22 +142,17 @@ static void test_exit_status(void)
 
 static void test_ids_and_pids(void)
 {
-    int out[2], code;
+    int out, code;
     char buf[128];
     ssize_t n;
     unsigned long uid = 0, gid = 0;
     int ppid = -1, mypid = -1;
     struct started s;
 
-    if (pipe2(out, O_CLOEXEC) != 0)
+    s = start_piped("echo $(id -u) $(id -g) $PPID $$", &out);
+    if (!spawned(&s))
         return;
-    s = start("echo $(id -u) $(id -g) $PPID $$", out[1]);
-    close(out[1]);
-    if (s.err) {
-        close(out[0]);
-        return;
-    }
-    n = read(out[0], buf, sizeof(buf) - 1);
+    n = read(out, buf, sizeof(buf) - 1);
     buf[n > 0 ? n : 0] = 0;
     code = reap(s.pid);
     CHECK(sscanf(buf, "%lu %lu %d %d", &uid, &gid, &ppid, &mypid) == 4 &&
@@ -141,7 +160,7 @@ static void test_ids_and_pids(void)
               ppid == 1 && mypid == 2 && code == 0,
           "pidns: the command runs as our uid/gid, pid 2 with parent 1 (%s)",
           buf);
-    close(out[0]);
+    close(out);
     close(s.status_rd);
 }
 
@@ -196,24 +215,19 @@ static void test_missing_init(void)
 /* The command's TERM handler runs: the init forwards what it gets. */
 static void test_forwarding(void)
 {
-    int out[2], code;
+    int out, code;
     char buf[64];
     ssize_t n;
     struct osl_init_record r;
     struct started s;
 
-    if (pipe2(out, O_CLOEXEC) != 0)
+    s = start_piped("trap 'echo got-term; exit 7' TERM; echo ready; "
+              "while :; do sleep 0.05; done", &out);
+    if (!spawned(&s))
         return;
-    s = start("trap 'echo got-term; exit 7' TERM; echo ready; "
-              "while :; do sleep 0.05; done", out[1]);
-    close(out[1]);
-    if (s.err) {
-        close(out[0]);
-        return;
-    }
-    n = read(out[0], buf, sizeof(buf) - 1); /* "ready": the trap is set */
+    n = read(out, buf, sizeof(buf) - 1); /* "ready": the trap is set */
     kill(s.pid, SIGTERM);
-    n = read(out[0], buf, sizeof(buf) - 1);
+    n = read(out, buf, sizeof(buf) - 1);
     buf[n > 0 ? n : 0] = 0;
     r = last_record(s.status_rd);
     code = reap(s.pid);
@@ -221,7 +235,7 @@ static void test_forwarding(void)
               code == 7,
           "pidns: SIGTERM to the init reaches the command's handler (%s, %d, %d)",
           buf, r.value, code);
-    close(out[0]);
+    close(out);
     close(s.status_rd);
 }
 
@@ -231,7 +245,7 @@ static void test_signal_death(void)
     struct started s = start("kill -USR1 $$", -1);
     struct osl_init_record r;
     int code;
-    if (s.err)
+    if (!spawned(&s))
         return;
     r = last_record(s.status_rd);
     code = reap(s.pid);
@@ -249,7 +263,7 @@ static void test_stop_reported(void)
     struct started s = start("kill -STOP $$; exit 4", -1);
     struct osl_init_record stop, r;
     int code;
-    if (s.err)
+    if (!spawned(&s))
         return;
     stop = last_record(s.status_rd);
     kill(s.pid, SIGCONT);
@@ -266,48 +280,38 @@ static void test_stop_reported(void)
  * dies with the namespace: the init's exit is reported only after it. */
 static void test_escaper_dies(void)
 {
-    int out[2], code;
+    int out, code;
     struct pollfd p;
     struct started s;
 
-    if (pipe2(out, O_CLOEXEC) != 0)
-        return;
     /* The escaper holds the write end of `out`: EOF means it is gone. */
-    s = start("setsid sleep 1000 & exit 0", out[1]);
-    close(out[1]);
-    if (s.err) {
-        close(out[0]);
+    s = start_piped("setsid sleep 1000 & exit 0", &out);
+    if (!spawned(&s))
         return;
-    }
     code = reap(s.pid);
-    p.fd = out[0];
+    p.fd = out;
     p.events = POLLIN;
-    CHECK(code == 0 && poll(&p, 1, 0) == 1 && read(out[0], &code, 1) == 0,
+    CHECK(code == 0 && poll(&p, 1, 0) == 1 && read(out, &code, 1) == 0,
           "pidns: the setsid escaper is gone once the init is reaped");
-    close(out[0]);
+    close(out);
     close(s.status_rd);
 }
 
 /* SIGKILL of the init (from outside: the only way) ends the namespace. */
 static void test_kill_init(void)
 {
-    int out[2], code;
+    int out, code;
     char c;
     struct started s;
 
-    if (pipe2(out, O_CLOEXEC) != 0)
+    s = start_piped("sleep 1000 & sleep 1000", &out);
+    if (!spawned(&s))
         return;
-    s = start("sleep 1000 & sleep 1000", out[1]);
-    close(out[1]);
-    if (s.err) {
-        close(out[0]);
-        return;
-    }
     kill(s.pid, SIGKILL);
     code = reap(s.pid);
-    CHECK(code == -SIGKILL && read(out[0], &c, 1) == 0,
+    CHECK(code == -SIGKILL && read(out, &c, 1) == 0,
           "pidns: SIGKILL of the init ends every process (%d)", code);
-    close(out[0]);
+    close(out);
     close(s.status_rd);
 }
 
@@ -316,7 +320,7 @@ static void test_parent_gone(void)
 {
     struct started s = start("sleep 1000", -1);
     int code;
-    if (s.err)
+    if (!spawned(&s))
         return;
     close(s.status_rd);
     code = reap(s.pid);

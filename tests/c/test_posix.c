@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "osl_pg.h"
+#include "check.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,21 +32,6 @@
 #endif
 #endif
 #endif
-
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (cond) {                                                           \
-            passed++;                                                         \
-            printf("ok   ");                                                  \
-        } else {                                                              \
-            failed++;                                                         \
-            printf("FAIL ");                                                  \
-        }                                                                     \
-        printf(__VA_ARGS__);                                                  \
-        printf("\n");                                                         \
-    } while (0)
 
 static struct osl_spawn_attr base(const char *path, char *const *argv)
 {
