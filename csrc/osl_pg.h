@@ -43,10 +43,12 @@
 
 /* osl_spawn_attr.spawn_path: how the child is created. AUTO is the fastest
  * way that can do what is asked (see needs_vfork in osl_pg_posix.c); the
- * other two force one path, for tests and benchmarks. */
+ * others force one path, for tests and benchmarks. */
 #define OSL_SPAWN_AUTO 0
 #define OSL_SPAWN_POSIX 1 /* posix_spawn when it can express the request */
 #define OSL_SPAWN_VFORK 2 /* always the vfork child */
+#define OSL_SPAWN_VFORK_ONLY 3 /* the vfork child, by vfork() even where
+                                 clone3 would clear its handlers (tests) */
 
 /* osl_spawn_attr.set_ids bits: which credentials the child changes. */
 #define OSL_SET_GROUPS 1 /* setgroups(n_groups, groups) */
@@ -103,7 +105,9 @@ int osl_features(void);
 
 /* Spawn a child without fork(). On success *pid_out is the child's pid and
  * 0 is returned; else the errno, and *step_out says which step failed.
- * *used_vfork tells whether the vfork fallback ran (for tests/benchmarks). */
+ * *used_vfork says how (for tests and benchmarks): 0 posix_spawn, 1 the
+ * vfork child by vfork(), 2 the vfork child by clone3 with its signal
+ * handlers cleared by the kernel (Linux 5.5 on x86-64). */
 int osl_spawn(const struct osl_spawn_attr *attr, int *pid_out, int *step_out,
               int *used_vfork);
 
