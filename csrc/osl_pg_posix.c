@@ -682,6 +682,16 @@ fail:
     _exit(127);
 }
 
+#ifdef __linux__
+/* The stack of a clone child (clone3's below, the pid_namespace one's).
+ * With CLONE_VM it cannot use ours (the call must return in the parent on
+ * a stack the child has not written), and with CLONE_VFORK we are
+ * suspended until it execs, so one allocation per spawn, freed after, is
+ * all it needs; vfork_child's largest frame is close_listed's 2 KiB
+ * buffer. */
+#define CHILD_STACK_SIZE (64 * 1024)
+#endif
+
 /* After vfork() or clone() has returned in the parent (the child has
  * exec'd or exited): `err` is its errno (the spawn failed at
  * `spawn_step`), or the child's report says which step failed; then the
@@ -720,17 +730,16 @@ static int spawn_outcome(pid_t child, int err, int spawn_step,
 #define OSL_SYS_clone3 435
 #define OSL_CLONE_CLEAR_SIGHAND 0x100000000ULL
 #define NO_CLONE3 (-2)
-#define CLONE3_STACK_SIZE (64 * 1024) /* as PIDNS_STACK_SIZE: see there */
 
 struct osl_clone_args { /* struct clone_args, CLONE_ARGS_SIZE_VER0 */
     unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal,
         stack, stack_size, tls;
 };
 
-/* 0: not tried yet; 1: works; -1: refused (a kernel before 5.5, or a
- * seccomp filter that answers clone3 with ENOSYS, as container runtimes'
- * default profiles do, so that the C library falls back to clone). */
-static int clone3_state;
+/* Set once clone3 was refused (a kernel before 5.5, or a seccomp filter
+ * that answers clone3 with ENOSYS, as container runtimes' default profiles
+ * do so that the C library falls back to clone): vfork() from then on. */
+static int clone3_refused;
 
 /* The raw syscall, with the child's first steps in the same asm: the child
  * starts on its own stack right after the syscall instruction, where no
@@ -779,25 +788,24 @@ static pid_t spawn_cleared(const struct osl_spawn_attr *a, pid_t parent,
     char *stack;
     long ret;
 
-    if (clone3_state < 0 || a->spawn_path == OSL_SPAWN_VFORK_ONLY)
+    if (clone3_refused || a->spawn_path == OSL_SPAWN_VFORK_ONLY)
         return NO_CLONE3;
-    if ((stack = malloc(CLONE3_STACK_SIZE)) == NULL)
+    if ((stack = malloc(CHILD_STACK_SIZE)) == NULL)
         return NO_CLONE3;
     memset(&ca, 0, sizeof(ca));
     ca.flags = CLONE_VM | CLONE_VFORK | OSL_CLONE_CLEAR_SIGHAND;
     ca.exit_signal = SIGCHLD;
     ca.stack = (unsigned long long)(uintptr_t)stack;
-    ca.stack_size = CLONE3_STACK_SIZE;
+    ca.stack_size = CHILD_STACK_SIZE;
     c.attr = a;
     c.parent = parent;
     c.report = report;
     ret = clone3_call(&ca, cleared_child, &c);
     free(stack);
     if (ret == -ENOSYS || ret == -EINVAL || ret == -EPERM) {
-        clone3_state = -1;
+        clone3_refused = 1;
         return NO_CLONE3;
     }
-    clone3_state = 1;
     if (ret < 0) {
         *err = (int)-ret;
         return -1;
@@ -924,13 +932,6 @@ static int pidns_child(void *arg)
     vfork_child(c->attr, 0, c->report, 0);
 }
 
-/* The clone child's stack. With CLONE_VM it cannot use ours (clone() must
- * return in the parent on a stack the child has not written), and with
- * CLONE_VFORK we are suspended until it execs, so one allocation per
- * spawn, freed after, is all it needs; vfork_child's largest frame is
- * close_listed's 2 KiB buffer. */
-#define PIDNS_STACK_SIZE (64 * 1024)
-
 int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
                     int *step_out)
 {
@@ -956,7 +957,7 @@ int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
              (unsigned long)geteuid(), (unsigned long)geteuid());
     snprintf(c.gid_map, sizeof(c.gid_map), "%lu %lu 1\n",
              (unsigned long)getegid(), (unsigned long)getegid());
-    if ((stack = malloc(PIDNS_STACK_SIZE)) == NULL)
+    if ((stack = malloc(CHILD_STACK_SIZE)) == NULL)
         return ENOMEM;
 
     /* As spawn_vfork: no handler of ours may run in the child. */
@@ -966,7 +967,7 @@ int osl_spawn_pidns(const struct osl_spawn_attr *attr, int *pid_out,
      * page-table copy; CLONE_NEWUSER gives the namespaces without
      * privilege; CLONE_NEWPID makes the child pid 1 of a new namespace.
      * The stack grows down on every architecture Linux wheels target. */
-    child = clone(pidns_child, stack + PIDNS_STACK_SIZE,
+    child = clone(pidns_child, stack + CHILD_STACK_SIZE,
                   CLONE_VM | CLONE_VFORK | CLONE_NEWUSER | CLONE_NEWPID |
                       SIGCHLD,
                   &c);
