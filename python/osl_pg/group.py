@@ -509,15 +509,36 @@ class ProcessGroup:
         is reaped and signals go to verified members, see _reap_leader)."""
         if self._released:
             return True
-        if self.leader is not None and self.leader.poll() is None:
+        leader = self.leader
+        if leader is not None and leader.returncode is None and leader.poll() is None:
             return False
         self._leader_exited()
-        if self._strategy.reaps_leader_to_probe:
-            self._reap_leader()
-        if self._released or self._strategy.confirm_empty():
-            self._finish()
-            return True
-        return False
+        strategy = self._strategy
+        if not strategy.reaps_leader_to_probe:
+            if strategy.confirm_empty():
+                self._finish()
+                return True
+            return False
+        # The pgid tiers, run()'s end: the leader's reap, the probe and the
+        # release under one hold of the lock (each step alone is below).
+        with self._release_lock:
+            if self._released:
+                return True
+            if leader is not None and not self._leader_reaped:
+                self._leader_reaped = True
+                strategy.leader_reaped()
+                self._signal = strategy.signal
+                leader._release()
+            if not strategy.confirm_empty():
+                return False
+            self._released = True  # nothing is left to reap: see _finish() for the order otherwise
+            self._unregister()
+        if leader is not None:
+            seen = self._seen.get(self.pgid)
+            if seen is not None:
+                seen.returncode = leader.returncode
+        self._release()
+        return True
 
     def _until_empty(self, deadline: Optional[float], phase: str, exits: ExitWatch, names: bool = False,
                      observe: bool = True, snapshot: bool = False

@@ -223,16 +223,24 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
         raise ValueError("empty command")  # subprocess: IndexError deep inside; ours says what
     if shell and executable is not None:
         argv[0] = executable  # subprocess: the shell to run, and its argv[0]
+    # The usual fields are given to the constructor, which checks them as
+    # the builders would: each builder is a copy (and a new validation).
+    fields: Dict[str, Any] = {}
+    if stdin is not None:
+        fields["stdin"] = stdin
+    if stdout is not None:
+        fields["stdout"] = stdout
+    if stderr is not None:
+        fields["stderr"] = stderr
     if process_group is not None and process_group > 0:
         if start_new_session:  # subprocess's child fails setpgid() after setsid() the same way
             raise OslPermissionError(errno.EPERM, f"start_new_session=True and process_group={process_group}: "
                                                   "a new session's leader cannot join another group")
-        op = ProcessSpawnOperation(argv).with_process_group(process_group)
+        op = ProcessSpawnOperation(argv, **fields).with_process_group(process_group)
     elif start_new_session:
-        op = ProcessSpawnOperation(argv).with_detach_from_terminal()
+        op = ProcessSpawnOperation(argv, detach_from_terminal=True, **fields)
     else:
-        # The usual case, made in one step (with_new_process_group() is a copy).
-        op = ProcessSpawnOperation(argv, process_group=NEW_GROUP)
+        op = ProcessSpawnOperation(argv, process_group=NEW_GROUP, **fields)
     if executable is not None and not shell:
         op = op.with_executable(executable)
     if pass_fds:
@@ -243,12 +251,6 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
         op = op.working_dir(os.fspath(cwd))
     if env is not None:
         op = op.with_clean_env().with_env(_env_of(env))
-    if stdin is not None:
-        op = op.with_stdin(stdin)
-    if stdout is not None:
-        op = op.with_stdout(stdout)
-    if stderr is not None:
-        op = op.with_stderr(stderr)
     if not restore_signals:
         op = _builder(op, "with_restore_signals", "restore_signals")(False)
     if gids is not None:

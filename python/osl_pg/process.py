@@ -21,7 +21,7 @@ from _weakref import ref as _weakref_ref  # weakref.ref itself; the weakref modu
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (import time)
 if TYPE_CHECKING:
-    from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+    from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
     import weakref
 
 from ._backend import backend
@@ -440,6 +440,10 @@ class Process:
         self.wait()
 
 
+# How long read_pipes reads before it opens the wake fd it was given as a
+# function: a command that closes its pipes by then (most) needs none.
+WAKE_FD_AFTER = 0.002
+
 # poll(2) rather than the selectors module: no epoll fd to create and close,
 # and none of its Python layers (a capture_output run() made 36 selectors
 # calls). POSIX only; Windows reads pipes with threads (_pipe_threads).
@@ -455,12 +459,16 @@ def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
 
 def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
                stop_when: Optional[Callable[[], object]] = None,
-               wake_fd: Optional[int] = None) -> Tuple[Optional[bytes], Optional[bytes]]:
+               wake_fd: Union[int, Callable[[], Optional[int]], None] = None
+               ) -> Tuple[Optional[bytes], Optional[bytes]]:
     """Write `input` to stdin and read stdout/stderr until EOF with one
     selector (no threads). `stop_when()` is polled every 10 ms; when it
     returns true reading stops early (used to stop draining pipes a
     descendant holds). With `wake_fd` (the leader's pidfd, say) polling
     starts only once that fd is readable, so a long run costs no wake-ups.
+    `wake_fd` may be a function that opens it (None: there is none): it is
+    called only if the pipes are still open after WAKE_FD_AFTER seconds, so
+    a command that is done by then costs no pidfd.
     State is kept on the process so a timed-out call can be resumed.
     On Windows, where select() takes only sockets, threads read the pipes
     (osl_pg._pipe_threads)."""
@@ -491,8 +499,11 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
     for f in st["open"]:
         files[f.fileno()] = f
         poller.register(f.fileno(), _READ)
+    open_wake = None
+    if callable(wake_fd):
+        open_wake, wake_fd, wake_at = wake_fd, None, start + WAKE_FD_AFTER
     watching = stop_when is not None and wake_fd is not None and bool(files)
-    polling = stop_when is not None and not watching
+    polling = stop_when is not None and not watching and open_wake is None
     if watching and wake_fd is not None:
         poller.register(wake_fd, _READ)
 
@@ -504,6 +515,17 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
 
     while files:
         wait_for = None if deadline is None else deadline - time.monotonic()
+        if open_wake is not None:
+            until_wake = wake_at - time.monotonic()
+            if until_wake <= 0:
+                wake_fd, open_wake = open_wake(), None
+                if wake_fd is not None and stop_when is not None:
+                    poller.register(wake_fd, _READ)
+                    watching = True
+                else:
+                    polling = stop_when is not None  # no pidfd: look every 10 ms
+            elif wait_for is None or until_wake < wait_for:
+                wait_for = until_wake
         if polling:
             wait_for = 0.01 if wait_for is None else min(wait_for, 0.01)
         if wait_for is not None and wait_for <= 0 and not polling:

@@ -543,9 +543,10 @@ def _communicate(proc: Process, plan: _Plan) -> int:
     the leader. Raises subprocess.TimeoutExpired at the deadline."""
     deadline = plan.deadline
     if proc.stdin is not None or proc.stdout is not None or proc.stderr is not None:
-        # The leader's exit ends the no-polling phase: its pidfd, None
-        # without pidfds or once reaped.
-        wake = proc._state.exit_fd()
+        # The leader's exit ends the no-polling phase: its pidfd, opened
+        # only if the pipes are still open after a moment (None without
+        # pidfds or once reaped).
+        wake = _WakeFd(proc)
         try:
             stop = _DrainClock(proc, plan.drain, deadline)
             if plan.idle_timeout is None:
@@ -553,8 +554,7 @@ def _communicate(proc: Process, plan: _Plan) -> int:
             else:
                 _read_watching_idle(proc, plan, deadline, stop, wake)
         finally:
-            if wake is not None:
-                os.close(wake)
+            wake.close()
     elif plan.terminal is not None and plan.terminal.fd is not None:
         # Our terminal: wait as a shell does (Ctrl-Z, a busy terminal).
         if not plan.terminal.wait_in_foreground(proc, plan.group, deadline):
@@ -562,8 +562,29 @@ def _communicate(proc: Process, plan: _Plan) -> int:
     return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
+class _WakeFd:
+    """read_pipes' wake_fd, opened when first asked for: the leader's
+    pidfd (the same one for every slice of _read_watching_idle)."""
+
+    def __init__(self, proc: Process):
+        self.proc = proc
+        self.fd: Optional[int] = None
+        self.opened = False
+
+    def __call__(self) -> Optional[int]:
+        if not self.opened:
+            self.opened = True
+            self.fd = self.proc._state.exit_fd()
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def _read_watching_idle(proc: Process, plan: _Plan, deadline: Optional[float], stop: "_DrainClock",
-                        wake: Optional[int]) -> None:
+                        wake: _WakeFd) -> None:
     """read_pipes in slices of a quarter of idle_timeout (it resumes where
     it stopped): when no byte came on the captured pipes for idle_timeout
     seconds (measured to within a slice) while the leader runs, raise
@@ -575,7 +596,7 @@ def _read_watching_idle(proc: Process, plan: _Plan, deadline: Optional[float], s
         now = time.monotonic()
         window = idle / 4 if deadline is None else min(idle / 4, deadline - now)
         try:
-            read_pipes(proc, plan.input, max(0.0, window), stop_when=stop, wake_fd=wake)
+            read_pipes(proc, plan.input, max(0.0, window), stop_when=stop, wake_fd=wake.fd if wake.opened else wake)
             return
         except subprocess.TimeoutExpired:
             now = time.monotonic()
@@ -726,10 +747,15 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
             _tail(proc, plan.drain)
             out, err, _ = read_so_far(proc)
             raise plan.timeout_error(out, err, group.pgid, survey.leftovers(outcomes, "exited")) from None
-        survey = _Survey(proc, group, read_so_far(proc)[2])
-        outcomes = _end_tree(plan, group, survey, timed_out=False) if survey.found or not group.released else {}
-        if outcomes:
-            _tail(proc, plan.drain)
+        out, err, still_open = read_so_far(proc)
+        survey: Optional[_Survey] = None
+        if still_open or not group.release_if_empty():
+            # Something may be left (the usual end, where the pipes reached
+            # EOF and the kernel says the group is empty, skips all this).
+            survey = _Survey(proc, group, still_open)
+            outcomes = _end_tree(plan, group, survey, timed_out=False) if survey.found or not group.released else {}
+            if outcomes:
+                _tail(proc, plan.drain)
     finally:
         # After a normal run both are no-ops; after an exception (Ctrl-C,
         # say) this kills the whole group and waits for it, and only then
@@ -737,9 +763,11 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
         # blocked read (the C runtime locks the fd), which ends only at EOF,
         # when the tree is gone. Bounded: a member that outlives SIGKILL
         # (stuck in the kernel) is reported, not waited for forever.
-        if not group.close():
+        if not group.released and not group.close():
             _warn_stuck(group)
         proc.close_pipes()
+    if survey is None:
+        return plan.finish(rc, out, err, group.pgid, [], had_terminal)
     out, err, _ = read_so_far(proc)
     return plan.finish(rc, out, err, group.pgid, survey.leftovers(outcomes), had_terminal)
 
