@@ -129,6 +129,8 @@ class _Stdio(PipeEnds):
         self.child = [_FD_INHERIT, _FD_INHERIT, _FD_INHERIT]
 
     def setup(self, op: ProcessSpawnOperation) -> None:
+        if op.stdin is None and op.stdout is None and op.stderr is None:
+            return  # all three inherited: nothing to make or move
         for i, spec in enumerate((op.stdin, op.stdout, op.stderr)):
             if spec is None:
                 continue
@@ -259,17 +261,23 @@ def _spawn_attr(op: ProcessSpawnOperation, path_c: Any, argv: Any, stdio: "_Stdi
         keep.append(cwd_c)
         attr.cwd = cwd_c
     attr.fds = stdio.child
-    attr.new_session = op.detach_from_terminal
-    attr.close_fds = op.close_fds
+    # ffi.new zeroes the struct: zero fields (the usual values) are not set.
+    if op.detach_from_terminal:
+        attr.new_session = 1
+    if op.close_fds:
+        attr.close_fds = 1
     if pass_fds:
         pass_fds_c = ffi.new("int[]", pass_fds)  # sorted and unique
         keep.append(pass_fds_c)
         attr.pass_fds = pass_fds_c
         attr.n_pass_fds = len(pass_fds)
-    attr.signal_reset = _SIGNAL_RESETS[op.signal_reset]
-    attr.n_cgroups = len(cgroup_procs_fds)
-    for i, fd in enumerate(cgroup_procs_fds):
-        attr.cgroup_procs_fds[i] = fd
+    reset = _SIGNAL_RESETS[op.signal_reset]
+    if reset:
+        attr.signal_reset = reset
+    if cgroup_procs_fds:
+        attr.n_cgroups = len(cgroup_procs_fds)
+        for i, fd in enumerate(cgroup_procs_fds):
+            attr.cgroup_procs_fds[i] = fd
     return attr, keep
 
 
@@ -298,8 +306,10 @@ def spawn(op: ProcessSpawnOperation, cgroup_procs_fds: Sequence[int] = (), pid_n
         elif isinstance(group, JoinGroup):
             attr.pgroup_mode = lib.OSL_PGROUP_JOIN
             attr.pgid = group.pgid
-        attr.pdeathsig = int(signal.SIGKILL) if op.kill_on_parent_death else 0
-        attr.spawn_path = SPAWN_PATH
+        if op.kill_on_parent_death:
+            attr.pdeathsig = int(signal.SIGKILL)
+        if SPAWN_PATH:
+            attr.spawn_path = SPAWN_PATH
         ids_c = _set_ids(attr, op) if op.changes_credentials else None
         out = ffi.new("int[3]")  # pid, step, used_vfork
         err = lib.osl_spawn(attr, out, out + 1, out + 2)

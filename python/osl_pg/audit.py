@@ -65,11 +65,13 @@ def __getattr__(name: str) -> Any:
 
 
 class AuditRecord:
-    """Filled in by the executor as the operation goes through its steps."""
+    """One operation's record: its fields in the order the module docstring
+    lists them."""
 
     __slots__ = ("fields",)
 
-    def __init__(self, operation_id: str, operation_type: str, executor: str, principal: str):
+    def __init__(self, operation_id: str, operation_type: str, executor: str, principal: str,
+                 timestamp: Optional[float] = None):
         self.fields: Dict[str, Any] = {
             "operation_id": operation_id,
             "operation_type": operation_type,
@@ -85,21 +87,23 @@ class AuditRecord:
             "errno": None,
             "error": None,
             "duration_ms": None,
-            "timestamp": time.time(),
+            "timestamp": time.time() if timestamp is None else timestamp,
         }
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.fields[key] = value
 
 
-def emit(record: AuditRecord) -> None:
-    f = record.fields
-    level = INFO if f["decision"] != "denied" else WARNING
+def listener(denied: bool) -> "Optional[logging.Logger]":
+    """The logger when a record (a denial's is a WARNING, others INFO) would
+    reach a handler or filter; None when nobody would see it, so that the
+    executor builds no record at all (the usual case: no logging set up)."""
+    level = WARNING if denied else INFO
     if _logger is None and "logging" not in sys.modules and (level < WARNING or _quiet_when_unhandled):
-        return  # no handler can exist, and the last-resort one prints only WARNING+ (or is not wanted)
+        return None  # no handler can exist, and the last-resort one prints only WARNING+ (or is not wanted)
     logger = _get_logger()
     if not logger.isEnabledFor(INFO):
-        return
+        return None
     import logging
     last_resort = logging.lastResort
     if (not logger.filters and not logger.hasHandlers()
@@ -107,8 +111,19 @@ def emit(record: AuditRecord) -> None:
         # Nobody would see it: no handler up to the root, and the last-resort
         # handler prints only WARNING and up. Building the LogRecord (frame
         # walk included) was ~4 us of every spawn (measured: osl-pg bench).
-        return
-    logger.log(level, "%s %s %s: %s", f["operation_type"], f["decision"], f["outcome"],
+        return None
+    return logger
+
+
+def emit(record: AuditRecord, logger: "Optional[logging.Logger]" = None) -> None:
+    """Log `record` (to `logger`, from listener(), when the caller has it)."""
+    f = record.fields
+    denied = f["decision"] == "denied"
+    if logger is None:
+        logger = listener(denied)
+        if logger is None:
+            return
+    logger.log(WARNING if denied else INFO, "%s %s %s: %s", f["operation_type"], f["decision"], f["outcome"],
                f["reason"] or f["error"] or "", extra={"audit": dict(f)})
 
 

@@ -519,10 +519,15 @@ class ProcessGroup:
                 self._finish()
                 return True
             return False
-        # The pgid tiers, run()'s end: the leader's reap, the probe and the
-        # release under one hold of the lock (each step alone is below).
+        return self._reap_probe_release(leader)
+
+    def _reap_probe_release(self, leader: Optional[Process]) -> bool:
+        """release_if_empty() in the pgid tiers (run()'s end): the leader's
+        reap (_reap_leader), the probe and the release (_finish) under one
+        hold of the lock."""
+        strategy = self._strategy
         with self._release_lock:
-            if self._released:
+            if self._released:  # by another thread meanwhile
                 return True
             if leader is not None and not self._leader_reaped:
                 self._leader_reaped = True
@@ -531,7 +536,7 @@ class ProcessGroup:
                 leader._release()
             if not strategy.confirm_empty():
                 return False
-            self._released = True  # nothing is left to reap: see _finish() for the order otherwise
+            self._released = True  # the leader is reaped already: see _finish() for the order otherwise
             self._unregister()
         if leader is not None:
             seen = self._seen.get(self.pgid)

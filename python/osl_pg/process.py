@@ -499,7 +499,7 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
     for f in st["open"]:
         files[f.fileno()] = f
         poller.register(f.fileno(), _READ)
-    open_wake = None
+    open_wake, wake_at = None, 0.0
     if callable(wake_fd):
         open_wake, wake_fd, wake_at = wake_fd, None, start + WAKE_FD_AFTER
     watching = stop_when is not None and wake_fd is not None and bool(files)

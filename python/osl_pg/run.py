@@ -169,7 +169,8 @@ class _Plan:
                  pipe_drain_timeout: float, kill_leftovers: bool, executor: Optional[ProcessExecutor],
                  context: Optional[ExecutionContext], executable: Any = None, pass_fds: Sequence[int] = (),
                  idle_timeout: Optional[float] = None, given_timeout: Any = None, **popen: Any):
-        _check_popen_keywords(popen)
+        if popen:  # the usual call has none
+            _check_popen_keywords(popen)
         if input is not None:
             if stdin is not None:
                 raise ValueError("stdin and input arguments may not both be used.")
@@ -189,7 +190,7 @@ class _Plan:
         self.input = input
         self.args = args
         self.timeout = timeout
-        self.idle_timeout = _check_idle_timeout(idle_timeout, stdout, stderr)
+        self.idle_timeout = None if idle_timeout is None else _check_idle_timeout(idle_timeout, stdout, stderr)
         # What TimeoutExpired shows: the caller's values (1, not 1.0), as
         # subprocess shows them.
         self.given_timeout, self.given_idle_timeout = given_timeout, idle_timeout
@@ -203,19 +204,27 @@ class _Plan:
         if pass_fds and not close_fds:
             warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=caller_stacklevel())
             close_fds = True
-        uid, gid, gids = resolve_ids(popen.get("user"), popen.get("group"), popen.get("extra_groups"))
-        process_group = popen.get("process_group")
-        self.op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
-                                  start_new_session=start_new_session, process_group=process_group,
-                                  close_fds=close_fds, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr,
-                                  restore_signals=popen.get("restore_signals", True), uid=uid, gid=gid, gids=gids,
-                                  umask=popen.get("umask", -1), containment=popen.get("containment"))
-        self.pipesize = popen.get("pipesize", -1)
+        if popen:
+            uid, gid, gids = resolve_ids(popen.get("user"), popen.get("group"), popen.get("extra_groups"))
+            self.op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
+                                      start_new_session=start_new_session, process_group=popen.get("process_group"),
+                                      close_fds=close_fds, pass_fds=pass_fds, stdin=stdin, stdout=stdout,
+                                      stderr=stderr, restore_signals=popen.get("restore_signals", True), uid=uid,
+                                      gid=gid, gids=gids, umask=popen.get("umask", -1),
+                                      containment=popen.get("containment"))
+            self.pipesize = popen.get("pipesize", -1)
+        else:
+            self.op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
+                                      start_new_session=start_new_session, close_fds=close_fds, pass_fds=pass_fds,
+                                      stdin=stdin, stdout=stdout, stderr=stderr)
+            self.pipesize = -1
         # process_group=N (> 0): the child joins a group that is not ours.
         self.joins_group = isinstance(self.op.process_group, JoinGroup)
         # The child shares our terminal only when it inherits our stdin
-        # (and leads its own group, which can be given the terminal).
-        self.terminal = ForegroundTerminal(0) if stdin is None and not self.joins_group else None
+        # (and leads its own group, which can be given the terminal); the
+        # terminal is looked at after the spawn (give_terminal).
+        self.shares_terminal = stdin is None and not self.joins_group
+        self.terminal: Optional[ForegroundTerminal] = None
 
     @property
     def deadline(self) -> Optional[float]:
@@ -244,7 +253,8 @@ class _Plan:
 
     def give_terminal(self, group: ProcessGroup) -> None:
         self.group = group
-        if self.terminal is not None:
+        if self.shares_terminal:
+            self.terminal = ForegroundTerminal(0)
             self.terminal.give_to_group(group)
 
     def take_terminal(self) -> bool:
@@ -726,7 +736,11 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
     `executor`/`context` whose policy and audit log the spawn and the
     signals go through."""
     given_timeout = timeout
-    timeout, grace = check_timeout(timeout), check_grace(grace)  # before anything is spawned
+    # Checked before anything is spawned (the defaults need no check).
+    if timeout is not None:
+        timeout = check_timeout(timeout)
+    if grace is not DEFAULT_GRACE:
+        grace = check_grace(grace)
     plan = _Plan(args, stdin, input, stdout, stderr, capture_output, shell, cwd, timeout, check, encoding,
                  errors, text, env, universal_newlines, start_new_session, close_fds, grace, pipe_drain_timeout,
                  kill_leftovers, executor, context, executable, pass_fds, idle_timeout, given_timeout,
@@ -734,6 +748,8 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
     if plan.joins_group:
         return _run_in_foreign_group(plan)
     proc, group = plan.spawned(plan.executor.execute(plan.op, plan.context))
+    survey: Optional[_Survey] = None  # made only when something may be left
+    outcomes: Dict[int, str] = {}
     try:
         try:
             plan.give_terminal(group)
@@ -748,10 +764,9 @@ def run(args: CommandArgs, *, stdin: Any = None, input: Any = None,
             out, err, _ = read_so_far(proc)
             raise plan.timeout_error(out, err, group.pgid, survey.leftovers(outcomes, "exited")) from None
         out, err, still_open = read_so_far(proc)
-        survey: Optional[_Survey] = None
+        # The usual end: the pipes reached EOF and the kernel says the group
+        # is empty (ProcessGroup.release_if_empty): nothing to survey.
         if still_open or not group.release_if_empty():
-            # Something may be left (the usual end, where the pipes reached
-            # EOF and the kernel says the group is empty, skips all this).
             survey = _Survey(proc, group, still_open)
             outcomes = _end_tree(plan, group, survey, timed_out=False) if survey.found or not group.released else {}
             if outcomes:
