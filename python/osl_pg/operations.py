@@ -410,6 +410,26 @@ class ProcessSpawnOperation(_Operation):
         _init_fields(self, dict(kwargs, command=command), args)
         self.validate()
 
+    @classmethod
+    def _of_argv(cls, argv: List[Any], fields: Dict[str, Any]) -> "ProcessSpawnOperation":
+        """ProcessSpawnOperation(argv, **fields) for the argv lists run()
+        and Popen make: one dict fill and one validate(), which checks the
+        command and arguments too, when every item is a str (else the
+        constructor converts them). `fields` are plain field values."""
+        for a in argv:
+            if type(a) is not str:
+                return cls(argv, **fields)
+        op = object.__new__(cls)
+        d = op.__dict__
+        d.update(cls._defaults)
+        d.update(fields)
+        d["command"] = argv[0]
+        d["args"] = tuple(argv[1:])
+        d["operation_id"] = _new_id()
+        d["created_at"] = time.time()
+        op.validate()
+        return op
+
     # builders --------------------------------------------------------------
     def arg(self, a: str) -> "ProcessSpawnOperation":
         """A copy with one more argument. A str, bytes (decoded with the

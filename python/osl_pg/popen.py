@@ -237,10 +237,12 @@ def spawn_operation(args: Any, *, shell: bool = False, executable: Any = None, c
             raise OslPermissionError(errno.EPERM, f"start_new_session=True and process_group={process_group}: "
                                                   "a new session's leader cannot join another group")
         op = ProcessSpawnOperation(argv, **fields).with_process_group(process_group)
-    elif start_new_session:
-        op = ProcessSpawnOperation(argv, detach_from_terminal=True, **fields)
     else:
-        op = ProcessSpawnOperation(argv, process_group=NEW_GROUP, **fields)
+        if start_new_session:
+            fields["detach_from_terminal"] = True
+        else:
+            fields["process_group"] = NEW_GROUP
+        op = ProcessSpawnOperation._of_argv(argv, fields)
     if executable is not None and not shell:
         op = op.with_executable(executable)
     if pass_fds:

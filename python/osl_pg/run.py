@@ -280,7 +280,7 @@ class _Plan:
             # Ctrl-C went to the child's group only; act on it as a shell
             # does (and as subprocess.run() would have, where both got it).
             raise KeyboardInterrupt
-        stdout, stderr = self.decode(out), self.decode(err)
+        stdout, stderr = (out, err) if self.encoding is None else (self.decode(out), self.decode(err))
         if self.check and rc:
             raise CalledProcessError(rc, self.args, stdout, stderr, pgid=pgid, leftovers=leftovers)
         return CompletedRun(self.args, rc, stdout, stderr, pgid, leftovers)
