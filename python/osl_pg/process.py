@@ -426,7 +426,7 @@ class Process:
         # then, as the C runtime locks the fd during the pending read.
         reading = getattr(self, "_threads_reading", ())
         for f in (self.stdin, self.stdout, self.stderr):
-            if f is not None and not any(f is r for r in reading):
+            if f is not None and not (reading and any(f is r for r in reading)):
                 try:
                     f.close()
                 except OSError:

@@ -78,6 +78,8 @@ class ForegroundTerminal:
         child, before exec; posix_spawn cannot run code there). SIGCONT
         continues it, or discards a stop signal still pending; a child that
         was not stopped only sees a SIGCONT it ignores by default."""
+        if self.fd is None:
+            return  # not our foreground terminal (the usual case for a tool's child)
         # The group whose members read the terminal: the pgid, except in the
         # pid_namespace tier, where it is the command's group under the init.
         if self.give(group.terminal_pgid()) and _SIGCONT is not None:
