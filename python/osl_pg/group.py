@@ -45,6 +45,7 @@ import os
 import signal as _signal
 import collections
 import threading
+from _thread import RLock as _RLock  # threading.RLock() is a Python call in front of it
 import time
 import warnings
 from _weakref import ref as _weakref_ref  # weakref.ref itself; the weakref module costs ~0.3 ms to import
@@ -275,7 +276,7 @@ class ProcessGroup:
         # inside os.killpg. Reentrant: a Python signal handler (osl-pg run
         # forwards SIGINT) may call signal() or close() on the thread that
         # holds it.
-        self._release_lock = threading.RLock()
+        self._release_lock = _RLock()
         self._seen: Dict[int, MemberOutcome] = {}
         if leader is not None:
             self._seen[pgid] = MemberOutcome(pgid, "", outcome="running")

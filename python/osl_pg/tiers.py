@@ -360,11 +360,18 @@ class Tier:
     def __init__(self, pgid: int, cgroups: "Optional[_cg.CgroupSet]"):
         self.pgid = pgid
         self.cgroups = cgroups
-        self.tracker: DescendantTracker = DescendantTracker()
+        self._tracker: Optional[DescendantTracker] = None  # made at the first scan: run() rarely scans
         # The first escape-tracking read of the process table waits until a
         # wait has lasted a while: a command that ends at once costs none.
         self._observed_at = time.monotonic()
         self._observe_cost = 0.0
+
+    @property
+    def tracker(self) -> DescendantTracker:
+        """What the scans saw of the group's descendants (escaped())."""
+        if self._tracker is None:
+            self._tracker = DescendantTracker()
+        return self._tracker
 
     # membership
     def pids(self) -> List[int]:
