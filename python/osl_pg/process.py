@@ -459,7 +459,7 @@ def _wait_readable(fd: int, timeout: Optional[float]) -> bool:
 
 def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
                stop_when: Optional[Callable[[], object]] = None,
-               wake_fd: Union[int, Callable[[], Optional[int]], None] = None
+               wake_fd: Union[int, Callable[[], Optional[int]], None] = None, joined: bool = True
                ) -> Tuple[Optional[bytes], Optional[bytes]]:
     """Write `input` to stdin and read stdout/stderr until EOF with one
     selector (no threads). `stop_when()` is polled every 10 ms; when it
@@ -468,7 +468,9 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
     starts only once that fd is readable, so a long run costs no wake-ups.
     `wake_fd` may be a function that opens it (None: there is none): it is
     called only if the pipes are still open after WAKE_FD_AFTER seconds, so
-    a command that is done by then costs no pidfd.
+    a command that is done by then costs no pidfd. With `joined` False it
+    returns (None, None): the caller takes the output from read_so_far()
+    (run() does, after the tree has ended), and it is not copied twice.
     State is kept on the process so a timed-out call can be resumed.
     On Windows, where select() takes only sockets, threads read the pipes
     (osl_pg._pipe_threads)."""
@@ -555,6 +557,8 @@ def read_pipes(proc: Process, input: Optional[bytes], timeout: Optional[float],
             proc._comm_elapsed = time.monotonic() - start
             raise WaitTimeout(proc.args, timeout or 0.0, b"".join(st["out"]), b"".join(st["err"]))
     proc._comm_elapsed = time.monotonic() - start
+    if not joined:
+        return None, None
     out = b"".join(st["out"]) if proc.stdout is not None else None
     err = b"".join(st["err"]) if proc.stderr is not None else None
     return out, err

@@ -560,7 +560,7 @@ def _communicate(proc: Process, plan: _Plan) -> int:
         try:
             stop = _DrainClock(proc, plan.drain, deadline)
             if plan.idle_timeout is None:
-                read_pipes(proc, plan.input, plan.timeout, stop_when=stop, wake_fd=wake)
+                read_pipes(proc, plan.input, plan.timeout, stop_when=stop, wake_fd=wake, joined=False)
             else:
                 _read_watching_idle(proc, plan, deadline, stop, wake)
         finally:
@@ -606,7 +606,8 @@ def _read_watching_idle(proc: Process, plan: _Plan, deadline: Optional[float], s
         now = time.monotonic()
         window = idle / 4 if deadline is None else min(idle / 4, deadline - now)
         try:
-            read_pipes(proc, plan.input, max(0.0, window), stop_when=stop, wake_fd=wake.fd if wake.opened else wake)
+            read_pipes(proc, plan.input, max(0.0, window), stop_when=stop, wake_fd=wake.fd if wake.opened else wake,
+                       joined=False)
             return
         except subprocess.TimeoutExpired:
             now = time.monotonic()
