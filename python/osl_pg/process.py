@@ -69,6 +69,8 @@ class _ChildState:
             return backend.child_exit_fd(self.pid)
 
 
+_PIPE_BUFFER = io.DEFAULT_BUFFER_SIZE
+
 # Pids of children this program reaped (the newest 4096): once a number is
 # here, a process that has it now is not the one we spawned (see
 # reaped_and_reused()). A new spawn that gets the number takes it out.
@@ -188,9 +190,11 @@ class Process:
         self.pid = pid
         self.args: List[str] = list(args)
         self.returncode: Optional[int] = None
-        self.stdin: Optional[IO[bytes]] = io.open(stdin, "wb") if stdin is not None else None
-        self.stdout: Optional[IO[bytes]] = io.open(stdout, "rb") if stdout is not None else None
-        self.stderr: Optional[IO[bytes]] = io.open(stderr, "rb") if stderr is not None else None
+        # The fds are pipes made for this spawn: an explicit buffer size
+        # spares io.open() its isatty() ioctl per pipe (a pipe is never one).
+        self.stdin: Optional[IO[bytes]] = io.open(stdin, "wb", _PIPE_BUFFER) if stdin is not None else None
+        self.stdout: Optional[IO[bytes]] = io.open(stdout, "rb", _PIPE_BUFFER) if stdout is not None else None
+        self.stderr: Optional[IO[bytes]] = io.open(stderr, "rb", _PIPE_BUFFER) if stderr is not None else None
         self._state = _ChildState(pid)
         self._pinned = False
         self._wref = _weakref_ref(self)
