@@ -3,6 +3,7 @@ timeouts, pipes held by descendants, leftovers, terminal handoff."""
 import asyncio
 import errno
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -75,6 +76,8 @@ SAME_AS_SUBPROCESS = [
     ("shell string", "echo $((6 * 7)); exit 2", dict(shell=True, capture_output=True, text=True)),
     ("shell list", ["echo \"$0-$1\"", "a", "b"], dict(shell=True, capture_output=True)),
     ("program as string", "pwd", dict(capture_output=True, cwd="/")),
+    ("bytes and path-like argv", [os.fsencode(SH), b"-c", "echo $0", pathlib.Path("/")],
+     dict(capture_output=True)),
     ("check passes", [SH, "-c", "echo fine"], dict(capture_output=True, check=True)),
     ("signal death", [SH, "-c", "kill -TERM $$"], dict(capture_output=True)),
 ]

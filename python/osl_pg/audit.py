@@ -70,8 +70,7 @@ class AuditRecord:
 
     __slots__ = ("fields",)
 
-    def __init__(self, operation_id: str, operation_type: str, executor: str, principal: str,
-                 timestamp: Optional[float] = None):
+    def __init__(self, operation_id: str, operation_type: str, executor: str, principal: str, timestamp: float):
         self.fields: Dict[str, Any] = {
             "operation_id": operation_id,
             "operation_type": operation_type,
@@ -87,7 +86,7 @@ class AuditRecord:
             "errno": None,
             "error": None,
             "duration_ms": None,
-            "timestamp": time.time() if timestamp is None else timestamp,
+            "timestamp": timestamp,
         }
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -115,15 +114,10 @@ def listener(denied: bool) -> "Optional[logging.Logger]":
     return logger
 
 
-def emit(record: AuditRecord, logger: "Optional[logging.Logger]" = None) -> None:
-    """Log `record` (to `logger`, from listener(), when the caller has it)."""
+def emit(record: AuditRecord, logger: "logging.Logger") -> None:
+    """Log `record` to `logger`, which listener() returned for it."""
     f = record.fields
-    denied = f["decision"] == "denied"
-    if logger is None:
-        logger = listener(denied)
-        if logger is None:
-            return
-    logger.log(WARNING if denied else INFO, "%s %s %s: %s", f["operation_type"], f["decision"], f["outcome"],
+    logger.log(WARNING if f["decision"] == "denied" else INFO, "%s %s %s: %s", f["operation_type"], f["decision"], f["outcome"],
                f["reason"] or f["error"] or "", extra={"audit": dict(f)})
 
 

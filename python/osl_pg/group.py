@@ -514,37 +514,12 @@ class ProcessGroup:
         if leader is not None and leader.returncode is None and leader.poll() is None:
             return False
         self._leader_exited()
-        strategy = self._strategy
-        if not strategy.reaps_leader_to_probe:
-            if strategy.confirm_empty():
-                self._finish()
-                return True
-            return False
-        return self._reap_probe_release(leader)
-
-    def _reap_probe_release(self, leader: Optional[Process]) -> bool:
-        """release_if_empty() in the pgid tiers (run()'s end): the leader's
-        reap (_reap_leader), the probe and the release (_finish) under one
-        hold of the lock."""
-        strategy = self._strategy
-        with self._release_lock:
-            if self._released:  # by another thread meanwhile
-                return True
-            if leader is not None and not self._leader_reaped:
-                self._leader_reaped = True
-                strategy.leader_reaped()
-                self._signal = strategy.signal
-                leader._release()
-            if not strategy.confirm_empty():
-                return False
-            self._released = True  # the leader is reaped already: see _finish() for the order otherwise
-            self._unregister()
-        if leader is not None:
-            seen = self._seen.get(self.pgid)
-            if seen is not None:
-                seen.returncode = leader.returncode
-        self._release()
-        return True
+        if self._strategy.reaps_leader_to_probe:
+            self._reap_leader()
+        if self._released or self._strategy.confirm_empty():
+            self._finish()
+            return True
+        return False
 
     def _until_empty(self, deadline: Optional[float], phase: str, exits: ExitWatch, names: bool = False,
                      observe: bool = True, snapshot: bool = False

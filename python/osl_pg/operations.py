@@ -420,13 +420,9 @@ class ProcessSpawnOperation(_Operation):
             if type(a) is not str:
                 return cls(argv, **fields)
         op = object.__new__(cls)
-        d = op.__dict__
-        d.update(cls._defaults)
-        d.update(fields)
+        d = _fill(op, fields)
         d["command"] = argv[0]
         d["args"] = tuple(argv[1:])
-        d["operation_id"] = _new_id()
-        d["created_at"] = time.time()
         op.validate()
         return op
 
@@ -696,6 +692,19 @@ def _env_pair(key: Any, value: Any) -> Tuple[str, Optional[str]]:
     return key, value
 
 
+def _fill(op: Any, values: Dict[str, Any]) -> Dict[str, Any]:
+    """A new operation's instance dict: the defaults, then `values` as
+    given, and an id and creation time unless given."""
+    d: Dict[str, Any] = op.__dict__
+    d.update(op._defaults)
+    d.update(values)
+    if not d["operation_id"]:
+        d["operation_id"] = _new_id()
+    if not d["created_at"]:
+        d["created_at"] = time.time()
+    return d
+
+
 def _init_fields(op: Any, values: Dict[str, Any], extra_positional: Tuple[Any, ...]) -> None:
     """Fill a new operation's fields: the defaults, then `values`, checked
     and made immutable as the builders make them. On run()'s path: one
@@ -705,13 +714,7 @@ def _init_fields(op: Any, values: Dict[str, Any], extra_positional: Tuple[Any, .
     defaults = op._defaults
     if not values.keys() <= defaults.keys():
         raise TypeError(f"unexpected arguments: {', '.join(sorted(values.keys() - defaults.keys()))}")
-    d = op.__dict__
-    d.update(defaults)
-    d.update(values)
-    if not d["operation_id"]:
-        d["operation_id"] = _new_id()
-    if not d["created_at"]:
-        d["created_at"] = time.time()
+    d = _fill(op, values)
     if "command" in values:
         d["command"] = _check_text(values["command"], "command") if values["command"] != "" else ""
     if "args" in values:

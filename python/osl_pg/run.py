@@ -204,20 +204,15 @@ class _Plan:
         if pass_fds and not close_fds:
             warnings.warn("pass_fds overriding close_fds.", RuntimeWarning, stacklevel=caller_stacklevel())
             close_fds = True
+        uid = gid = gids = None
         if popen:
             uid, gid, gids = resolve_ids(popen.get("user"), popen.get("group"), popen.get("extra_groups"))
-            self.op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
-                                      start_new_session=start_new_session, process_group=popen.get("process_group"),
-                                      close_fds=close_fds, pass_fds=pass_fds, stdin=stdin, stdout=stdout,
-                                      stderr=stderr, restore_signals=popen.get("restore_signals", True), uid=uid,
-                                      gid=gid, gids=gids, umask=popen.get("umask", -1),
-                                      containment=popen.get("containment"))
-            self.pipesize = popen.get("pipesize", -1)
-        else:
-            self.op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
-                                      start_new_session=start_new_session, close_fds=close_fds, pass_fds=pass_fds,
-                                      stdin=stdin, stdout=stdout, stderr=stderr)
-            self.pipesize = -1
+        self.op = spawn_operation(args, shell=shell, executable=executable, cwd=cwd, env=env,
+                                  start_new_session=start_new_session, process_group=popen.get("process_group"),
+                                  close_fds=close_fds, pass_fds=pass_fds, stdin=stdin, stdout=stdout, stderr=stderr,
+                                  restore_signals=popen.get("restore_signals", True), uid=uid, gid=gid, gids=gids,
+                                  umask=popen.get("umask", -1), containment=popen.get("containment"))
+        self.pipesize = popen.get("pipesize", -1)
         # process_group=N (> 0): the child joins a group that is not ours.
         self.joins_group = isinstance(self.op.process_group, JoinGroup)
         # The child shares our terminal only when it inherits our stdin
